@@ -1,0 +1,147 @@
+"""Entry point inside the sandboxed subprocess (one per rank under torchrun):
+
+    python -m harness.dynamic.bootstrap --config CFG.json
+
+Installs the CPU shims, then the provenance tracer (if present and asked for), then runs the
+submission's script as `__main__` with `runpy.run_path`, `sys.argv` set and cwd = scratch.
+Whatever happens, it writes `<state_dir>/bootstrap_rank<R>.json`: the shims that fired,
+whether the run was traced, and for a crash the exception and the last submission frame.
+The submission's own exit code is passed through; a crash exits 1 (after the traceback).
+
+Config keys: script (absolute path), argv (list), submission_dir (for frames), state_dir,
+trace (bool), tracer_options (dict), shim_options (dict).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _last_submission_frame(tb, submission_dir: str) -> dict | None:
+    """The innermost traceback frame that belongs to the submission (its folder, or code it
+    exec'd from a string)."""
+    from harness.dynamic.shims import _caller_is_submission  # noqa: F401  (prefix logic)
+    from harness.dynamic import shims
+
+    best = None
+    for frame in traceback.extract_tb(tb):
+        fn = frame.filename
+        inside = fn.startswith(submission_dir) or not fn.startswith(shims._lib_prefixes())
+        if inside and "harness/dynamic/bootstrap.py" not in fn:
+            best = frame
+    if best is None:
+        return None
+    path = best.filename
+    if path.startswith(submission_dir):
+        path = os.path.relpath(path, submission_dir)
+    return {"path": path, "line": best.lineno, "function": best.name, "code": (best.line or "").strip()}
+
+
+def _check_syntax(script: Path) -> str | None:
+    """None when the interpreter can compile the script; else the SyntaxError as one line."""
+    try:
+        compile(script.read_bytes(), str(script), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return f"SyntaxError: {exc.msg} ({script.name}:{exc.lineno})"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="harness.dynamic.bootstrap")
+    ap.add_argument("--config", required=True)
+    args = ap.parse_args(argv)
+    cfg: dict[str, Any] = json.loads(Path(args.config).read_text())
+    rank = _rank()
+    state_dir = Path(cfg["state_dir"])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"rank": rank, "traced": False, "trace_note": "", "shims": [],
+                              "crash": None, "exit_code": None}
+    out_path = state_dir / f"bootstrap_rank{rank}.json"
+
+    def save() -> None:
+        try:
+            out_path.write_text(json.dumps(record, indent=1))
+        except OSError:
+            pass
+
+    script = Path(cfg["script"])
+    syntax = _check_syntax(script)
+    if syntax is not None:
+        record["crash"] = {"type": "SyntaxError", "message": syntax, "frame": None,
+                           "not_auditable": f"script does not compile under Python "
+                                            f"{sys.version_info.major}.{sys.version_info.minor}: {syntax}"}
+        record["exit_code"] = 3
+        save()
+        print(f"golf-audit bootstrap: {syntax}", file=sys.stderr)
+        return 3
+
+    from harness.dynamic import shims
+    shim_state = shims.install(shims.ShimOptions(**cfg.get("shim_options", {})))
+
+    tracer = None
+    if cfg.get("trace"):
+        try:
+            from harness.dynamic import tracer as tracer_mod  # written by another helper
+        except ImportError as exc:
+            record["trace_note"] = f"not traced: tracer unavailable ({exc})"
+        else:
+            try:
+                tcfg = tracer_mod.TracerConfig(**(cfg.get("tracer_options") or {}))
+                tracer = tracer_mod.Tracer(tcfg)
+                tracer.install()
+                record["traced"] = True
+            except Exception as exc:  # a tracer bug must not look like a submission crash
+                record["trace_note"] = f"not traced: tracer failed to install: {type(exc).__name__}: {exc}"
+                tracer = None
+    else:
+        record["trace_note"] = "not traced: tracing off"
+
+    sys.argv = [str(script)] + list(cfg.get("argv", []))
+    exit_code = 0
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+        if not isinstance(code, (int, type(None))):
+            print(code, file=sys.stderr)
+    except BaseException as exc:  # the submission crashed: say where, exit 1
+        traceback.print_exc()
+        record["crash"] = {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0][:300]
+                           if str(exc).strip() else "",
+                           "frame": _last_submission_frame(exc.__traceback__, cfg.get("submission_dir", ""))}
+        exit_code = 1
+    finally:
+        record["shims"] = shims.describe()
+        if tracer is not None:
+            try:
+                trace_path = state_dir / f"trace_rank{rank}.jsonl"
+                tracer.finish(str(trace_path))
+                record["trace_path"] = str(trace_path)
+            except Exception as exc:
+                record["traced"] = False
+                record["trace_note"] = f"not traced: tracer failed at finish: {type(exc).__name__}: {exc}"
+        record["exit_code"] = exit_code
+        save()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    del shim_state
+    return exit_code
+
+
+if __name__ == "__main__":
+    code = main()
+    # os._exit: skip interpreter teardown of leftover non-daemon threads in the submission.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

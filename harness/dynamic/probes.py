@@ -1,0 +1,358 @@
+"""Black-box probes: re-run the submission's eval on an altered validation stream and compare
+the scores. They catch what provenance cannot see (a hash key on the target, an n-gram cache in
+pure Python, adapt-then-score through numpy).
+
+- causality (rule future-dependent-score): replace the rest of a long document after position i;
+  every score of every position <= i must stay the same.
+- properness (rule improper-distribution): replace x_i by K-1 other values, one run each; the
+  probabilities exp(-NLL_i(v)) over the true token and the others must sum to <= 1 (= 1 over
+  the whole vocabulary with `exhaustive`). Each run changes position i only, so the prefix of i
+  is identical in every run and the sum is exact; the run also checks causality for all
+  positions before i.
+
+Runs are compared score by score: the k-th score any pass gives position p in one run against
+the k-th score of p in the other. First an unmodified re-run measures run-to-run noise; if the
+eval is not deterministic the probes are not run (reported as not audited).
+
+`run_probes` takes the baseline trace and a `run_fn(val_override, label) -> Trace` so that it
+can be tested without subprocesses; `harness.dynamic.audit` passes one that calls the runner.
+The result is a JSON-able dict stored as `trace.meta["probes"]`, which the probe rules judge.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from harness.dynamic import judging as J
+from harness.dynamic.trace import Frame, Scored, Trace, describe
+
+RunFn = Callable[[np.ndarray, str], Trace]
+
+NOISE_LIMIT = 1e-5  # an unmodified re-run may differ by at most this (nats) for probes to run
+TOL_FLOOR = 1e-4  # causality tolerance (nats), raised to 10x the measured noise
+TOL_P = 1e-3  # properness tolerance on the probability sum
+
+
+class ProbeError(Exception):
+    """A probe run failed; the message is one line for the not-audited report."""
+
+
+# ---------------------------------------------------------------- scores of one run
+@dataclass
+class Occurrences:
+    """nll[k][p]: the k-th score (timeline order) that position p received in the run; frame[k][p]:
+    index into `frames` of the Scored event that gave it (-1 where none)."""
+
+    nll: list[np.ndarray]
+    frame: list[np.ndarray]
+    frames: list[Frame | None]
+
+    @classmethod
+    def of(cls, trace: Trace, n: int) -> "Occurrences":
+        nll: list[np.ndarray] = []
+        frame: list[np.ndarray] = []
+        frames: list[Frame | None] = []
+        frame_ids: dict = {}
+        count = np.zeros(n, dtype=np.int64)
+        for e in J.timeline(trace).events:
+            if not isinstance(e, Scored) or not e.positions:
+                continue
+            pos = J.positions_array(e.positions)
+            vals = np.asarray(e.nll, dtype=np.float64)
+            k = min(len(pos), len(vals))
+            pos, vals = pos[:k], vals[:k]
+            keep = pos < n
+            pos, vals = pos[keep], vals[keep]
+            key = (e.frame.path, e.frame.line, e.frame.function) if e.frame else None
+            if key not in frame_ids:
+                frame_ids[key] = len(frames)
+                frames.append(e.frame)
+            fid = frame_ids[key]
+            # positions repeated inside one event go to successive occurrences
+            order = np.argsort(pos, kind="stable")
+            pos, vals = pos[order], vals[order]
+            while len(pos):
+                first = np.ones(len(pos), dtype=bool)
+                first[1:] = pos[1:] != pos[:-1]
+                p, v = pos[first], vals[first]
+                occ = count[p]
+                for kk in np.unique(occ):
+                    while len(nll) <= kk:
+                        nll.append(np.full(n, np.nan))
+                        frame.append(np.full(n, -1, dtype=np.int64))
+                    sel = occ == kk
+                    nll[kk][p[sel]] = v[sel]
+                    frame[kk][p[sel]] = fid
+                count[p] += 1
+                pos, vals = pos[~first], vals[~first]
+        return cls(nll=nll, frame=frame, frames=frames)
+
+    def depth(self) -> int:
+        return len(self.nll)
+
+
+def compare(base: Occurrences, other: Occurrences, watched: np.ndarray) -> tuple[float, np.ndarray, int, int]:
+    """Largest |delta| over every score of the watched positions; also the watched positions that
+    changed (by more than 0), and the worst position and its occurrence. A score present in one run
+    and missing in the other counts as an infinite change."""
+    n_occ = max(base.depth(), other.depth())
+    worst, worst_pos, worst_k = 0.0, -1, 0
+    delta_by_pos = np.zeros(len(watched))
+    for k in range(n_occ):
+        a = base.nll[k][watched] if k < base.depth() else np.full(len(watched), np.nan)
+        b = other.nll[k][watched] if k < other.depth() else np.full(len(watched), np.nan)
+        both = ~np.isnan(a) & ~np.isnan(b)
+        one = np.isnan(a) ^ np.isnan(b)
+        d = np.zeros(len(watched))
+        d[both] = np.abs(a[both] - b[both])
+        d[one] = np.inf
+        delta_by_pos = np.maximum(delta_by_pos, d)
+        if len(d) and d.max() > worst:
+            j = int(np.argmax(d))
+            worst, worst_pos, worst_k = float(d[j]), int(watched[j]), k
+    return worst, delta_by_pos, worst_pos, worst_k
+
+
+# ---------------------------------------------------------------- choosing positions
+@dataclass
+class Plan:
+    position: int  # the probed position i
+    doc: tuple[int, int]  # the document holding i, [start, end)
+    why: str
+    changed: np.ndarray  # causality: positions replaced (after i, same document)
+    candidates: list[int]  # properness: values tried at i (true token first)
+
+
+def documents(tokens: np.ndarray, bos: int | None) -> list[tuple[int, int]]:
+    """[start, end) of each document: a document starts at each BOS token."""
+    n = len(tokens)
+    if bos is None:
+        return [(0, n)]
+    starts = list(np.nonzero(tokens == bos)[0])
+    if not starts or starts[0] != 0:
+        starts = [0] + starts
+    ends = starts[1:] + [n]
+    return [(int(a), int(b)) for a, b in zip(starts, ends) if b > a]
+
+
+def choose(tokens: np.ndarray, scored: np.ndarray, bos: int | None, k: int, vocab: int | None,
+           exhaustive: bool, chunk_hint: int | None = None) -> Plan:
+    """Pick the probed position: in the longest document, about 60% of the way in (past its first
+    TTT chunk when the document spans several), a position every run scored, whose token is not a
+    document boundary, with room after it in the same document."""
+    n = len(tokens)
+    docs = documents(tokens, bos)
+    docs.sort(key=lambda d: d[1] - d[0], reverse=True)
+    for start, end in docs:
+        if end - start < 4:
+            continue
+        target = start + int(0.6 * (end - start))
+        if chunk_hint and end - start > 2 * chunk_hint:
+            target = max(target, start + chunk_hint + chunk_hint // 2)
+        order = sorted(range(start + 1, end - 1), key=lambda p: (abs(p - target), p))
+        for p in order:
+            if scored[p] and (bos is None or tokens[p] != bos):
+                changed = np.arange(p + 1, end, dtype=np.int64)
+                if bos is not None:
+                    changed = changed[tokens[changed] != bos]
+                if not len(changed):
+                    continue
+                why = (f"position {p}: {100 * (p - start) / (end - start):.0f}% into the longest document "
+                       f"[{start}, {end}) of {end - start} tokens"
+                       + (f", past its first {chunk_hint}-token chunk" if chunk_hint and p - start > chunk_hint else "")
+                       + f"; scored in the baseline run; stream of {n} tokens")
+                return Plan(position=p, doc=(start, end), why=why, changed=changed,
+                            candidates=candidates(tokens, p, bos, k, vocab, exhaustive))
+    raise ProbeError("no scored position with a later token in the same document to probe")
+
+
+def candidates(tokens: np.ndarray, p: int, bos: int | None, k: int, vocab: int | None, exhaustive: bool) -> list[int]:
+    """The true token first, then the most frequent other non-boundary tokens of the stream (or
+    every vocabulary value when exhaustive)."""
+    true = int(tokens[p])
+    if exhaustive:
+        v = vocab or int(tokens.max()) + 1
+        return [true] + [t for t in range(v) if t != true]
+    values, counts = np.unique(tokens, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    out = [true]
+    for t in values[order]:
+        t = int(t)
+        if t != true and t != bos and len(out) < k:
+            out.append(t)
+    return out
+
+
+def replacement(tokens: np.ndarray, positions: np.ndarray, bos: int | None, seed: int = 0) -> np.ndarray:
+    """Other tokens for `positions`: each drawn from the stream's non-boundary tokens, never equal
+    to the original."""
+    rng = np.random.default_rng(seed)
+    pool = tokens[tokens != bos] if bos is not None else tokens
+    pool = np.unique(pool)
+    if len(pool) < 2:
+        raise ProbeError("validation stream has fewer than two distinct tokens")
+    out = rng.choice(pool, size=len(positions))
+    same = out == tokens[positions]
+    while same.any():
+        out[same] = rng.choice(pool, size=int(same.sum()))
+        same = out == tokens[positions]
+    return out.astype(tokens.dtype)
+
+
+# ---------------------------------------------------------------- running
+@dataclass
+class ProbeReport:
+    """What the probes did; stored as trace.meta["probes"] (via `as_meta`)."""
+
+    not_run: str | None = None
+    noise: float | None = None
+    tol: float = TOL_FLOOR
+    tol_p: float = TOL_P
+    causality: list[dict] = field(default_factory=list)
+    properness: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)  # label, wall_s
+    plan: dict = field(default_factory=dict)
+
+    def as_meta(self) -> dict:
+        return asdict(self)
+
+
+def _frame_dict(occ: Occurrences, k: int, p: int) -> dict | None:
+    if k >= occ.depth() or p < 0:
+        return None
+    fid = int(occ.frame[k][p])
+    f = occ.frames[fid] if fid >= 0 else None
+    return asdict(f) if f is not None else None
+
+
+def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int = 6, exhaustive: bool = False,
+               bos: int | None = None, vocab: int | None = None, k: int = 4, chunk_hint: int | None = None,
+               log: Callable[[str], None] = lambda s: None) -> ProbeReport:
+    """Run the causality and properness probes against `trace` (the baseline run). `budget` caps
+    the number of extra runs (one goes to the noise re-run); `exhaustive` tries every vocabulary
+    value at the probed position and ignores the budget."""
+    rep = ProbeReport()
+    n = len(tokens)
+    base = Occurrences.of(trace, n)
+    if not base.depth():
+        rep.not_run = "the baseline run recorded no scores"
+        return rep
+    if budget < 2 and not exhaustive:
+        rep.not_run = f"probe budget {budget} is too small (needs a noise re-run and one probe run)"
+        return rep
+    scored = ~np.isnan(base.nll[0])
+
+    def run(override: np.ndarray, label: str) -> Occurrences:
+        t0 = time.perf_counter()
+        t = run_fn(override, label)
+        rep.runs.append({"label": label, "wall_s": round(time.perf_counter() - t0, 2)})
+        log(f"probe run {label}: {rep.runs[-1]['wall_s']} s")
+        return Occurrences.of(t, n)
+
+    # 1. noise: an unmodified re-run must reproduce every score
+    try:
+        again = run(tokens.copy(), "noise")
+    except ProbeError as exc:
+        rep.not_run = f"the unmodified re-run failed: {exc}"
+        return rep
+    everything = np.arange(n, dtype=np.int64)
+    noise, _, npos, _ = compare(base, again, everything)
+    rep.noise = noise
+    if not np.isfinite(noise) or noise > NOISE_LIMIT:
+        rep.not_run = (f"nondeterministic eval: an unmodified re-run changed the score of position {npos} by "
+                       f"{noise:.3g} nats (limit {NOISE_LIMIT:g})")
+        return rep
+    rep.tol = max(TOL_FLOOR, 10 * noise)
+
+    try:
+        plan = choose(tokens, scored, bos, k, vocab, exhaustive, chunk_hint)
+    except ProbeError as exc:
+        rep.not_run = str(exc)
+        return rep
+    i = plan.position
+    rep.plan = {"position": i, "doc": list(plan.doc), "why": plan.why,
+                "changed": [list(r) for r in J.ranges_of(plan.changed)], "candidates": plan.candidates}
+
+    def causality(occ: Occurrences, changed: np.ndarray, label: str) -> None:
+        first = int(changed.min())
+        watched = np.arange(1, first, dtype=np.int64)
+        watched = watched[scored[watched]]
+        worst, delta, wpos, wk = compare(base, occ, watched)
+        moved = watched[delta > rep.tol]
+        rep.causality.append({
+            "run": label,
+            "changed": [list(r) for r in J.ranges_of(changed)],
+            "watched": [list(r) for r in J.ranges_of(watched)],
+            "max_delta": worst if np.isfinite(worst) else 1e9,
+            "worst_position": wpos,
+            "baseline_nll": float(base.nll[wk][wpos]) if wpos >= 0 and wk < base.depth() else float("nan"),
+            "probe_nll": float(occ.nll[wk][wpos]) if wpos >= 0 and wk < occ.depth() else float("nan"),
+            "changed_count": int(len(moved)),
+            "changed_positions": [list(r) for r in J.ranges_of(moved)],
+            "frame": _frame_dict(base, wk, wpos),
+            "why": plan.why,
+        })
+
+    extra = budget - 1  # runs left after the noise run
+    # 2. causality: the rest of the document after i replaced
+    if extra > 0 or exhaustive:
+        override = tokens.copy()
+        override[plan.changed] = replacement(tokens, plan.changed, bos, seed=i)
+        try:
+            causality(run(override, "causality"), plan.changed, "causality")
+        except ProbeError as exc:
+            rep.causality.append({"run": "causality", "error": str(exc), "max_delta": 0.0})
+        extra -= 1
+    # 3. properness: x_i replaced by each other candidate, one run each
+    cands = plan.candidates if exhaustive else plan.candidates[: max(1, min(len(plan.candidates), extra + 1))]
+    nll_by_cand: list[np.ndarray] = []  # per candidate: scores of position i, one per occurrence
+    depth = base.depth()
+    nll_by_cand.append(np.array([base.nll[kk][i] for kk in range(depth)]))
+    for j, v in enumerate(cands[1:], 1):
+        override = tokens.copy()
+        override[i] = v
+        try:
+            occ = run(override, f"properness-{j}")
+        except ProbeError as exc:
+            rep.not_run = f"a properness run failed: {exc}"
+            return rep
+        nll_by_cand.append(np.array([occ.nll[kk][i] if kk < occ.depth() else np.nan for kk in range(depth)]))
+        causality(occ, np.array([i]), f"properness-{j}")
+    if len(cands) > 1:
+        mat = np.vstack(nll_by_cand)  # candidates x occurrences
+        sums = np.nansum(np.exp(-mat), axis=0)
+        for kk in range(depth):
+            if np.isnan(mat[:, kk]).any():
+                continue  # this occurrence was not produced in every run
+            rep.properness.append({
+                "position": i,
+                "true_token": int(tokens[i]),
+                "candidates": [int(c) for c in cands],
+                "nll": [float(x) for x in mat[:, kk]],
+                "sum_p": float(sums[kk]),
+                "exhaustive": bool(exhaustive and len(cands) >= (vocab or 0)),
+                "occurrence": kk,
+                "frame": _frame_dict(base, kk, i),
+                "why": plan.why,
+            })
+    return rep
+
+
+def summary(rep: ProbeReport) -> dict:
+    """The numbers an AuditResult's stats carry about the probes."""
+    if rep.not_run:
+        return {"probes_not_run": rep.not_run, "probe_runs": len(rep.runs)}
+    return {
+        "probe_runs": len(rep.runs),
+        "probe_wall_s": round(sum(r["wall_s"] for r in rep.runs), 1),
+        "probe_noise_nats": rep.noise,
+        "probe_tolerance_nats": rep.tol,
+        "probe_position": rep.plan.get("position"),
+        "probe_why": rep.plan.get("why"),
+        "probe_changed": describe([tuple(r) for r in rep.plan.get("changed", [])]),
+        "probe_max_causal_delta": max([c.get("max_delta", 0.0) for c in rep.causality] or [0.0]),
+        "probe_prob_sums": [round(p["sum_p"], 6) for p in rep.properness],
+    }

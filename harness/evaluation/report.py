@@ -1,0 +1,136 @@
+"""Render golf-eval results as text (rich), JSON or Markdown."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harness.evaluation.claims import FAIL, INFO, PASS, UNVERIFIED, VerifyReport
+
+STYLE = {PASS: "green", FAIL: "bold red", UNVERIFIED: "yellow", INFO: "cyan"}
+MARK = {PASS: "PASS", FAIL: "FAIL", UNVERIFIED: "UNVERIFIED", INFO: "info"}
+EXIT_WORDS = {0: "all claims hold", 1: "a claim fails", 2: "usage error", 3: "could not verify everything"}
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def _seed_key(row) -> tuple:
+    return (row.seed is None, row.seed if row.seed is not None else 0, row.log)
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+
+def render_verify_text(rep: VerifyReport, console: Console, verbose: bool = True, show_exit: bool = True) -> None:
+    code = int(rep.exit_code())
+    console.print(Text(f"golf-eval verify {rep.target}", style="bold"))
+    if rep.score_label:
+        console.print(f"claimed score line: [bold]{rep.score_label}[/bold]")
+    checks = Table(show_header=True, header_style="bold", expand=False)
+    checks.add_column("check")
+    checks.add_column("status")
+    checks.add_column("result", overflow="fold")
+    for c in rep.checks:
+        checks.add_row(c.name, Text(MARK[c.status], style=STYLE[c.status]), c.summary)
+    console.print(checks)
+
+    seeds = Table(title="per seed (from the logs)", show_header=True, header_style="bold")
+    for col in ("seed", "log", "val_loss", "val_bpb", "train s", "eval s (logged)", "unmeasured eval", "artifact bytes"):
+        seeds.add_column(col, overflow="fold")
+    rows = sorted(rep.seeds, key=_seed_key)
+    for row in rows:
+        unmeasured = ", ".join(row.eval_unmeasured) or "—"
+        if row.eval_unmeasured and row.eval_estimate_s:
+            unmeasured += f" (est. ≥ {row.eval_estimate_s:.1f} s)"
+        seeds.add_row(str(row.seed) if row.seed is not None else "?", row.log, _fmt(row.val_loss), _fmt(row.val_bpb), _fmt(row.train_s, 1),
+                      _fmt(row.eval_logged_s, 1), unmeasured, _fmt(row.artifact_bytes))
+    if len(rows) >= 2:
+        from statistics import mean, stdev
+
+        for name, attr in (("mean", mean), ("std", stdev)):
+            vals_l = [r.val_loss for r in rows if r.val_loss is not None]
+            vals_b = [r.val_bpb for r in rows if r.val_bpb is not None]
+            seeds.add_row(name, "", _fmt(attr(vals_l), 5) if len(vals_l) >= 2 else "—",
+                          _fmt(attr(vals_b), 5) if len(vals_b) >= 2 else "—", "", "", "", "")
+    console.print(seeds)
+
+    if verbose:
+        for c in rep.checks:
+            if c.evidence and c.status != PASS:
+                console.print(Text(f"{c.name}:", style=STYLE[c.status]))
+                for e in c.evidence:
+                    console.print(f"  - {e}", markup=False, highlight=False)
+        for row in rows:
+            console.print(Text(f"eval phases, seed {row.seed} ({row.log}):", style="bold"))
+            for p in row.eval_phases:
+                if p["time_s"] is not None:
+                    desc = f"{p['time_s']:.1f} s logged"
+                else:
+                    desc = "UNMEASURED from logs"
+                    if p["estimate_s"] is not None:
+                        bound = "≥ " if "lower" in p["estimate_kind"] else "≈ "
+                        desc += f"; estimated {bound}{p['estimate_s']:.1f} s ({p['estimate_basis']})"
+                alias = f" (same pass: {', '.join(p['aliases'])})" if p["aliases"] else ""
+                console.print(f"  - {p['label']} [lines {p['lines']}]: {desc}{alias}", markup=False,
+                              highlight=False)
+                if p["time_s"] is None and p["markers"]:
+                    console.print(f"      seen: {' | '.join(p['markers'][:4])}", markup=False, highlight=False)
+    for n in rep.notes:
+        console.print(f"note: {n}", markup=False, highlight=False, style="dim")
+    if rep.logs_skipped:
+        console.print("logs not used (duplicate seed): " + "; ".join(rep.logs_skipped), markup=False,
+                      highlight=False, style="dim")
+    if show_exit:
+        console.print(Text(f"exit {code}: {EXIT_WORDS[code]}", style="bold " + ("green" if code == 0 else "red")))
+
+
+# ---- json -----------------------------------------------------------------------------------
+
+
+def verify_json(rep: VerifyReport) -> str:
+    return json.dumps({"tool": "golf-eval", "command": "verify", **rep.to_dict()}, indent=2, default=str)
+
+
+# ---- markdown -------------------------------------------------------------------------------
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def verify_markdown(rep: VerifyReport) -> str:
+    code = int(rep.exit_code())
+    out = [f"## golf-eval verify `{rep.target}`", ""]
+    out.append(f"**Result: exit {code} — {EXIT_WORDS[code]}.**"
+               + (f" Claimed score line: `{rep.score_label}`." if rep.score_label else ""))
+    out += ["", "| check | status | result |", "|---|---|---|"]
+    for c in rep.checks:
+        out.append(f"| {c.name} | {MARK[c.status]} | {_md_escape(c.summary)} |")
+    out += ["", "### Per seed", "",
+            "| seed | log | val_loss | val_bpb | train s | eval s (logged) | unmeasured eval | artifact bytes |",
+            "|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rep.seeds, key=_seed_key):
+        um = ", ".join(row.eval_unmeasured) or "—"
+        out.append(f"| {row.seed if row.seed is not None else '?'} | {_md_escape(row.log)} | {_fmt(row.val_loss)} | {_fmt(row.val_bpb)} | "
+                   f"{_fmt(row.train_s, 1)} | {_fmt(row.eval_logged_s, 1)} | {_md_escape(um)} | "
+                   f"{_fmt(row.artifact_bytes)} |")
+    details = [c for c in rep.checks if c.evidence and c.status != PASS]
+    if details:
+        out += ["", "### Details", ""]
+        for c in details:
+            out.append(f"- **{c.name}** ({MARK[c.status]})")
+            out += [f"  - {_md_escape(e)}" for e in c.evidence]
+    if rep.notes:
+        out += ["", "### Not found in logs", ""] + [f"- {_md_escape(n)}" for n in rep.notes]
+    return "\n".join(out) + "\n"

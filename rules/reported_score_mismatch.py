@@ -1,0 +1,102 @@
+"""GA008 reported-score-mismatch: a printed val_loss is not what the captured first scores of
+any evaluation pass give. Dynamic only (trace layer)."""
+from __future__ import annotations
+
+import math
+
+from harness.dynamic import judging as J
+from harness.dynamic.judging import SyntheticRun, TraceExample
+from harness.findings import Confidence, Layer, Severity
+from harness.rule import Rule
+
+
+def _example(printed: float, nll=(1.0, 2.0, 3.0, 2.0), decimals: int = 8, rescore=None, note: str = "",
+             line: int | None = None) -> TraceExample:
+    run = SyntheticRun(n=len(nll) + 1)
+    run.score("eval_val", 40, [(1, len(nll) + 1)], nll=list(nll))
+    if rescore is not None:  # trained on the positions, then scored them again in the same eval
+        run.update("eval_val", 44, [(1, len(nll) + 1)])
+        run.score("eval_val", 40, [(1, len(nll) + 1)], nll=list(rescore))
+    run.report("final_exact", printed, decimals=decimals)
+    run.end()
+    return TraceExample(events=tuple(run.events), note=note, line=line)
+
+
+class ReportedScoreMismatch(Rule):
+    id = "GA008"
+    name = "reported-score-mismatch"
+    severity = Severity.HIGH
+    confidence = Confidence.HIGH
+    layers = (Layer.TRACE,)
+
+    summary = "Checks that every printed val_loss equals the mean of the first scores of one evaluation pass."
+    why = """
+The submission's number is what the leaderboard compares. Proper accounting makes it the sum of each
+target's first (final) score divided by the number of targets. The trace layer captures each position's
+first score and recomputes every pass's mean; a printed number that matches no pass was computed from
+something else: scores taken after training on the tokens (the last or minimum of several passes), a
+weighted or subset mean, or a constant factor on the loss.
+"""
+    example = """
+best = min(best, epoch_loss)          # keep the best epoch's score
+print(f"final_exact val_loss:{best:.8f}")
+"""
+    use_instead = """
+loss_sum += nll.sum(); count += nll.numel()   # each target's first score, once
+print(f"final_exact val_loss:{loss_sum / count:.8f}")
+"""
+    known_problems = """
+Printed numbers are matched by value to passes, within half a unit in the last printed place (never
+below 1e-6: per-token float32 losses summed in another order). Numbers printed with few decimals may
+match a pass by chance. Progress lines that print a running partial mean are not val_loss/val_bpb
+reports and are not parsed as such.
+"""
+    references = (
+        "Challenge README: 'prove with certainty that the val_bpb is correctly calculated'",
+        "PR #614, PR #642 (closed: min-NLL / score-every-epoch selection)",
+    )
+    fix = "Print the mean of each target's first score over the whole stream, computed once."
+
+    TRACE_VALID = [
+        _example(2.0, note="mean of first scores, 8 decimals"),
+        _example(2.00004, decimals=4, note="4 printed decimals: within rounding"),
+        _example(2.0, rescore=(0.5, 0.5, 0.5, 0.5), note="re-scores exist but the first scores are printed"),
+    ]
+    TRACE_INVALID = [
+        _example(2.1, note="matches no pass", line=40),
+        _example(0.5, rescore=(0.5, 0.5, 0.5, 0.5), note="printed the re-score after training"),
+        _example(1.5, rescore=(0.5, 2.5, 3.5, 0.5), note="printed the per-position minimum"),
+    ]
+
+    def judge(self, trace):
+        if not J.passes(trace):
+            return
+        for m in J.match_reported(trace):
+            r = m.reported
+            if m.which == "first":
+                continue
+            frame = J.find_print_line(trace, r.label)
+            if frame is None and m.pass_ is not None and m.pass_.events:
+                frame = m.pass_.events[0].frame
+            ev = [f"printed: {r.line.strip()}"]
+            if m.pass_ is not None and m.loss_delta is not None:
+                nums = J.pass_numbers(trace, m.pass_)
+                ev.append(f"closest pass: {m.pass_.label()}: mean of first scores {nums.loss['first']:.8f} "
+                          f"over {nums.n_tokens} targets (printed - recomputed = {m.loss_delta:+.3g}, "
+                          f"tolerance {J.tolerance(r.decimals):.1g})")
+            if m.which in ("last", "min"):
+                nums = J.pass_numbers(trace, m.pass_)
+                ev.append(f"it equals the {m.which} scores of that pass ({nums.loss[m.which]:.8f}): "
+                          f"scores taken after the model trained on those tokens")
+                msg = (f"printed '{r.label}' is the {'last' if m.which == 'last' else 'minimum'} of several "
+                       f"scores per token, not the first")
+            else:
+                msg = f"printed '{r.label}' matches no captured evaluation pass"
+                if m.pass_ is None:
+                    ev.append("no pass's scores could be compared (bytes unknown for a bpb-only line)")
+                    if r.val_loss is None:
+                        continue  # nothing comparable: not evidence of a mismatch
+            f = self.finding(Layer.TRACE, msg, J.location(trace, frame), evidence=ev)
+            if m.which is None and m.loss_delta is not None and not math.isnan(m.loss_delta):
+                f.confidence = Confidence.MEDIUM if r.decimals < 6 else Confidence.HIGH
+            yield f

@@ -1,0 +1,147 @@
+"""The probes against simulated evals (no subprocess): a proper causal model, one that sees its
+target (hash key on the target), one that adapts on the whole document before scoring, and a
+nondeterministic one. Failures say "leak undetected" or "false leak"."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from harness.dynamic import probes as P
+from harness.dynamic.judging import SyntheticRun
+from harness.dynamic.trace import Trace
+from rules.future_dependent_score import FutureDependentScore
+from rules.improper_distribution import ImproperDistribution
+
+V = 8  # vocabulary; token 1 is BOS
+BOS = 1
+
+
+def stream(seed: int = 0, n: int = 200) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(2, V, size=n)
+    for s in (0, 30, 60, 150):  # documents: [0,30) [30,60) [60,150) [150,200)
+        toks[s] = BOS
+    return toks.astype(np.int64)
+
+
+def bigram(prev: int, cur: int) -> float:
+    """A fixed, normalised conditional distribution q(cur | prev)."""
+    w = np.array([1.0 + ((prev * 3 + v) % 5) for v in range(V)])
+    return float(w[cur] / w.sum())
+
+
+def proper(tokens):
+    return [-math.log(bigram(int(tokens[p - 1]), int(tokens[p]))) for p in range(1, len(tokens))]
+
+
+def sees_target(tokens):
+    """q(x_p) = 0.6 whatever x_p is: a key that includes the target."""
+    return [-math.log(0.6) for _ in range(1, len(tokens))]
+
+
+def adapts_on_document(tokens):
+    """Scores every token with a unigram model fitted on its whole document (future included)."""
+    out = []
+    starts = [i for i, t in enumerate(tokens) if t == BOS] + [len(tokens)]
+    doc_of = np.searchsorted(starts, np.arange(len(tokens)), side="right") - 1
+    for p in range(1, len(tokens)):
+        d = doc_of[p]
+        doc = tokens[starts[d]: starts[d + 1]]
+        counts = np.bincount(doc, minlength=V) + 0.5
+        q = counts / counts.sum()
+        out.append(-math.log(q[tokens[p]]) * 0.5 + -math.log(bigram(int(tokens[p - 1]), int(tokens[p]))) * 0.5)
+    return out
+
+
+def make_trace(model, tokens) -> Trace:
+    n = len(tokens)
+    run = SyntheticRun(n)
+    nll = model(tokens)
+    for a in range(1, n, 50):  # score in batches, like an eval loop
+        b = min(a + 50, n)
+        run.score("eval_val", 120, [(a, b)], nll=nll[a - 1: b - 1])
+    run.end()
+    return Trace(events=list(run.events))
+
+
+def run_fn_for(model, noise: float = 0.0):
+    rng = np.random.default_rng(1)
+
+    def run_fn(override, label):
+        t = make_trace(model, override)
+        if noise:
+            for e in t.events:
+                if hasattr(e, "nll"):
+                    e.nll = [x + float(rng.normal(0, noise)) for x in e.nll]
+        return t
+    return run_fn
+
+
+def probe(model, noise=0.0, **kw):
+    toks = stream()
+    rep = P.run_probes(make_trace(model, toks), toks, run_fn_for(model, noise), bos=BOS, vocab=V, **kw)
+    t = make_trace(model, toks)
+    t.meta["probes"] = rep.as_meta()
+    causal = list(FutureDependentScore().judge(t))
+    improper = list(ImproperDistribution().judge(t))
+    return rep, causal, improper
+
+
+def test_proper_model_is_clean():
+    rep, causal, improper = probe(proper)
+    assert rep.not_run is None and rep.noise == 0.0
+    assert len(rep.runs) <= 6
+    assert causal == [] and improper == [], "false leak"
+    assert rep.properness and rep.properness[0]["sum_p"] <= 1.0
+
+
+def test_position_choice_is_in_the_longest_document():
+    rep, _, _ = probe(proper)
+    start, end = rep.plan["doc"]
+    assert (start, end) == (60, 150)
+    assert start < rep.plan["position"] < end - 1
+    assert "longest document" in rep.plan["why"]
+
+
+def test_model_that_sees_its_target_is_improper():
+    rep, causal, improper = probe(sees_target)
+    assert improper, "leak undetected"
+    assert improper[0].location.function == "eval_val" and improper[0].layer.value == "probe"
+    assert causal == [], "a target leak is not a dependence on later tokens"
+
+
+def test_adapt_on_document_depends_on_the_future():
+    rep, causal, improper = probe(adapts_on_document)
+    assert causal, "leak undetected"
+    assert "depend on later tokens" in causal[0].message
+    assert any("why these positions" in e for e in causal[0].evidence)
+
+
+def test_exhaustive_sums_to_one_for_a_proper_model():
+    rep, causal, improper = probe(proper, exhaustive=True)
+    assert len(rep.properness[0]["candidates"]) == V
+    assert abs(rep.properness[0]["sum_p"] - 1.0) < 1e-9
+    assert improper == [] and causal == []
+
+
+def test_nondeterministic_eval_is_not_run():
+    rep, causal, improper = probe(proper, noise=1e-3)
+    assert rep.not_run and "nondeterministic" in rep.not_run
+    assert causal == [] and improper == []
+    assert len(rep.runs) == 1
+
+
+def test_budget_is_respected():
+    rep, _, _ = probe(proper, budget=3)
+    assert len(rep.runs) == 3
+    rep, _, _ = probe(proper, budget=1)
+    assert rep.not_run and len(rep.runs) == 0
+
+
+def test_occurrences_keep_repeated_scores_apart():
+    run = SyntheticRun(5)
+    run.score("f", 1, [(1, 5)], nll=1.0)
+    run.score("f", 1, [(1, 3)], nll=2.0)
+    occ = P.Occurrences.of(Trace(events=run.events), 5)
+    assert occ.depth() == 2 and occ.nll[1][1] == 2.0 and np.isnan(occ.nll[1][4])
