@@ -133,7 +133,9 @@ class AuditResult:
     def active_findings(self) -> list[Finding]:
         return [f for f in self.findings if f.suppressed is None]
 
-    def exit_code(self, fail_on: Severity = Severity.LOW) -> ExitCode:
+    def exit_code(self, fail_on: Severity = Severity.MEDIUM) -> ExitCode:
+        # Default fail-on is medium: low-severity findings (e.g. packed-source, which is
+        # allowed but worth knowing) are listed without failing the audit.
         if any(f.severity >= fail_on for f in self.active_findings) or self.unused_suppressions:
             return ExitCode.FINDINGS
         if self.not_audited:

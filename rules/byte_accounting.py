@@ -74,12 +74,14 @@ The comparison allows the rounding of the printed numbers only.
             if m.pass_ is None or m.which is None or r.val_loss is None or not r.val_bpb:
                 continue
             nums = J.pass_numbers(trace, m.pass_)
-            if not nums.bytes:
+            true = nums.bytes_by.get(m.which)
+            if not true:
                 continue  # true bytes unknown: the orchestrator reports this as not audited
-            script = implied_bytes(nums.n_tokens, r.val_loss, r.val_bpb)
+            count = nums.counts.get(m.which, nums.n_tokens)
+            script = implied_bytes(count, r.val_loss, r.val_bpb)
             tol = script * (J.tolerance(r.decimals) / max(r.val_loss, 1e-12)
                             + J.tolerance(r.decimals) / max(r.val_bpb, 1e-12))
-            diff = script - nums.bytes
+            diff = script - true
             if abs(diff) <= tol:
                 continue
             frame = J.find_print_line(trace, r.label)
@@ -87,14 +89,14 @@ The comparison allows the rounding of the printed numbers only.
                 frame = m.pass_.events[0].frame
             yield self.finding(
                 Layer.TRACE,
-                f"printed '{r.label}' divides by {script:,.1f} bytes; the scored text has {nums.bytes:,} "
-                f"UTF-8 bytes ({100.0 * diff / nums.bytes:+.2f}%)",
+                f"printed '{r.label}' divides by {script:,.1f} bytes; the scored text has {true:,} "
+                f"UTF-8 bytes ({100.0 * diff / true:+.2f}%)",
                 J.location(trace, frame),
                 evidence=[
                     f"printed: {r.line.strip()}",
-                    f"{nums.n_tokens} scored targets in {m.pass_.label()}; implied bytes = tokens x val_loss / "
+                    f"{count} scores summed in {m.pass_.label()}; implied bytes = tokens x val_loss / "
                     f"(val_bpb x ln 2) = {script:,.2f} (rounding allows ±{tol:.2f})",
-                    f"true UTF-8 bytes of those targets: {nums.bytes:,}; val_bpb with true bytes: "
-                    f"{nums.bpb.get('first', float('nan')):.8f}",
+                    f"true UTF-8 bytes of those targets: {true:,}; val_bpb with true bytes: "
+                    f"{nums.bpb.get(m.which, float('nan')):.8f}",
                 ],
             )

@@ -73,8 +73,8 @@ reports and are not parsed as such.
             return
         for m in J.match_reported(trace):
             r = m.reported
-            if m.which == "first":
-                continue
+            if m.which == "first" or (m.which == "all" and not m.pass_.rescored_mask):
+                continue  # the pass's own scores (double counting without training: rescored-tokens)
             frame = J.find_print_line(trace, r.label)
             if frame is None and m.pass_ is not None and m.pass_.events:
                 frame = m.pass_.events[0].frame
@@ -84,12 +84,12 @@ reports and are not parsed as such.
                 ev.append(f"closest pass: {m.pass_.label()}: mean of first scores {nums.loss['first']:.8f} "
                           f"over {nums.n_tokens} targets (printed - recomputed = {m.loss_delta:+.3g}, "
                           f"tolerance {J.tolerance(r.decimals):.1g})")
-            if m.which in ("last", "min"):
+            if m.which in ("last", "min", "all"):
                 nums = J.pass_numbers(trace, m.pass_)
                 ev.append(f"it equals the {m.which} scores of that pass ({nums.loss[m.which]:.8f}): "
                           f"scores taken after the model trained on those tokens")
-                msg = (f"printed '{r.label}' is the {'last' if m.which == 'last' else 'minimum'} of several "
-                       f"scores per token, not the first")
+                kind = {"last": "the last", "min": "the minimum", "all": "the sum of all"}[m.which]
+                msg = f"printed '{r.label}' is {kind} of several scores per token, not the first"
             else:
                 msg = f"printed '{r.label}' matches no captured evaluation pass"
                 if m.pass_ is None:

@@ -263,3 +263,24 @@ def test_position_bytes_from_tables(tmp_path):
 def test_tolerance():
     assert J.tolerance(8) == pytest.approx(1e-6)
     assert J.tolerance(4) == pytest.approx(5.1e-5)
+
+
+def test_sliding_tail_scored_twice_is_one_pass_and_low():
+    """The sliding-window eval of the 2026-03-19 records scores the last window's targets twice
+    (no training between); the printed number includes the duplicates."""
+    n = 17
+    run = SyntheticRun(n)
+    run.score("eval_val", 40, [(1, n)], nll=3.0)  # the roundtrip eval: a separate pass
+    run.score("eval_val_sliding", 60, [(1, 9)], nll=2.0)
+    run.score("eval_val_sliding", 60, [(9, 17)], nll=1.0)
+    run.score("eval_val_sliding", 60, [(13, 17)], nll=1.0)  # tail window again
+    run.report("final_sliding_window_exact", (8 * 2.0 + 12 * 1.0) / 20)
+    t = _trace(run)
+    ps = J.passes(t)
+    assert len(ps) == 2 and bin(ps[1].dup_mask).count("1") == 4
+    m = J.match_reported(t)[0]
+    assert m.which == "all" and m.pass_ is ps[1]
+    fs = rescored(t)
+    assert len(fs) == 1 and fs[0].severity.name == "LOW", "double counting not reported as low"
+    from rules.reported_score_mismatch import ReportedScoreMismatch
+    assert list(ReportedScoreMismatch().judge(t)) == [], "false mismatch on a duplicated tail"

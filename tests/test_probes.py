@@ -125,6 +125,22 @@ def test_exhaustive_sums_to_one_for_a_proper_model():
     assert improper == [] and causal == []
 
 
+def test_exhaustive_in_one_run_of_copies():
+    """A bounded-context eval: all V values in one run of copied contexts."""
+    rep, causal, improper = probe(proper, exhaustive=True, period=4)
+    labels = [r["label"] for r in rep.runs]
+    assert "exhaustive-copies" in labels and len(rep.runs) == 3  # noise, causality, copies
+    assert abs(rep.properness[0]["sum_p"] - 1.0) < 1e-9 and improper == []
+    rep, causal, improper = probe(sees_target, exhaustive=True, period=4)
+    assert improper and "whole vocabulary" in improper[0].message, "leak undetected"
+
+
+def test_exhaustive_copies_fall_back_when_the_eval_keeps_state():
+    rep, causal, improper = probe(adapts_on_document, exhaustive=True, period=4)
+    assert any(r.get("note") for r in rep.runs if r["label"] == "exhaustive-copies")
+    assert len(rep.properness[0]["candidates"]) == V
+
+
 def test_nondeterministic_eval_is_not_run():
     rep, causal, improper = probe(proper, noise=1e-3)
     assert rep.not_run and "nondeterministic" in rep.not_run
@@ -145,3 +161,66 @@ def test_occurrences_keep_repeated_scores_apart():
     run.score("f", 1, [(1, 3)], nll=2.0)
     occ = P.Occurrences.of(Trace(events=run.events), 5)
     assert occ.depth() == 2 and occ.nll[1][1] == 2.0 and np.isnan(occ.nll[1][4])
+
+
+# ---------------------------------------------------------------- orchestration (fake runner)
+class _FakeResult:
+    def __init__(self, trace, exit_code=0, error=None):
+        self.trace, self.exit_code, self.error = trace, exit_code, error
+        self.wall_s, self.stdout, self.stderr, self.notes = 0.1, "", "boom\n", ["shim ran eager: torch.compile shimmed"]
+
+
+def _fake_audit(monkeypatch, tmp_path, model, *, crash=False, ttt_leak=False):
+    from harness.dynamic import audit
+
+    toks = stream()
+    np.save(tmp_path / "val.npy", toks)
+
+    def fake_run(folder, env, data, options, *, trace=True, tracer_options=None, val_override=None):
+        if crash:
+            return _FakeResult(None, exit_code=1, error="RuntimeError: boom at train_gpt.py:12")
+        t = make_trace(model, toks if val_override is None else val_override)
+        if ttt_leak and val_override is None:  # an update on positions scored afterwards
+            from harness.dynamic.trace import Update, Frame
+            t.events.insert(1, Update(seq=-1, rank=0, target="w", target_kind="parameter", via="optimizer-step",
+                                      positions=[(0, 60)], frame=Frame("train_gpt.py", 9, "eval_val")))
+        t.meta["bos_id"] = BOS
+        return _FakeResult(t)
+
+    monkeypatch.setattr(audit, "_run", fake_run)
+    monkeypatch.setattr(audit, "val_tokens_file", lambda data, override=None: (toks, str(tmp_path / "val.npy")))
+    return audit.run_dynamic(tmp_path, {"toy_data": {"tokenizer": ""}, "probe_budget": 5})
+
+
+def test_audit_clean_model(monkeypatch, tmp_path):
+    res = _fake_audit(monkeypatch, tmp_path, proper)
+    assert res.findings == [] and res.not_audited == [], [f.message for f in res.findings]
+    assert int(res.exit_code()) == 0
+    assert res.stats["coverage_pct"] == 100.0 and res.stats["probe_runs"] == 5
+    assert "probe" in res.layers_run and any("torch.compile" in n for n in res.notes)
+
+
+def test_audit_crash_is_not_audited(monkeypatch, tmp_path):
+    res = _fake_audit(monkeypatch, tmp_path, proper, crash=True)
+    assert int(res.exit_code()) == 3 and "boom" in res.not_audited[0].reason
+    assert res.not_audited[0].layer.value == "trace"
+
+
+def test_audit_probe_only_leak(monkeypatch, tmp_path):
+    res = _fake_audit(monkeypatch, tmp_path, sees_target)
+    assert {f.rule for f in res.findings} == {"improper-distribution"}
+    assert int(res.exit_code()) == 1
+
+
+def test_audit_folds_probe_symptom_into_trace_cause(monkeypatch, tmp_path):
+    res = _fake_audit(monkeypatch, tmp_path, adapts_on_document, ttt_leak=True)
+    from harness.rule import rule_by_name
+
+    rules = {f.rule for f in res.findings}
+    assert int(res.exit_code()) == 1
+    if rule_by_name("train-before-score") is None or not rule_by_name("train-before-score").has_judge():
+        assert rules == {"future-dependent-score"}, "leak undetected"
+        return
+    assert "train-before-score" in rules and "future-dependent-score" not in rules
+    cause = next(f for f in res.findings if f.rule == "train-before-score")
+    assert any("confirmed by the future-dependent-score probe" in e for e in cause.evidence)

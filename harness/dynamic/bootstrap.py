@@ -30,13 +30,13 @@ def _rank() -> int:
 def _last_submission_frame(tb, submission_dir: str) -> dict | None:
     """The innermost traceback frame that belongs to the submission (its folder, or code it
     exec'd from a string)."""
-    from harness.dynamic.shims import _caller_is_submission  # noqa: F401  (prefix logic)
     from harness.dynamic import shims
 
     best = None
     for frame in traceback.extract_tb(tb):
         fn = frame.filename
-        inside = fn.startswith(submission_dir) or not fn.startswith(shims._lib_prefixes())
+        inside = fn.startswith(submission_dir) or not (fn.startswith(shims._lib_prefixes())
+                                                        or fn.startswith("<frozen "))
         if inside and "harness/dynamic/bootstrap.py" not in fn:
             best = frame
     if best is None:
@@ -47,13 +47,100 @@ def _last_submission_frame(tb, submission_dir: str) -> dict | None:
     return {"path": path, "line": best.lineno, "function": best.name, "code": (best.line or "").strip()}
 
 
-def _check_syntax(script: Path) -> str | None:
-    """None when the interpreter can compile the script; else the SyntaxError as one line."""
+def _check_syntax(script: Path, record: dict) -> str | None:
+    """None when the interpreter can compile the script (after rewriting Python 3.12-only
+    f-strings in place, in the scratch copy); else the SyntaxError as one line."""
+    from harness.dynamic import py312
+
+    source = script.read_bytes()
     try:
-        compile(script.read_bytes(), str(script), "exec", dont_inherit=True)
+        compile(source, str(script), "exec", dont_inherit=True)
+        return None
     except SyntaxError as exc:
-        return f"SyntaxError: {exc.msg} ({script.name}:{exc.lineno})"
-    return None
+        first = f"SyntaxError: {exc.msg} ({script.name}:{exc.lineno})"
+    try:
+        text = source.decode("utf-8")
+        if py312.needs_rewrite(text):
+            new, n = py312.rewrite(text)
+            compile(new, str(script), "exec", dont_inherit=True)
+            script.write_text(new, encoding="utf-8")
+            record["rewrites"].append(f"{script.name}: {n} Python 3.12 f-string(s) rewritten for "
+                                      f"{sys.version_info.major}.{sys.version_info.minor}")
+            return None
+    except Exception:
+        pass
+    return first
+
+
+_FUTURE_MASK = 0
+for _name in __import__("__future__").all_feature_names:
+    _FUTURE_MASK |= getattr(__import__("__future__"), _name).compiler_flag
+
+
+def _install_exec_hook(state_dir: Path, record: dict) -> None:
+    """Wrap builtins.exec/compile: code a packed script executes from a string is saved under
+    state_dir/exec_sources/ (so findings on "<string>" frames can be read), and a payload
+    using Python 3.12-only f-strings is rewritten when it fails to compile. The caller's
+    __future__ flags are passed through, as the builtins would inherit them."""
+    import builtins
+
+    from harness.dynamic import py312, shims
+
+    real_exec, real_compile = builtins.exec, builtins.compile
+    saved: dict[int, str] = {}
+    out_dir = state_dir / "exec_sources"
+
+    def remember(source, filename: str) -> None:
+        if isinstance(source, bytes):
+            try:
+                source = source.decode("utf-8")
+            except UnicodeDecodeError:
+                return
+        if not isinstance(source, str) or len(source) < 200 or hash(source) in saved:
+            return
+        out_dir.mkdir(exist_ok=True)
+        path = out_dir / f"exec_{len(saved):03d}.py"
+        try:
+            path.write_text(source, encoding="utf-8")
+        except OSError:
+            return
+        saved[hash(source)] = str(path)
+        record["exec_sources"].append({"filename": filename, "path": str(path)})
+
+    def compile_hook(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, *, _depth=1, **kw):
+        if not dont_inherit:
+            flags |= sys._getframe(_depth).f_code.co_flags & _FUTURE_MASK
+        # Save what the submission itself executes (not dataclasses'/namedtuple's generated
+        # code); PyCF_ONLY_AST (0x400) is ast.parse: nothing executes.
+        if not (flags & 0x400) and shims._caller_is_submission(_depth + 1):
+            remember(source, str(filename))
+        try:
+            return real_compile(source, filename, mode, flags, True, optimize, **kw)
+        except SyntaxError:
+            if not isinstance(source, (str, bytes)):
+                raise
+            text = source.decode("utf-8") if isinstance(source, bytes) else source
+            if not py312.needs_rewrite(text):
+                raise
+            new, n = py312.rewrite(text)
+            record["rewrites"].append(f"{filename}: {n} Python 3.12 f-string(s) rewritten for "
+                                      f"{sys.version_info.major}.{sys.version_info.minor}")
+            return real_compile(new, filename, mode, flags, True, optimize, **kw)
+
+    def exec_hook(source, globals=None, locals=None, /, **kw):
+        frame = sys._getframe(1)
+        if globals is None:
+            globals = frame.f_globals
+            if locals is None:
+                locals = frame.f_locals
+        elif locals is None:
+            locals = globals
+        if isinstance(source, (str, bytes)):
+            source = compile_hook(source, "<string>", "exec", _depth=2)
+        return real_exec(source, globals, locals, **kw)
+
+    builtins.compile = compile_hook
+    builtins.exec = exec_hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(cfg["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"rank": rank, "traced": False, "trace_note": "", "shims": [],
-                              "crash": None, "exit_code": None}
+                              "crash": None, "exit_code": None, "rewrites": [], "exec_sources": []}
     out_path = state_dir / f"bootstrap_rank{rank}.json"
 
     def save() -> None:
@@ -75,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
 
     script = Path(cfg["script"])
-    syntax = _check_syntax(script)
+    syntax = _check_syntax(script, record)
     if syntax is not None:
         record["crash"] = {"type": "SyntaxError", "message": syntax, "frame": None,
                            "not_auditable": f"script does not compile under Python "
@@ -87,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.dynamic import shims
     shim_state = shims.install(shims.ShimOptions(**cfg.get("shim_options", {})))
+    _install_exec_hook(state_dir, record)
 
     tracer = None
     if cfg.get("trace"):
@@ -96,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             record["trace_note"] = f"not traced: tracer unavailable ({exc})"
         else:
             try:
-                tcfg = tracer_mod.TracerConfig(**(cfg.get("tracer_options") or {}))
+                import dataclasses
+                known = {f.name for f in dataclasses.fields(tracer_mod.TracerConfig)}
+                opts = {"submission_dir": cfg.get("submission_dir", ""), "val_files": cfg.get("val_files", [])}
+                opts.update(cfg.get("tracer_options") or {})
+                tcfg = tracer_mod.TracerConfig(**{k: v for k, v in opts.items() if k in known})
                 tracer = tracer_mod.Tracer(tcfg)
                 tracer.install()
                 record["traced"] = True

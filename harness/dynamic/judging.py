@@ -203,7 +203,11 @@ class Pass:
     events: list = field(default_factory=list)  # Scored, in timeline order
     functions: list[str] = field(default_factory=list)  # scoring functions, first-seen order
     mask: int = 0  # every position this pass scored
-    rescored_mask: int = 0  # positions scored more than once inside this pass
+    rescored_mask: int = 0  # positions scored again after the model trained on them (same pass)
+    dup_mask: int = 0  # positions scored again with no training between (double counting)
+    all_sum: float = 0.0  # every score of the pass, duplicates included (how a script sums them)
+    all_count: int = 0
+    min_pos: int = -1  # the lowest position the pass scored (where an eval restarts)
     # per-position arrays (length n_positions); -1 / nan where not scored
     first_nll: np.ndarray | None = None
     last_nll: np.ndarray | None = None
@@ -224,12 +228,27 @@ class Pass:
         return int((self.times > 0).sum())
 
     def total(self, which: str = "first") -> float:
+        """Sum of scores: first/last/min per position, or every score counted ("all")."""
+        if which == "all":
+            return self.all_sum
         arr = {"first": self.first_nll, "last": self.last_nll, "min": self.min_nll}[which]
         return float(np.nansum(arr, dtype=np.float64))
 
+    def count(self, which: str = "first") -> int:
+        return self.all_count if which == "all" else self.n_scored
+
     def mean(self, which: str = "first") -> float:
-        n = self.n_scored
+        n = self.count(which)
         return self.total(which) / n if n else float("nan")
+
+    def aggregations(self) -> list[str]:
+        """The ways this pass's scores could have been summed into a printed number."""
+        out = ["first"]
+        if self.dup_mask or self.rescored_mask:
+            out.append("all")
+        if self.rescored_mask:
+            out += ["last", "min"]
+        return out
 
     def label(self) -> str:
         return f"pass {self.index + 1} (scored in {', '.join(self.functions) or '?'})"
@@ -307,19 +326,27 @@ def passes(trace: Trace) -> list[Pass]:
         else:
             repeated = m & cur.mask
             if repeated:
-                # A re-score inside one eval: same scoring function, and the model was
-                # trained on (some of) these positions since their first score here.
-                same_eval = bool(repeated & trained_since) and bool(repeated & scorer_of.get(fn, 0))
-                if not same_eval:
+                # Still the same eval when the same function re-scores: after training on the
+                # positions (score every epoch, min-NLL), or without training and without
+                # restarting from the pass's first position (a window scored twice at the end
+                # of a sliding eval). Anything else is a new eval.
+                same_fn = bool(repeated & scorer_of.get(fn, 0))
+                trained = bool(repeated & trained_since)
+                restart = cur.min_pos >= 0 and bool((m >> cur.min_pos) & 1)
+                if not (same_fn and (trained or not restart)):
                     cur = start()
                     trained_since = 0
                     scorer_of = {}
+                elif not trained:
+                    cur.dup_mask |= repeated
         cur.events.append(e)
         if fn not in cur.functions:
             cur.functions.append(fn)
         scorer_of[fn] = scorer_of.get(fn, 0) | m
-        cur.rescored_mask |= m & cur.mask
+        cur.rescored_mask |= m & cur.mask & trained_since
         cur.mask |= m
+        lo = e.positions[0][0]
+        cur.min_pos = lo if cur.min_pos < 0 else min(cur.min_pos, lo)
         pos = positions_array(e.positions)
         nll = np.asarray(e.nll, dtype=np.float64)
         if len(nll) != len(pos):  # malformed event: keep what aligns
@@ -340,6 +367,8 @@ def passes(trace: Trace) -> list[Pass]:
             cur.later_event[second] = ev_index
         cur.last_nll[pos] = nll
         cur.times[pos] += 1
+        cur.all_sum += float(nll.sum(dtype=np.float64))
+        cur.all_count += len(nll)
     cache["passes"] = out
     return out
 
@@ -445,9 +474,11 @@ class PassNumbers:
 
     pass_: Pass
     n_tokens: int
-    loss: dict[str, float]  # which ("first"/"last"/"min") -> mean nll (nats)
+    loss: dict[str, float]  # which ("first"/"all"/"last"/"min") -> mean nll (nats)
     bytes: int | None  # true UTF-8 bytes of the scored targets
     bpb: dict[str, float]  # which -> bits per byte (empty when bytes unknown)
+    counts: dict[str, int] = field(default_factory=dict)  # which -> scores summed
+    bytes_by: dict[str, int] = field(default_factory=dict)  # which -> true bytes behind them
 
 
 def pass_numbers(trace: Trace, p: Pass) -> PassNumbers:
@@ -456,11 +487,19 @@ def pass_numbers(trace: Trace, p: Pass) -> PassNumbers:
         return cache[p.index]
     scored = p.scored
     nbytes = bytes_of(trace, scored)
-    loss = {w: p.mean(w) for w in ("first", "last", "min")}
+    whichs = p.aggregations()
+    loss = {w: p.mean(w) for w in whichs}
     bpb = {}
+    bytes_by = {}
     if nbytes:
-        bpb = {w: p.total(w) / LN2 / nbytes for w in ("first", "last", "min")}
-    out = PassNumbers(pass_=p, n_tokens=len(scored), loss=loss, bytes=nbytes, bpb=bpb)
+        bytes_by = {w: nbytes for w in whichs if w != "all"}
+        if "all" in whichs:
+            per = position_bytes(trace)
+            if per is not None and len(per) >= len(p.times):
+                bytes_by["all"] = int((per[: len(p.times)] * p.times).sum())
+        bpb = {w: p.total(w) / LN2 / b for w, b in bytes_by.items() if b}
+    out = PassNumbers(pass_=p, n_tokens=len(scored), loss=loss, bytes=nbytes, bpb=bpb,
+                      counts={w: p.count(w) for w in whichs}, bytes_by=bytes_by)
     cache[p.index] = out
     return out
 
@@ -479,6 +518,9 @@ def match_reported(trace: Trace) -> list[Match]:
     the first scores of a pass; then a pass's later/min scores. A report matches when its
     val_loss (or, when only a bpb is printed and the bytes are known, its val_bpb) agrees
     within `tolerance(decimals)`. Unmatched reports carry the closest candidate's deltas."""
+    cache = _cache(trace)
+    if "matches" in cache:
+        return cache["matches"]
     out = []
     numbers = [pass_numbers(trace, p) for p in passes(trace)]
     for r in reported(trace):
@@ -486,10 +528,10 @@ def match_reported(trace: Trace) -> list[Match]:
         matched: Match | None = None
         closest: Match | None = None
         closest_err = math.inf
-        for which in ("first", "last", "min"):
+        for which in ("first", "all", "last", "min"):
             best_err = math.inf
             for num in numbers:
-                if which != "first" and not num.pass_.rescored_mask:
+                if which not in num.loss:
                     continue
                 dl = r.val_loss - num.loss[which] if r.val_loss is not None else None
                 db = r.val_bpb - num.bpb[which] if (r.val_bpb is not None and which in num.bpb) else None
@@ -505,6 +547,7 @@ def match_reported(trace: Trace) -> list[Match]:
             if matched is not None:
                 break
         out.append(matched or closest or Match(r, None, None, None, None))
+    cache["matches"] = out
     return out
 
 
@@ -569,6 +612,14 @@ def byte_tables(tokenizer_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return base, space, boundary
 
 
+def tokenizer_path(trace: Trace) -> str | None:
+    """The SentencePiece model the run used: meta["tokenizer_path"], else RunEnd's, if on disk."""
+    for cand in [trace.meta.get("tokenizer_path")] + [e.tokenizer_path for e in trace.of(RunEnd)]:
+        if cand and Path(cand).exists():
+            return str(cand)
+    return None
+
+
 def position_bytes(trace: Trace) -> np.ndarray | None:
     """True UTF-8 bytes contributed by the target at each position (index 0 is 0), or None."""
     cache = _cache(trace)
@@ -580,8 +631,7 @@ def position_bytes(trace: Trace) -> np.ndarray | None:
         out = np.load(path).astype(np.int64)
     else:
         tokens = val_stream(trace)
-        ends = trace.of(RunEnd)
-        tok_path = next((e.tokenizer_path for e in ends if e.tokenizer_path), None)
+        tok_path = tokenizer_path(trace)
         tables = byte_tables(tok_path) if (tokens is not None and tok_path) else None
         if tables is not None and len(tokens):
             base, space, boundary = tables
@@ -653,6 +703,9 @@ def is_training(update: Update) -> bool:
 
 def first_score_key(trace: Trace) -> tuple[dict[int, int], int | None]:
     """Per rank, the seq of its first Scored event; and the smallest `passed` of any Scored."""
+    cache = _cache(trace)
+    if "first_score_key" in cache:
+        return cache["first_score_key"]
     tl = timeline(trace)
     first_seq: dict[int, int] = {}
     min_passed = None
@@ -660,6 +713,7 @@ def first_score_key(trace: Trace) -> tuple[dict[int, int], int | None]:
         first_seq[s.rank] = min(first_seq.get(s.rank, s.seq), s.seq)
         p = tl.passed(s)
         min_passed = p if min_passed is None else min(min_passed, p)
+    cache["first_score_key"] = (first_seq, min_passed)
     return first_seq, min_passed
 
 
@@ -742,7 +796,7 @@ def update_group_evidence(trace: Trace, g: UpdateGroup) -> tuple[list[str], list
 
 
 def rescored_passes(trace: Trace) -> list[Pass]:
-    return [p for p in passes(trace) if p.rescored_mask]
+    return [p for p in passes(trace) if p.rescored_mask or p.dup_mask]
 
 
 def report_for_pass(trace: Trace, p: Pass) -> list[Match]:
@@ -808,42 +862,46 @@ def judge_val_data_in_training(rule, trace: Trace):
 
 
 def judge_rescored_tokens(rule, trace: Trace):
-    """Inside one evaluation pass a position was scored again after the model trained on it.
-    Severity: high when a printed score is the pass's later or minimum scores, low when the
-    printed score is the first scores (the re-scores went unused), medium when no printed
-    score matches this pass."""
+    """Inside one evaluation pass a position was scored again. Reported only when a printed
+    number comes from the repeated scores (re-scores nothing prints from are not a reported
+    score: e.g. a training loss logged with .item()). High: the printed number uses scores taken
+    after the model trained on those tokens (last, minimum, or all of them). Low: the printed
+    number counts positions twice with no training between (the tail window of a sliding eval),
+    or re-scores exist but the printed number is the first scores."""
     from harness.findings import Confidence, Layer, Severity
 
     for p in rescored_passes(trace):
-        pos = mask_positions(p.rescored_mask)
+        matches = report_for_pass(trace, p)
+        adapted = [m for m in matches if m.which in ("last", "min", "all") and p.rescored_mask]
+        doubled = [m for m in matches if m.which == "all" and not p.rescored_mask]
+        proper = [m for m in matches if m.which == "first"]
+        if adapted:
+            severity, mask, what = Severity.HIGH, p.rescored_mask, "after training on them"
+        elif doubled:
+            severity, mask, what = Severity.LOW, p.dup_mask, "a second time (no training between)"
+        elif proper and p.rescored_mask:
+            severity, mask, what = Severity.LOW, p.rescored_mask, "after training on them (unused)"
+        else:
+            continue
+        pos = mask_positions(mask)
         again_idx = p.later_event[pos]
         again_idx = again_idx[again_idx >= 0]
         second = p.events[int(again_idx.min())] if len(again_idx) else p.events[-1]
         first = first_score_event(trace, p, pos)
-        matches = report_for_pass(trace, p)
-        later = [m for m in matches if m.which in ("last", "min")]
-        proper = [m for m in matches if m.which == "first"]
         nums = pass_numbers(trace, p)
         ev = [
-            f"{len(pos)} positions scored more than once in {p.label()}, after the model was "
-            f"trained on them: {describe_positions(pos)}",
-            f"first score at {where(first.frame if first else None)}; score taken again at "
+            f"{len(pos)} positions scored {what} in {p.label()}: {describe_positions(pos)}",
+            f"first score at {where(first.frame if first else None)}; scored again at "
             f"{where(second.frame)} (loss op {second.loss_op})",
-            f"mean NLL of that pass by first scores {nums.loss['first']:.6f}, by last scores "
-            f"{nums.loss['last']:.6f}, by per-position minimum {nums.loss['min']:.6f}",
+            "mean NLL of that pass: " + ", ".join(f"{w} scores {v:.6f}" for w, v in nums.loss.items()),
         ]
         for m in matches:
             ev.append(f"printed '{m.reported.label}' = the {m.which} scores: {m.reported.line.strip()}")
-        if later:
-            severity = Severity.HIGH
-        elif proper:
-            severity = Severity.LOW
-        else:
-            severity = Severity.MEDIUM
+        used = (adapted or doubled or proper)[0]
         f = rule.finding(
             Layer.TRACE,
-            f"{_function(second.frame)}() scores validation tokens again after training on them"
-            + (f"; the printed '{later[0].reported.label}' uses the {later[0].which} scores" if later else ""),
+            f"{_function(second.frame)}() scores validation tokens {what}; the printed "
+            f"'{used.reported.label}' uses the {used.which} scores",
             location(trace, second.frame),
             evidence=ev,
             related=[location(trace, first.frame)] if first is not None and first.frame else [],
@@ -870,7 +928,7 @@ def seq_len_limit(trace: Trace) -> int:
 def bos_id(trace: Trace) -> int | None:
     if trace.meta.get("bos_id") is not None:
         return int(trace.meta["bos_id"])
-    tok = next((e.tokenizer_path for e in trace.of(RunEnd) if e.tokenizer_path), None)
+    tok = tokenizer_path(trace)
     if not tok:
         return None
     try:
@@ -911,7 +969,6 @@ def coverage(trace: Trace, p: Pass) -> Coverage:
     missing = targets[p.times[1:n] == 0] if n > 1 else targets
     tail = 0
     if len(missing) and missing[-1] == n - 1:
-        # length of the trailing consecutive run
         gaps = np.nonzero(np.diff(missing) != 1)[0]
         start = missing[gaps[-1] + 1] if len(gaps) else missing[0]
         tail = int(n - start)

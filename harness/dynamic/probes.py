@@ -230,10 +230,11 @@ def _frame_dict(occ: Occurrences, k: int, p: int) -> dict | None:
 
 def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int = 6, exhaustive: bool = False,
                bos: int | None = None, vocab: int | None = None, k: int = 4, chunk_hint: int | None = None,
-               log: Callable[[str], None] = lambda s: None) -> ProbeReport:
+               period: int | None = None, log: Callable[[str], None] = lambda s: None) -> ProbeReport:
     """Run the causality and properness probes against `trace` (the baseline run). `budget` caps
     the number of extra runs (one goes to the noise re-run); `exhaustive` tries every vocabulary
-    value at the probed position and ignores the budget."""
+    value at the probed position and ignores the budget: in one run of copied contexts when
+    `period` (a multiple of every eval window and stride) is given, else one run per value."""
     rep = ProbeReport()
     n = len(tokens)
     base = Occurrences.of(trace, n)
@@ -306,7 +307,15 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
         except ProbeError as exc:
             rep.causality.append({"run": "causality", "error": str(exc), "max_delta": 0.0})
         extra -= 1
-    # 3. properness: x_i replaced by each other candidate, one run each
+    # 3. properness
+    if exhaustive and period:
+        try:
+            exhaustive_in_one_run(rep, tokens, base, i, period, vocab or int(tokens.max()) + 1, run_fn, plan.why)
+            return rep
+        except ProbeError as exc:
+            rep.runs.append({"label": "exhaustive-copies", "wall_s": 0.0, "note": str(exc)})
+            log(f"exhaustive copies not usable: {exc}; one run per value instead")
+    # x_i replaced by each other candidate, one run each
     cands = plan.candidates if exhaustive else plan.candidates[: max(1, min(len(plan.candidates), extra + 1))]
     nll_by_cand: list[np.ndarray] = []  # per candidate: scores of position i, one per occurrence
     depth = base.depth()
@@ -339,6 +348,51 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
                 "why": plan.why,
             })
     return rep
+
+
+def exhaustive_in_one_run(rep: ProbeReport, tokens: np.ndarray, base: Occurrences, i: int, period: int,
+                          vocab: int, run_fn: RunFn, why: str) -> None:
+    """Every vocabulary value at once, for evals whose prediction at p depends only on a bounded
+    window before p (plain and sliding-window evals). The stream is rebuilt from copies of the
+    `period` tokens ending at i, laid end to end; copy k ends with value v_k. With `period` a
+    multiple of every window length and stride, each copy's last token is predicted from the same
+    context at the same place in its window, so the copies give NLL_i(v) for every v in one run.
+    Copies 1 and the last keep the true token: if their scores differ the eval carries state across
+    windows (TTT, caches) and the premise fails (ProbeError: fall back to one run per value)."""
+    if i + 1 < period:
+        raise ProbeError(f"position {i} has fewer than {period} tokens before it")
+    seg = tokens[i - period + 1: i + 1].copy()
+    true = int(tokens[i])
+    values = [true, true] + list(range(vocab)) + [true, true]  # copy 0 warms up, the last pads
+    stream = np.concatenate([np.concatenate([seg[:-1], [v]]) for v in values] + [seg[:1]]).astype(tokens.dtype)
+    ends = np.arange(len(values)) * period + period - 1
+    t0 = time.perf_counter()
+    t = run_fn(stream, "exhaustive-copies")
+    rep.runs.append({"label": "exhaustive-copies", "wall_s": round(time.perf_counter() - t0, 2),
+                     "tokens": int(len(stream))})
+    occ = Occurrences.of(t, len(stream))
+    if not occ.depth():
+        raise ProbeError("the copied stream produced no scores")
+    found = False
+    for kk in range(occ.depth()):
+        nll = occ.nll[kk][ends]
+        if np.isnan(nll[1:-1]).any():
+            continue
+        check = abs(nll[1] - nll[-2])
+        if check > rep.tol:
+            raise ProbeError(f"copies of one context scored differently ({check:.3g} nats): the eval keeps "
+                             f"state across windows")
+        cand = nll[2:-2]
+        rep.properness.append({
+            "position": i, "true_token": true, "candidates": list(range(vocab)),
+            "nll": [float(x) for x in cand], "sum_p": float(np.exp(-cand).sum()), "exhaustive": True,
+            "occurrence": kk, "frame": _frame_dict(occ, kk, int(ends[2])),
+            "why": why + f"; every value tried in one run of {len(values)} copies of the {period} tokens "
+                         f"ending at {i}",
+        })
+        found = True
+    if not found:
+        raise ProbeError("no pass scored every copy")
 
 
 def summary(rep: ProbeReport) -> dict:

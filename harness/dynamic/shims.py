@@ -73,7 +73,7 @@ def _caller_is_submission(depth: int = 2) -> bool:
         filename = sys._getframe(depth).f_code.co_filename
     except ValueError:
         return False
-    return not filename.startswith(_lib_prefixes())
+    return not filename.startswith(_lib_prefixes()) and not filename.startswith("<frozen ")
 
 
 # ---------------------------------------------------------------- devices
@@ -95,7 +95,9 @@ class _DeviceMeta(type):
     def __call__(cls, *args: Any, **kwargs: Any):
         real = _REAL["device"]
         first = args[0] if args else kwargs.get("type")
-        if _is_cuda(first) or (isinstance(first, str) and first == "cuda"):
+        # Only the submission's devices move: torch's own code (fork_rng, amp) builds
+        # torch.device("cuda") to probe CUDA and must keep seeing the real answer.
+        if _is_cuda(first) and _caller_is_submission():
             STATE.note("device('cuda') -> cpu")
             return real("cpu")
         return real(*args, **kwargs)

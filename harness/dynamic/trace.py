@@ -117,7 +117,11 @@ class Scored:
     nll: list[float]
     sink: str  # "accumulate", "host-read", "collective"
     grad_enabled: bool  # was the loss computed with autograd recording?
-    frame: Frame | None = None
+    frame: Frame | None = None  # where the values reached the sink
+    # The tracer places a Scored event in the timeline where its values were *computed*:
+    # seq = its LossComputed's seq + k. sink_seq says when they reached the sink (same scale);
+    # -1 when unknown (synthetic traces).
+    sink_seq: int = -1
 
 
 @dataclass

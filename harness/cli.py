@@ -1,0 +1,275 @@
+"""`golf-audit`: audit Parameter Golf submission folders.
+
+    golf-audit [options] PATH...        audit folders (or single .py files)
+    golf-audit rules                    list the rules
+    golf-audit explain NAME|ID          print a rule's documentation
+    golf-audit ci --base REF ...        the pull-request gate (harness.ci_gate)
+
+Exit codes: 0 clean at --fail-on, 1 findings, 2 usage error, 3 not auditable (1 outranks 3).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from harness import __version__, cache
+from harness.config import Config, ConfigError, load_config
+from harness.findings import AuditResult, ExitCode, Layer, NotAudited, Severity, worst_exit
+from harness.rule import Rule, all_rules, rule_by_name
+from harness.serialize import merge_results
+
+SUBCOMMANDS = ("rules", "explain", "ci")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 already; keep the message to one line
+        self.exit(ExitCode.USAGE, f"{self.prog}: usage error: {message}\n")
+
+
+def _env_pairs(values: list[str]) -> dict[str, str]:
+    env = {}
+    for item in values or []:
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise UsageError(f"--env takes KEY=VALUE, not {item!r}")
+        key, value = item.split("=", 1)
+        env[key] = value
+    return env
+
+
+def audit_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="golf-audit", description="Audit Parameter Golf submissions for compliance.",
+                epilog="Subcommands: golf-audit rules | golf-audit explain NAME | golf-audit ci --base REF")
+    p.add_argument("paths", nargs="+", help="submission folders (or .py files)")
+    p.add_argument("--format", choices=["text", "json", "sarif", "markdown"], default=None)
+    p.add_argument("--output", "-o", help="write the report here instead of stdout")
+    p.add_argument("--fail-on", choices=["low", "medium", "high"], default=None,
+                   help="lowest severity that makes the exit code 1 (default: medium)")
+    p.add_argument("--select", action="append", default=[], help="only these rules (names or ids, comma-separated)")
+    p.add_argument("--ignore", action="append", default=[], help="skip these rules")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VAL",
+                   help="flags the submission runs with (repeatable)")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="folders audited in parallel (default: cores)")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--dynamic", action="store_true", help="also run the eval at toy scale under the tracer and probes")
+    p.add_argument("--no-static", action="store_true", help="run only the dynamic layer (implies --dynamic)")
+    p.add_argument("--nproc", type=int, default=1, help="dynamic: processes (torchrun, gloo)")
+    p.add_argument("--exhaustive", action="store_true", help="dynamic: properness over the whole vocabulary")
+    p.add_argument("--probe-budget", type=int, default=None, help="dynamic: extra probe runs at most")
+    p.add_argument("--timeout", type=int, default=None, help="dynamic: seconds per run")
+    p.add_argument("--unsafe-allow-network", action="store_true",
+                   help="dynamic: run without a network namespace when none is available (reported)")
+    p.add_argument("--sarif-root", default=None, help="SARIF URIs are relative to this folder (default: cwd)")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--quiet", "-q", action="store_true", help="no report, exit code only")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    p.add_argument("--version", action="version", version=f"golf-audit {__version__}")
+    return p
+
+
+def select_rules(select: list[str], ignore: list[str]) -> list[Rule]:
+    def names(values: list[str]) -> list[str]:
+        return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+    chosen = all_rules()
+    sel, ign = names(select), names(ignore)
+    for name in sel + ign:
+        if rule_by_name(name) is None:
+            raise UsageError(f"unknown rule {name!r} (see `golf-audit rules`)")
+    if sel:
+        wanted = {rule_by_name(n).name for n in sel}
+        chosen = [r for r in chosen if r.name in wanted]
+    if ign:
+        dropped = {rule_by_name(n).name for n in ign}
+        chosen = [r for r in chosen if r.name not in dropped]
+    return chosen
+
+
+# ------------------------------------------------------------------ auditing
+def audit_one(target: str, options: dict) -> AuditResult:
+    """Audit one folder or file with the layers `options` asks for. Never raises."""
+    path = Path(target)
+    if not path.exists():
+        return AuditResult(target=target, not_audited=[NotAudited(target, "no such file or directory")])
+    rule_names = options.get("rules")
+    rules = [r for r in all_rules() if rule_names is None or r.name in rule_names]
+    parts: list[AuditResult] = []
+    try:
+        if not options.get("no_static"):
+            from harness.static_audit import audit_folder_static
+            parts.append(audit_folder_static(path, env=options.get("env") or {}, rules=rules))
+        if options.get("dynamic") or options.get("no_static"):
+            parts.append(_dynamic(path, options, rules))
+    except Exception as exc:  # noqa: BLE001 - a crash is "not audited", never a traceback or a pass
+        detail = traceback.format_exc()
+        parts.append(AuditResult(target=target, not_audited=[
+            NotAudited(target, f"internal error: {type(exc).__name__}: {exc}", detail=detail)]))
+    result = merge_results(*parts) if parts else AuditResult(target=target)
+    result.target = target
+    wanted = {r.name for r in rules}
+    result.findings = [f for f in result.findings if f.rule in wanted]
+    return result
+
+
+def _dynamic(path: Path, options: dict, rules: list[Rule]) -> AuditResult:
+    try:
+        from harness.dynamic.audit import run_dynamic
+    except Exception as exc:  # noqa: BLE001
+        return AuditResult(target=str(path), layers_run=[], not_audited=[NotAudited(
+            str(path), f"dynamic layer unavailable: {type(exc).__name__}: {exc}", layer=Layer.TRACE)])
+    dyn_opts = {"env": options.get("env") or {}, "nproc": options.get("nproc", 1),
+                "exhaustive": options.get("exhaustive", False),
+                "allow_network": options.get("allow_network", False)}
+    if options.get("probe_budget") is not None:
+        dyn_opts["probe_budget"] = options["probe_budget"]
+    if options.get("timeout") is not None:
+        dyn_opts["timeout_s"] = options["timeout"]
+    return run_dynamic(path, dyn_opts)
+
+
+def _audit_cached(target: str, options: dict) -> AuditResult:
+    cache_dir = options.get("cache_dir")
+    key = None
+    if cache_dir and Path(target).exists():
+        try:
+            key = cache.content_key(Path(target), {k: v for k, v in options.items() if k != "cache_dir"})
+        except OSError:
+            key = None
+        if key:
+            hit = cache.load(Path(cache_dir), key)
+            if hit is not None:
+                hit.target = target
+                return hit
+    result = audit_one(target, options)
+    # runs that could not complete are not cached: the cause may be transient
+    if key and not any("internal error" in n.reason for n in result.not_audited):
+        cache.store(Path(cache_dir), key, result)
+    return result
+
+
+def audit_paths(paths: list[str], options: dict) -> list[AuditResult]:
+    """Audit several folders, in parallel across cores, through the content-hash cache.
+    `options`: env, rules (names), dynamic, no_static, nproc, exhaustive, probe_budget, timeout,
+    allow_network, cache_dir (None = no cache), jobs."""
+    jobs = options.get("jobs") or os.cpu_count() or 1
+    # dynamic audits run torch subprocesses themselves: one at a time
+    if options.get("dynamic") or options.get("no_static"):
+        jobs = 1
+    jobs = max(1, min(jobs, len(paths)))
+    if jobs == 1:
+        return [_audit_cached(p, options) for p in paths]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_audit_cached, paths, [options] * len(paths)))
+
+
+# ------------------------------------------------------------------ commands
+def cmd_rules(argv: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    _Parser(prog="golf-audit rules", description="List the rules.").parse_args(argv)
+    table = Table(title="golf-audit rules")
+    for col in ("id", "name", "severity", "confidence", "layers", "what it does"):
+        table.add_column(col)
+    for r in all_rules():
+        table.add_row(r.id, r.name, r.severity.name.lower(), r.confidence.name.lower(),
+                      ",".join(x.value for x in r.layers), r.summary.strip())
+    Console(width=160).print(table)
+    return ExitCode.CLEAN
+
+
+def cmd_explain(argv: list[str]) -> int:
+    p = _Parser(prog="golf-audit explain", description="Print a rule's documentation.")
+    p.add_argument("name")
+    args = p.parse_args(argv)
+    rule = rule_by_name(args.name)
+    if rule is None:
+        known = ", ".join(r.name for r in all_rules())
+        print(f"golf-audit explain: unknown rule {args.name!r}; known rules: {known}", file=sys.stderr)
+        return ExitCode.USAGE
+    print(rule.documentation(), end="")
+    return ExitCode.CLEAN
+
+
+def cmd_ci(argv: list[str]) -> int:
+    try:
+        from harness.ci_gate import main_ci
+    except ImportError as exc:
+        print(f"golf-audit ci: not available: {exc}", file=sys.stderr)
+        return ExitCode.NOT_AUDITABLE
+    return main_ci(argv)
+
+
+def cmd_audit(argv: list[str]) -> int:
+    args = audit_parser().parse_args(argv)
+    cfg: Config = load_config(Path.cwd())
+    fail_on = Severity[(args.fail_on or cfg.fail_on).upper()]
+    fmt = args.format or cfg.format
+    if fmt not in ("text", "json", "sarif", "markdown"):
+        raise UsageError(f"unknown format {fmt!r} in {cfg.source}")
+    rules = select_rules(cfg.select + args.select, cfg.ignore + args.ignore)
+    env = {**cfg.env, **_env_pairs(args.env)}
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    options = {
+        "env": env, "rules": [r.name for r in rules], "dynamic": args.dynamic or args.no_static,
+        "no_static": args.no_static, "nproc": args.nproc, "exhaustive": args.exhaustive,
+        "probe_budget": args.probe_budget, "timeout": args.timeout,
+        "allow_network": args.unsafe_allow_network, "jobs": args.jobs or cfg.jobs,
+        "cache_dir": None if args.no_cache else (args.cache_dir or str(cache.default_dir())),
+    }
+    results = audit_paths(args.paths, options)
+    code = worst_exit([r.exit_code(fail_on) for r in results])
+    if not args.quiet:
+        from harness.reports import json_report, markdown, sarif, text
+
+        if fmt == "text":
+            color = args.color == "always" or (args.color == "auto" and args.output is None and sys.stdout.isatty())
+            out = text.render(results, rules, fail_on, color=color)
+        elif fmt == "json":
+            out = json_report.render(results, rules, fail_on)
+        elif fmt == "sarif":
+            out = sarif.render(results, rules, fail_on, root=Path(args.sarif_root) if args.sarif_root else None)
+        else:
+            out = markdown.render(results, rules, fail_on)
+        if args.output:
+            Path(args.output).write_text(out, encoding="utf-8")
+        else:
+            sys.stdout.write(out)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            handler = {"rules": cmd_rules, "explain": cmd_explain, "ci": cmd_ci}[argv[0]]
+            code = handler(argv[1:])
+        else:
+            code = cmd_audit(argv)
+    except (UsageError, ConfigError) as exc:
+        print(f"golf-audit: usage error: {exc}", file=sys.stderr)
+        code = ExitCode.USAGE
+    except KeyboardInterrupt:
+        print("golf-audit: interrupted", file=sys.stderr)
+        code = ExitCode.NOT_AUDITABLE
+    except Exception as exc:  # noqa: BLE001 - never a bare traceback
+        if debug:
+            traceback.print_exc()
+        print(f"golf-audit: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+              file=sys.stderr)
+        code = ExitCode.NOT_AUDITABLE
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

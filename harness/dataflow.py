@@ -1,0 +1,297 @@
+"""Data roles and their flow, over the engine's fact index.
+
+API knowledge (which call loads validation data, which computes a loss, which trains) lives in
+the tables at the top, apart from the analysis: the violation itself is stated as an ordering
+between roles ("a validation-derived training step with no score of that data before it").
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import libcst as cst
+
+from harness.engine import Function, ModuleContext, Stmt, base_name, dotted
+
+# ------------------------------------------------------------------ API tables
+VAL_NAME = re.compile(r"(^|_)val(_|$)|^val[A-Z]|validation", re.I)  # parameter / variable names
+VAL_LOADER_CALL = re.compile(r"load_validation|load_val|val_tokens|fineweb_val", re.I)
+VAL_STRING = re.compile(r"fineweb_val|_val_\*|val_files|/val", re.I)
+LOSS_NAME = re.compile(r"loss|nll|xent|logprob|log_prob", re.I)
+LOSS_CALL = re.compile(r"cross_entropy|nll_loss|forward_per_token|log_softmax|(^|\.)(model|base_model|ttt_model|"
+                       r"compiled_model|eval_model|net)$|loss", re.I)
+OPTIMIZER_CTOR = re.compile(r"(^|\.)(SGD|Adam|AdamW|Adagrad|RMSprop|Muon|NorMuon|Lion|Adafactor|\w*Optimizer\w*|"
+                            r"\w*Muon\w*)$")
+OPTIMIZER_NAME = re.compile(r"opt|optim|optimizer", re.I)
+INPLACE_UPDATE = {"add_", "sub_", "copy_", "mul_", "addcdiv_", "addcmul_", "lerp_", "div_", "zero_", "fill_"}
+EVAL_FUNC = re.compile(r"eval|score|evaluate|bpb", re.I)
+NO_GRAD = re.compile(r"no_grad|inference_mode|enable_grad\(False\)|set_grad_enabled\(False\)")
+
+
+# ------------------------------------------------------------------ taint
+def _stmt_value_reads(st: Stmt) -> set[str]:
+    return set(st.reads) - set(st.writes) if st.kind == "simple" and isinstance(st.node, cst.Assign) else set(st.reads)
+
+
+def tainted_names(ctx: ModuleContext, fn: Function, seeds: set[str]) -> set[str]:
+    """Names in `fn` that hold data derived from `seeds` (flow-insensitive fixed point)."""
+    tainted = set(seeds)
+    changed = True
+    while changed:
+        changed = False
+        for st in fn.stmts:
+            if not st.writes:
+                continue
+            reads = set(st.reads)
+            if isinstance(st.node, (cst.Assign, cst.AugAssign, cst.AnnAssign)) or st.kind in ("for", "with"):
+                value_reads = reads
+                if reads & tainted and not st.writes <= tainted:
+                    tainted |= set(st.writes)
+                    changed = True
+                del value_reads
+        # in-place mutation calls: `x_batch[i].copy_(tokens)` or `buf.append(tok)` taint their base
+        for st in fn.stmts:
+            for call in st.calls:
+                if isinstance(call.func, cst.Attribute) and call.func.attr.value in (
+                        "copy_", "append", "extend", "index_put_", "index_copy_", "scatter_", "put_"):
+                    arg_names = set()
+                    for a in call.args:
+                        arg_names |= {n.value for n in _names(a.value)}
+                    base = base_name(call.func.value)
+                    if base and arg_names & tainted and base not in tainted:
+                        tainted.add(base)
+                        changed = True
+    return tainted
+
+
+def _names(node: cst.CSTNode) -> list[cst.Name]:
+    out: list[cst.Name] = []
+
+    class V(cst.CSTVisitor):
+        def visit_Name(self, n: cst.Name) -> None:
+            out.append(n)
+
+    node.visit(V())
+    return out
+
+
+def _call_arg_names(call: cst.Call) -> list[set[str]]:
+    return [{n.value for n in _names(a.value)} for a in call.args]
+
+
+def val_taint(ctx: ModuleContext) -> dict[str, set[str]]:
+    """Per function, the names that carry validation data. Seeds: names assigned from validation
+    loaders, parameters named like validation data, and parameters that callers pass validation
+    data into (propagated through the module's call graph to a fixed point)."""
+    if "val_taint" in ctx.analysis:
+        return ctx.analysis["val_taint"]
+    seeds: dict[str, set[str]] = {q: set() for q in ctx.functions}
+    for q, fn in ctx.functions.items():
+        seeds[q] |= {p for p in fn.params if VAL_NAME.search(p)}
+        for st in fn.stmts:
+            if st.writes and (any(VAL_LOADER_CALL.search(c) for c in st.call_names())
+                              or any(VAL_STRING.search(s) for s in st.strings)):
+                seeds[q] |= set(st.writes)
+            # `args.val_files`-style attribute reads are validation sources too
+            if st.writes and isinstance(st.node, cst.Assign) and VAL_NAME.search(ctx.code(st.node.value)) \
+                    and "val_loss" not in ctx.code(st.node.value) and "val_bpb" not in ctx.code(st.node.value):
+                if any(VAL_LOADER_CALL.search(c) or "val" in c for c in st.call_names()) or \
+                        re.search(r"\bval_tokens\b|\bval_data\b", ctx.code(st.node.value)):
+                    seeds[q] |= set(st.writes)
+    by_name = {fn.name: fn for fn in ctx.functions.values()}
+    result = {q: tainted_names(ctx, fn, seeds[q]) for q, fn in ctx.functions.items()}
+    for _ in range(4):  # interprocedural: pass tainted arguments into callee parameters
+        changed = False
+        for q, fn in ctx.functions.items():
+            for st in fn.stmts:
+                for call in st.calls:
+                    callee = by_name.get(dotted(call.func).split(".")[-1])
+                    if callee is None:
+                        continue
+                    params = [p for p in callee.params if p not in ("self", "cls")]
+                    for i, arg in enumerate(call.args):
+                        names = {n.value for n in _names(arg.value)}
+                        if not names & result[q]:
+                            continue
+                        if arg.keyword is not None:
+                            pname = arg.keyword.value
+                        elif i < len(params):
+                            pname = params[i]
+                        else:
+                            continue
+                        if pname in callee.params and pname not in seeds[callee.qualname]:
+                            seeds[callee.qualname].add(pname)
+                            changed = True
+        if not changed:
+            break
+        result = {q: tainted_names(ctx, fn, seeds[q]) for q, fn in ctx.functions.items()}
+    ctx.analysis["val_taint"] = result
+    return result
+
+
+# ------------------------------------------------------------------ events
+@dataclass
+class TrainEvent:
+    stmt: Stmt
+    what: str  # "optimizer step" / "manual parameter update" / "backward"
+    code: str
+
+
+@dataclass
+class ScoreEvent:
+    stmt: Stmt
+    accumulator: str
+    code: str
+    value_order: int  # statement order where the accumulated value was computed (<= stmt.order)
+
+
+def optimizer_names(ctx: ModuleContext, fn: Function) -> set[str]:
+    names = set()
+    for f in (ctx.functions["<module>"], fn):
+        for st in f.stmts:
+            if isinstance(st.node, cst.Assign) and isinstance(st.node.value, cst.Call):
+                if OPTIMIZER_CTOR.search(ctx.resolve(dotted(st.node.value.func))):
+                    names |= set(st.writes)
+    names |= {p for p in fn.params if OPTIMIZER_NAME.fullmatch(p) or p.endswith("opt") or p.endswith("optimizer")}
+    # aliases: cur_opt = opt
+    for st in fn.stmts:
+        if isinstance(st.node, cst.Assign) and isinstance(st.node.value, cst.Name) and st.node.value.value in names:
+            names |= set(st.writes)
+    return names
+
+
+def train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
+    opts = optimizer_names(ctx, fn)
+    events = []
+    for st in fn.stmts:
+        for call in st.calls:
+            name = dotted(call.func)
+            parts = name.split(".")
+            if parts[-1] == "step" and len(parts) >= 2 and (parts[-2] in opts or OPTIMIZER_NAME.search(parts[-2])):
+                events.append(TrainEvent(st, "optimizer step", ctx.code(call)))
+            elif parts[-1] == "getattr" or name == "getattr":
+                args = [ctx.code(a.value) for a in call.args]
+                if len(args) >= 2 and "step" in args[1]:
+                    events.append(TrainEvent(st, "optimizer step (via getattr)", ctx.code(call)))
+            elif parts[-1] in INPLACE_UPDATE and ".data" in name and "grad" in ctx.code(call):
+                events.append(TrainEvent(st, "manual parameter update", ctx.code(call)))
+        if isinstance(st.node, cst.AugAssign) and "grad" in ctx.code(st.node.value) and \
+                isinstance(st.node.operator, (cst.SubtractAssign, cst.AddAssign)):
+            events.append(TrainEvent(st, "manual parameter update", ctx.code(st.node)))
+    return events
+
+
+def _is_lossy(ctx: ModuleContext, fn: Function, names: set[str], loss_names: set[str]) -> bool:
+    return bool(names & loss_names)
+
+
+def loss_names(ctx: ModuleContext, fn: Function) -> dict[str, int]:
+    """Names holding loss values, with the statement order where each is (first) computed."""
+    out: dict[str, int] = {}
+    for st in fn.stmts:
+        if not st.writes or not isinstance(st.node, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
+            continue
+        value = st.node.value
+        if value is None:
+            continue
+        calls = [dotted(c.func) for c in st.calls]
+        lossy_call = any(LOSS_CALL.search(c) for c in calls)
+        reads_loss = bool(set(st.reads) & set(out)) and not isinstance(st.node, cst.AugAssign)
+        named = any(LOSS_NAME.search(w) for w in st.writes)
+        if (lossy_call and (named or calls)) or (reads_loss and named):
+            for w in st.writes:
+                out.setdefault(w, st.order)
+    return out
+
+
+def score_events(ctx: ModuleContext, fn: Function, tainted: set[str]) -> list[ScoreEvent]:
+    """Validation losses accumulated into a running score: `acc += f(loss)`, `acc.append(...)`,
+    `acc.add_(...)`, `acc = acc + ...`."""
+    losses = loss_names(ctx, fn)
+    events = []
+    for st in fn.stmts:
+        node = st.node
+        value_names: set[str] = set()
+        acc = None
+        if isinstance(node, cst.AugAssign) and isinstance(node.operator, cst.AddAssign):
+            acc = base_name(node.target)
+            value_names = {n.value for n in _names(node.value)}
+        elif isinstance(node, cst.Assign) and isinstance(node.value, cst.BinaryOperation) and \
+                isinstance(node.value.operator, cst.Add):
+            acc_names = {base_name(t.target) for t in node.targets}
+            left = base_name(node.value.left)
+            if left in acc_names:
+                acc = left
+                value_names = {n.value for n in _names(node.value.right)}
+        elif isinstance(node, cst.Expr) and isinstance(node.value, cst.Call) and \
+                isinstance(node.value.func, cst.Attribute) and node.value.func.attr.value in ("append", "add_", "extend"):
+            acc = base_name(node.value.func.value)
+            value_names = {n.value for n in _names(node.value)} - {acc}
+        if not acc or acc in losses and not LOSS_NAME.search(acc):
+            continue
+        scored = value_names & set(losses)
+        if not scored or LOSS_NAME.search(acc or "") is None and not re.search(r"sum|total|nll|bits|acc", acc, re.I):
+            continue
+        if not (scored & tainted or value_names & tainted):
+            continue
+        events.append(ScoreEvent(st, acc, ctx.code(node), min(losses[n] for n in scored)))
+    return events
+
+
+def backward_tainted(ctx: ModuleContext, fn: Function, tainted: set[str], loop_stmts: list[Stmt]) -> bool:
+    """Does this stretch of code backpropagate a loss computed from validation data?"""
+    for st in loop_stmts:
+        for call in st.calls:
+            if isinstance(call.func, cst.Attribute) and call.func.attr.value == "backward":
+                names = {n.value for n in _names(call.func.value)}
+                if names & tainted:
+                    return True
+            if dotted(call.func).endswith("autograd.grad"):
+                if {n.value for a in call.args for n in _names(a.value)} & tainted:
+                    return True
+    return False
+
+
+def is_eval_call(ctx: ModuleContext, call: cst.Call, tainted: set[str]) -> bool:
+    name = dotted(call.func).split(".")[-1]
+    args = {n.value for a in call.args for n in _names(a.value)}
+    return bool(EVAL_FUNC.search(name)) and bool(args & tainted)
+
+
+def guard_cover(score: Stmt, train: Stmt) -> bool:
+    """True when every `if` that gates the score also gates the training step (so the score runs
+    whenever the step does). Guards on variables of loops that enclose both but not... are the
+    multi-epoch case: `if epoch == last: score` does not cover a step taken in every epoch."""
+    train_guards = {(g.code, g.negated) for g in train.guards}
+    return all((g.code, g.negated) in train_guards for g in score.guards)
+
+
+REPORT_STRING = re.compile(r"val_loss|val_bpb|bpb|final|score", re.I)
+
+
+def reported_names(ctx: ModuleContext, fn: Function) -> set[str]:
+    """Names whose values reach what the function reports: its return values, or what it prints
+    next to val_loss/val_bpb — closed backwards over assignments."""
+    out: set[str] = set()
+    for st in fn.stmts:
+        if isinstance(st.node, cst.Return) and st.node.value is not None:
+            out |= set(st.reads)
+        elif any(REPORT_STRING.search(s) for s in st.strings) or any(
+                isinstance(c.args[0].value, cst.FormattedString) and REPORT_STRING.search(ctx.code(c.args[0].value))
+                for c in st.calls if c.args):
+            out |= set(st.reads)
+    changed = True
+    while changed:
+        changed = False
+        for st in fn.stmts:
+            new: set[str] = set()
+            if st.writes & out and isinstance(st.node, (cst.Assign, cst.AugAssign, cst.AnnAssign)):
+                new = set(st.reads) - out
+            for call in st.calls:  # acc.append(x) / acc.add_(x) feed acc
+                if isinstance(call.func, cst.Attribute) and call.func.attr.value in ("append", "extend", "add_") \
+                        and base_name(call.func.value) in out:
+                    new |= {n.value for a in call.args for n in _names(a.value)} - out
+            if new:
+                out |= new
+                changed = True
+    return out

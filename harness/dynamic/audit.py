@@ -1,0 +1,349 @@
+"""The dynamic audit of one submission folder: run it traced at toy scale, judge the trace with
+every rule that has a judge, then probe it, and return an `AuditResult`.
+
+    run_dynamic(folder, options) -> AuditResult
+
+options (all optional): env (dict: flags for the run, over the submission's own flags and the
+toy profile), nproc (1; 2 runs under torchrun with gloo), exhaustive (False: properness over
+the whole vocabulary), probe_budget (6 extra runs at most), probes (True), timeout_s (300 per
+run), allow_network (False), static_first (False: also add the flags static findings need),
+toy_data (a dict from `reference_model.toy_data.make_toy_data`, else built and cached).
+
+The engine knows no rule by name: judges come from `harness.rule.all_rules()`; trace judges run
+on the traced run, probe judges on the same trace once `trace.meta["probes"]` holds the probe
+record. Anything that could not be checked becomes a `NotAudited` entry (exit 3 unless a
+finding forces 1), never a silent pass.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.dynamic import judging as J
+from harness.dynamic import probes as P
+from harness.dynamic.trace import Reported, RunStart, Scored, Trace
+from harness.findings import AuditResult, Layer, NotAudited
+from harness.rule import all_rules
+
+DEFAULTS: dict[str, Any] = {
+    "env": {},
+    "nproc": 1,
+    "exhaustive": False,
+    "probe_budget": 6,
+    "probes": True,
+    "timeout_s": 300,
+    "allow_network": False,
+    "static_first": False,
+    "toy_data": None,
+}
+
+_FLAG = re.compile(r"(?:(?<=\s)|^)([A-Z][A-Z0-9_]{1,40})=([^\s'\"`]+)")
+
+
+# ---------------------------------------------------------------- inputs
+def submission_flags(folder: Path) -> dict[str, str]:
+    """Env flags the submission says it ran with. Uses the static helper's reachability reader
+    when present; else `KEY=VAL` prefixes of command lines in the README and logs."""
+    try:
+        from harness.reachability import submission_flags as from_static  # type: ignore
+    except ImportError:
+        from_static = None
+    if from_static is not None:
+        try:
+            flags = from_static(folder)
+            return {str(k): str(v) for k, v in dict(flags).items()}
+        except Exception:  # noqa: BLE001 - fall back to our own reading
+            pass
+    flags: dict[str, str] = {}
+    texts = []
+    for pattern in ("README*", "*.md", "*.log", "*.txt", "*.sh"):
+        for p in sorted(folder.glob(pattern)):
+            try:
+                texts.append(p.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                pass
+    for text in texts:
+        for line in text.splitlines():
+            if not any(cmd in line for cmd in ("torchrun", "python", "train_gpt")):
+                continue
+            head = re.split(r"\b(?:torchrun|python3?|uv run)\b", line)[0]
+            for k, v in _FLAG.findall(head):
+                if k not in ("CUDA_VISIBLE_DEVICES", "NCCL_DEBUG", "OMP_NUM_THREADS", "SEED", "RUN_ID"):
+                    flags.setdefault(k, v)
+    return flags
+
+
+def toy_data(options: dict) -> dict:
+    """The toy dataset (tokenizer, shards): the caller's, else the runner's cached one."""
+    if options.get("toy_data"):
+        return options["toy_data"]
+    from harness.dynamic.runner import get_toy_data
+
+    return get_toy_data()
+
+
+def val_tokens_file(data: dict, override: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """The validation stream the run loaded (the toy shards, or the override) and a .npy copy
+    that judges can read after the run's scratch folder is gone."""
+    import hashlib
+
+    from harness.dynamic.judging import read_shard
+
+    if override is not None:
+        tokens = np.asarray(override, dtype=np.int64)
+    else:
+        parts = [read_shard(p) for p in data["val_files"]]
+        tokens = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+    digest = hashlib.sha256(tokens.tobytes()).hexdigest()[:16]
+    root = Path(os.environ.get("GOLF_AUDIT_CACHE", Path(tempfile.gettempdir()) / "golf-audit-cache")) / "val"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"val-{digest}.npy"
+    if not path.exists():
+        tmp = root / f".{digest}.{os.getpid()}.npy"
+        np.save(tmp, tokens)
+        os.replace(tmp, path)
+    return tokens, str(path)
+
+
+def _run(folder: Path, env: dict, data: dict, options: dict, *, trace: bool = True,
+         tracer_options: dict | None = None, val_override: np.ndarray | None = None):
+    from harness.dynamic.runner import run_submission
+
+    kwargs: dict[str, Any] = dict(env=env, toy_data=data, nproc=int(options["nproc"]), trace=trace,
+                                  tracer_options=tracer_options, val_override=val_override,
+                                  timeout_s=int(options["timeout_s"]))
+    if options.get("allow_network"):
+        kwargs["allow_network"] = True
+    return run_submission(str(folder), **kwargs)
+
+
+def _failure(result) -> str | None:
+    """One line saying why a run cannot be judged, or None."""
+    if getattr(result, "error", None):
+        return str(result.error).strip().splitlines()[0][:300]
+    if result.exit_code != 0:
+        tail = [ln for ln in (result.stderr or "").strip().splitlines() if ln.strip()]
+        return f"the submission exited with code {result.exit_code}" + (f": {tail[-1][:240]}" if tail else "")
+    if result.trace is None:
+        return "the run produced no trace"
+    return None
+
+
+def _result_trace(result, folder: Path, env: dict, data: dict, tokens_path: str | None = None) -> Trace:
+    trace = result.trace
+    # the run's scratch copy is deleted after the run: quote lines from the folder itself, and
+    # point judges at files that outlive the run
+    trace.submission_dir = str(folder)
+    trace.meta.setdefault("env", dict(env))
+    trace.meta["tokenizer_path"] = str(data.get("tokenizer", ""))
+    if tokens_path:
+        trace.meta["val_tokens_path"] = tokens_path
+    if not trace.of(Reported):  # the runner normally adds these; parse stdout if it did not
+        from harness.dynamic.logparse import parse_reported
+
+        trace.events.extend(parse_reported(result.stdout or ""))
+    return trace
+
+
+# ---------------------------------------------------------------- the audit
+def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
+    opts = {**DEFAULTS, **(options or {})}
+    folder = Path(folder)
+    res = AuditResult(target=str(folder), layers_run=["trace"])
+    t_start = time.perf_counter()
+
+    flags = submission_flags(folder)
+    env = {**flags, **{str(k): str(v) for k, v in (opts["env"] or {}).items()}}
+    res.env_flags = dict(flags)
+    if flags:
+        res.notes.append("ran with the submission's own flags: " + " ".join(f"{k}={v}" for k, v in sorted(flags.items())))
+    if opts["env"]:
+        res.notes.append("flags from options: " + " ".join(f"{k}={v}" for k, v in sorted(opts["env"].items())))
+    if opts.get("static_first"):
+        res.notes.append("static_first: flags of reachable static findings are the CLI's to pass in options['env']")
+
+    try:
+        data = toy_data(opts)
+    except Exception as exc:  # noqa: BLE001 - no toy data: nothing can run
+        res.not_audited.append(NotAudited(path=str(folder), layer=Layer.TRACE,
+                                          reason=f"not audited: toy data could not be built: {exc}"))
+        return res
+
+    result = _run(folder, env, data, opts, trace=True)
+    res.stats["trace_run_wall_s"] = round(float(result.wall_s or 0.0), 1)
+    res.notes.extend(str(n) for n in (result.notes or []))
+    why = _failure(result)
+    if why is not None:
+        res.not_audited.append(NotAudited(path=str(folder), layer=Layer.TRACE, reason=f"not audited: {why}",
+                                          detail=(result.stderr or "")[-2000:]))
+        return res
+    try:
+        _, tokens_path = val_tokens_file(data)
+    except (OSError, ValueError, KeyError):
+        tokens_path = None
+        res.notes.append("validation tokens unreadable: coverage by document, bytes and probes limited")
+    trace = _result_trace(result, folder, env, data, tokens_path)
+    _shim_notes(res, trace)
+    if not trace.of(Scored):
+        res.not_audited.append(NotAudited(
+            path=str(folder), layer=Layer.TRACE,
+            reason="not audited: the tracer recorded no scored validation positions (eval not recognised)"))
+        return res
+
+    # 1. trace judges
+    rules = [r for r in all_rules() if r.has_judge()]
+    for rule in rules:
+        if Layer.TRACE in rule.layers:
+            res.findings.extend(_judge(rule, trace, res))
+    _trace_stats(res, trace)
+
+    # 2. probes
+    if opts.get("probes", True) and any(Layer.PROBE in r.layers for r in rules):
+        res.layers_run.append("probe")
+        report = _probe(folder, env, data, opts, trace, res)
+        trace.meta["probes"] = report.as_meta()
+        res.stats.update(P.summary(report))
+        if report.not_run:
+            names = ", ".join(r.name for r in rules if Layer.PROBE in r.layers)
+            res.not_audited.append(NotAudited(path=str(folder), layer=Layer.PROBE,
+                                              reason=f"probe not run: {report.not_run} ({names} not audited)"))
+        else:
+            for rule in rules:
+                if Layer.PROBE in rule.layers:
+                    for f in _judge(rule, trace, res):
+                        if not _fold_into_trace_finding(res, f):
+                            res.findings.append(f)
+    res.stats["dynamic_wall_s"] = round(time.perf_counter() - t_start, 1)
+    return res
+
+
+def _fold_into_trace_finding(res: AuditResult, probe_finding) -> bool:
+    """A probe finding is a symptom; when a trace finding already names its cause — the same
+    scoring site appears as the trace finding's location or related location (e.g. the pass that
+    scores positions after a TTT step) — the probe's evidence is added to that finding as
+    confirmation instead of a second finding for one violation. Returns True when folded."""
+    loc = probe_finding.location
+    for f in res.findings:
+        if f.layer is not Layer.TRACE:
+            continue
+        sites = [f.location] + list(f.related)
+        if any(s.path == loc.path and s.function == loc.function and loc.function for s in sites):
+            f.evidence.append(f"confirmed by the {probe_finding.rule} probe: {probe_finding.message}")
+            f.evidence.extend("  " + e for e in probe_finding.evidence[:3])
+            res.notes.append(f"{probe_finding.rule} ({probe_finding.location.function}) folded into "
+                             f"{f.rule} ({f.location.function}): same violation, seen by the probe")
+            return True
+    return False
+
+
+def _judge(rule, trace: Trace, res: AuditResult) -> list:
+    try:
+        return list(rule.judge(trace))
+    except Exception as exc:  # noqa: BLE001 - a judge bug is reported, never a traceback
+        res.not_audited.append(NotAudited(path=res.target, layer=Layer.TRACE,
+                                          reason=f"not audited: judge of {rule.name} failed: "
+                                                 f"{type(exc).__name__}: {exc}"))
+        return []
+
+
+def _shim_notes(res: AuditResult, trace: Trace) -> None:
+    seen = set(res.notes)
+    for start in trace.of(RunStart):
+        for s in start.shims:
+            if s not in seen:
+                res.notes.append(s)
+                seen.add(s)
+
+
+def _trace_stats(res: AuditResult, trace: Trace) -> None:
+    """Coverage, recomputed vs printed numbers, byte counts."""
+    n = J.n_positions(trace)
+    ps = J.passes(trace)
+    res.stats["val_tokens"] = n
+    res.stats["ranks"] = len({e.rank for e in trace.events})
+    res.stats["passes"] = [
+        {"pass": p.index + 1, "functions": p.functions, "scored": p.n_scored,
+         "coverage_pct": round(J.coverage(trace, p).percent, 4),
+         "mean_nll": round(p.mean("first"), 8), "rescored": int(bin(p.rescored_mask).count("1"))}
+        for p in ps
+    ]
+    judged = J.judged_passes(trace)
+    if judged:
+        cov = J.coverage(trace, judged[-1])
+        res.stats["coverage_pct"] = round(cov.percent, 4)
+        if cov.tail:
+            res.stats["unscored_tail"] = cov.tail
+            if cov.tail_allowed:
+                res.notes.append(f"the last {cov.tail} positions are never scored (shorter than one sequence: "
+                                 "the baseline loader's truncation; not a finding)")
+    reports = []
+    from rules.byte_accounting import implied_bytes  # the formula lives with its rule
+
+    for m in J.match_reported(trace):
+        r = m.reported
+        entry: dict[str, Any] = {"label": r.label, "printed_loss": r.val_loss, "printed_bpb": r.val_bpb,
+                                 "decimals": r.decimals, "matches": m.which}
+        if m.pass_ is not None:
+            nums = J.pass_numbers(trace, m.pass_)
+            w = m.which or "first"  # the aggregation that matched (closest pass's first scores if none)
+            bpb = nums.bpb.get(w)
+            entry.update(pass_=m.pass_.index + 1, aggregation=w, recomputed_loss=nums.loss.get(w),
+                         recomputed_bpb=bpb, loss_delta=m.loss_delta,
+                         bpb_delta=(r.val_bpb - bpb) if (r.val_bpb is not None and bpb is not None) else None,
+                         true_bytes=nums.bytes_by.get(w), tokens=nums.counts.get(w, nums.n_tokens))
+            if r.val_loss and r.val_bpb:
+                entry["script_bytes"] = round(implied_bytes(entry["tokens"], r.val_loss, r.val_bpb), 2)
+        reports.append({k.rstrip("_"): v for k, v in entry.items()})
+    res.stats["reported"] = reports
+    if reports and all(e.get("true_bytes") is None for e in reports if e.get("matches")):
+        res.notes.append("byte accounting not audited: true bytes unknown (no tokenizer or shards in the trace)")
+
+
+def _probe(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res: AuditResult) -> P.ProbeReport:
+    tokens = J.tokens_for(trace)
+    if tokens is None:
+        return P.ProbeReport(not_run="the validation tokens the submission loaded are unknown")
+    n = J.n_positions(trace)
+    tokens = tokens[:n] if len(tokens) >= n else tokens
+
+    def run_fn(override: np.ndarray, label: str) -> Trace:
+        r = _run(folder, env, data, opts, trace=True, tracer_options={"capture_scores_only": True},
+                 val_override=override)
+        why = _failure(r)
+        if why is not None:
+            raise P.ProbeError(f"{label}: {why}")
+        return r.trace
+
+    used = {**env, **(trace.meta.get("env") or {})}  # what the run actually had (toy profile included)
+    chunk = None
+    for key in ("TTT_CHUNK_SIZE", "TTT_CHUNK_TOKENS", "TTT_CHUNK"):
+        if str(used.get(key, "")).isdigit():
+            chunk = int(used[key])
+            break
+    vocab = None
+    try:
+        vocab = int(data.get("vocab_size") or used.get("VOCAB_SIZE") or 0) or None
+    except (TypeError, ValueError):
+        pass
+    # exhaustive properness in one run: copies one period apart, a period being a multiple of
+    # every eval window and stride the run was configured with
+    lens = [int(used[k]) for k in ("TRAIN_SEQ_LEN", "EVAL_SEQ_LEN", "TTT_EVAL_SEQ_LEN")
+            if str(used.get(k, "")).isdigit() and int(used[k]) > 0]
+    period = None
+    if lens:
+        import math
+
+        period = 2 * max(lens)
+        for k in ("EVAL_STRIDE", "TRAIN_SEQ_LEN", "EVAL_SEQ_LEN", "TTT_EVAL_SEQ_LEN"):
+            if str(used.get(k, "")).isdigit() and int(used[k]) > 0:
+                period = period * int(used[k]) // math.gcd(period, int(used[k]))
+    budget = int(opts.get("probe_budget", 6))
+    return P.run_probes(trace, np.asarray(tokens, dtype=np.int64), run_fn, budget=budget,
+                        exhaustive=bool(opts.get("exhaustive")), bos=J.bos_id(trace), vocab=vocab,
+                        chunk_hint=chunk, period=period, log=lambda s: None)

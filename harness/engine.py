@@ -1,0 +1,375 @@
+"""The static engine: one LibCST parse and one traversal per file, building a fact index that
+every rule reads. It knows no rule by name.
+
+Speed: LibCST's PositionProvider costs ~2x the parse itself, so line numbers come from the
+stdlib `ast` tree instead (~0.1x the parse): both trees list statements in the same pre-order,
+so the k-th statement of one is the k-th of the other. Everything below statement level is
+reported at its statement's line.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import libcst as cst
+
+from harness.findings import Location
+
+
+
+# ------------------------------------------------------------------ small helpers
+def dotted(node: cst.CSTNode | None) -> str:
+    """`a.b.c` for Name/Attribute chains; calls and subscripts keep their base: `x(...).y` -> `x().y`."""
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        base = dotted(node.value)
+        return f"{base}.{node.attr.value}" if base else node.attr.value
+    if isinstance(node, cst.Call):
+        base = dotted(node.func)
+        return f"{base}()" if base else ""
+    if isinstance(node, cst.Subscript):
+        base = dotted(node.value)
+        return f"{base}[]" if base else ""
+    return ""
+
+
+def base_name(node: cst.CSTNode | None) -> str | None:
+    """The variable an expression is rooted at: `x` for `x[1:].to(d)`, `x.data`, `x`."""
+    while True:
+        if isinstance(node, cst.Name):
+            return node.value
+        if isinstance(node, cst.Attribute):
+            node = node.value
+        elif isinstance(node, cst.Subscript):
+            node = node.value
+        elif isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+            node = node.func.value
+        else:
+            return None
+
+
+class _Collector(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.calls: list[cst.Call] = []
+        self.strings: list[str] = []
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.names.add(node.value)
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self.calls.append(node)
+
+    def visit_SimpleString(self, node: cst.SimpleString) -> None:
+        try:
+            self.strings.append(str(node.evaluated_value))
+        except Exception:  # noqa: BLE001
+            pass
+
+    # nested scopes are facts of their own
+    def visit_Lambda(self, node: cst.Lambda) -> bool:
+        return True
+
+
+def collect(node: cst.CSTNode | None) -> _Collector:
+    c = _Collector()
+    if node is not None:
+        node.visit(c)
+    return c
+
+
+def target_names(node: cst.CSTNode) -> set[str]:
+    """Names bound (or mutated in place) by an assignment target."""
+    if isinstance(node, cst.Name):
+        return {node.value}
+    if isinstance(node, (cst.Tuple, cst.List)):
+        out: set[str] = set()
+        for el in node.elements:
+            out |= target_names(el.value)
+        return out
+    if isinstance(node, cst.StarredElement):
+        return target_names(node.value)
+    b = base_name(node)
+    return {b} if b else set()
+
+
+# ------------------------------------------------------------------ facts
+@dataclass
+class Guard:
+    code: str  # the condition's source
+    names: frozenset[str]
+    negated: bool  # in the else branch
+
+
+@dataclass
+class Loop:
+    id: int
+    line: int
+    targets: frozenset[str]
+    iter_names: frozenset[str]
+    start: int  # first statement order inside
+    end: int = 0  # one past the last
+
+
+@dataclass
+class Stmt:
+    order: int
+    line: int
+    node: cst.CSTNode  # a small statement, or a compound statement's header
+    kind: str  # "simple" | "for" | "while" | "if" | "with" | "def" | "class" | "try" | "match"
+    guards: tuple[Guard, ...]
+    loops: tuple[int, ...]  # enclosing loop ids, outermost first
+    withs: tuple[str, ...]  # enclosing `with` context expressions (e.g. "torch.no_grad()")
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
+    calls: tuple[cst.Call, ...] = ()
+    strings: tuple[str, ...] = ()
+
+    def call_names(self) -> list[str]:
+        return [dotted(c.func) for c in self.calls]
+
+
+@dataclass
+class Function:
+    name: str
+    qualname: str
+    line: int
+    params: list[str]
+    node: cst.FunctionDef | None
+    stmts: list[Stmt] = field(default_factory=list)
+    loops: dict[int, Loop] = field(default_factory=dict)
+
+    def loop_body(self, loop_id: int) -> list[Stmt]:
+        loop = self.loops[loop_id]
+        return self.stmts[loop.start:loop.end]
+
+
+@dataclass
+class ModuleContext:
+    """What a rule's `check_static` receives: one parsed file and its fact index."""
+
+    path: str  # relative to the submission folder
+    source: str
+    module: cst.Module
+    functions: dict[str, Function]  # qualname -> facts; "<module>" holds top-level statements
+    lines: list[str]
+    env: dict[str, str]
+    imports: dict[str, str]  # local alias -> imported dotted name
+    reach: "object | None" = None  # harness.reachability.Reachability
+    packed_in: str | None = None
+    packed_line: int | None = None
+    analysis: dict = field(default_factory=dict)  # per-file results shared between rules (e.g. taint)
+
+    def location(self, line: int, function: str | None = None) -> Location:
+        text = self.lines[line - 1].strip() if 0 < line <= len(self.lines) else ""
+        return Location(path=self.path, line=line, function=function, source_line=text,
+                        packed_in=self.packed_in, packed_line=self.packed_line)
+
+    def code(self, node: cst.CSTNode) -> str:
+        return self.module.code_for_node(node).strip()
+
+    def resolve(self, name: str) -> str:
+        """Qualified name of a dotted local name through the import table: `F.pad` -> `torch.nn.functional.pad`."""
+        head, _, rest = name.partition(".")
+        full = self.imports.get(head)
+        if full is None:
+            return name
+        return f"{full}.{rest}" if rest else full
+
+
+# ------------------------------------------------------------------ building
+def _ast_statement_lines(tree: ast.Module) -> list[int]:
+    out: list[int] = []
+
+    def walk(body: list[ast.stmt]) -> None:
+        for s in body:
+            out.append(s.lineno)
+            if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.With, ast.AsyncWith)):
+                walk(s.body)
+            elif isinstance(s, (ast.If, ast.For, ast.AsyncFor, ast.While)):
+                walk(s.body)
+                walk(s.orelse)
+            elif isinstance(s, (ast.Try, getattr(ast, "TryStar", ast.Try))):
+                walk(s.body)
+                for h in s.handlers:
+                    walk(h.body)
+                walk(s.orelse)
+                walk(s.finalbody)
+            elif isinstance(s, ast.Match):
+                for case in s.cases:
+                    walk(case.body)
+
+    walk(tree.body)
+    return out
+
+
+class _Builder:
+    def __init__(self, module: cst.Module, lines_iter: Iterator[int]) -> None:
+        self.module = module
+        self.lines = lines_iter
+        self.functions: dict[str, Function] = {}
+        self.imports: dict[str, str] = {}
+        self.loop_ids = 0
+
+    def build(self) -> dict[str, Function]:
+        top = Function("<module>", "<module>", 1, [], None)
+        self.functions["<module>"] = top
+        self._block(self.module.body, top, (), (), (), "")
+        return self.functions
+
+    def _small_stmts(self, suite) -> list:
+        if isinstance(suite, cst.SimpleStatementSuite):
+            return list(suite.body)
+        return list(getattr(suite, "body", []))
+
+    def _block(self, body, fn: Function, guards, loops, withs, prefix: str) -> None:
+        for s in body:
+            if isinstance(s, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+                for small in s.body:
+                    self._simple(small, fn, guards, loops, withs)
+            else:
+                self._compound(s, fn, guards, loops, withs, prefix)
+
+    def _add(self, fn: Function, node, kind, guards, loops, withs, reads=frozenset(), writes=frozenset(),
+             calls=(), strings=()) -> Stmt:
+        line = next(self.lines)
+        st = Stmt(len(fn.stmts), line, node, kind, tuple(guards), tuple(loops), tuple(withs),
+                  frozenset(reads), frozenset(writes), tuple(calls), tuple(strings))
+        fn.stmts.append(st)
+        return st
+
+    def _simple(self, node, fn, guards, loops, withs) -> None:
+        c = collect(node)
+        writes: set[str] = set()
+        if isinstance(node, cst.Assign):
+            for t in node.targets:
+                writes |= target_names(t.target)
+        elif isinstance(node, (cst.AugAssign, cst.AnnAssign)):
+            writes |= target_names(node.target)
+        elif isinstance(node, (cst.Import, cst.ImportFrom)):
+            self._import(node)
+        self._add(fn, node, "simple", guards, loops, withs, c.names, writes, c.calls, c.strings)
+
+    def _import(self, node) -> None:
+        if isinstance(node, cst.Import):
+            for a in node.names:
+                full = dotted(a.name)
+                local = a.asname.name.value if a.asname and isinstance(a.asname.name, cst.Name) else full.split(".")[0]
+                self.imports[local] = full if a.asname else full.split(".")[0]
+        elif isinstance(node.names, (list, tuple)):
+            mod = dotted(node.module) if node.module else ""
+            for a in node.names:
+                name = dotted(a.name)
+                local = a.asname.name.value if a.asname and isinstance(a.asname.name, cst.Name) else name
+                self.imports[local] = f"{mod}.{name}" if mod else name
+
+    def _compound(self, s, fn: Function, guards, loops, withs, prefix) -> None:
+        if isinstance(s, cst.FunctionDef):
+            st = self._add(fn, s, "def", guards, loops, withs, writes={s.name.value},
+                           calls=tuple(c for d in s.decorators for c in collect(d.decorator).calls))
+            qual = f"{prefix}{s.name.value}"
+            params = [p.name.value for p in (*s.params.posonly_params, *s.params.params, *s.params.kwonly_params)]
+            inner = Function(s.name.value, qual, st.line, params, s)
+            self.functions[qual] = inner
+            self._block(self._small_stmts(s.body), inner, (), (), (), f"{qual}.")
+        elif isinstance(s, cst.ClassDef):
+            self._add(fn, s, "class", guards, loops, withs, writes={s.name.value})
+            self._block(self._small_stmts(s.body), fn, guards, loops, withs, f"{prefix}{s.name.value}.")
+        elif isinstance(s, cst.If):
+            self._if(s, fn, guards, loops, withs, prefix)
+        elif isinstance(s, (cst.For, cst.While)):
+            if isinstance(s, cst.For):
+                c = collect(s.iter)
+                targets = target_names(s.target)
+                st = self._add(fn, s, "for", guards, loops, withs, c.names, targets, c.calls, c.strings)
+            else:
+                c = collect(s.test)
+                targets = set()
+                st = self._add(fn, s, "while", guards, loops, withs, c.names, (), c.calls, c.strings)
+            self.loop_ids += 1
+            loop = Loop(self.loop_ids, st.line, frozenset(targets), frozenset(c.names), len(fn.stmts))
+            fn.loops[loop.id] = loop
+            self._block(self._small_stmts(s.body), fn, guards, (*loops, loop.id), withs, prefix)
+            loop.end = len(fn.stmts)
+            if s.orelse is not None:
+                self._block(self._small_stmts(s.orelse.body), fn, guards, loops, withs, prefix)
+        elif isinstance(s, cst.With):
+            names: set[str] = set()
+            calls: list = []
+            writes: set[str] = set()
+            ctx_codes = []
+            for item in s.items:
+                ci = collect(item.item)
+                names |= ci.names
+                calls += ci.calls
+                ctx_codes.append(self.module.code_for_node(item.item))
+                if item.asname is not None:
+                    writes |= target_names(item.asname.name)
+            self._add(fn, s, "with", guards, loops, withs, names, writes, calls)
+            self._block(self._small_stmts(s.body), fn, guards, loops, (*withs, *ctx_codes), prefix)
+        elif isinstance(s, (cst.Try, cst.TryStar)):
+            self._add(fn, s, "try", guards, loops, withs)
+            self._block(self._small_stmts(s.body), fn, guards, loops, withs, prefix)
+            for h in s.handlers:
+                self._block(self._small_stmts(h.body), fn, guards, loops, withs, prefix)
+            if s.orelse is not None:
+                self._block(self._small_stmts(s.orelse.body), fn, guards, loops, withs, prefix)
+            if s.finalbody is not None:
+                self._block(self._small_stmts(s.finalbody.body), fn, guards, loops, withs, prefix)
+        elif isinstance(s, cst.Match):
+            c = collect(s.subject)
+            self._add(fn, s, "match", guards, loops, withs, c.names, (), c.calls)
+            for case in s.cases:
+                self._block(self._small_stmts(case.body), fn, guards, loops, withs, prefix)
+        else:  # unknown compound: keep the line stream aligned
+            self._add(fn, s, "simple", guards, loops, withs)
+
+    def _if(self, s: cst.If, fn, guards, loops, withs, prefix) -> None:
+        c = collect(s.test)
+        self._add(fn, s, "if", guards, loops, withs, c.names, (), c.calls, c.strings)
+        g = Guard(self.module.code_for_node(s.test), frozenset(c.names), False)
+        self._block(self._small_stmts(s.body), fn, (*guards, g), loops, withs, prefix)
+        neg = Guard(g.code, g.names, True)
+        if isinstance(s.orelse, cst.If):
+            self._if(s.orelse, fn, (*guards, neg), loops, withs, prefix)
+        elif isinstance(s.orelse, cst.Else):
+            self._block(self._small_stmts(s.orelse.body), fn, (*guards, neg), loops, withs, prefix)
+
+
+class ParseError(Exception):
+    pass
+
+
+def build_context(source: str, path: str, env: dict[str, str] | None = None) -> ModuleContext:
+    """Parse once and index. Raises ParseError with a one-line reason."""
+    try:
+        module = cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:
+        raise ParseError(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: "
+                         f"{str(exc.message).splitlines()[0]}") from None
+    except RecursionError:
+        raise ParseError("expression nesting too deep to parse") from None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        # PEP 701 f-strings parse in LibCST but not in 3.11's ast: rewrite those only (lines kept)
+        from harness.dynamic.py312 import rewrite
+
+        try:
+            tree = ast.parse(rewrite(source)[0])
+        except Exception as exc:  # noqa: BLE001
+            raise ParseError(f"cannot index statement lines: {exc}") from None
+    except RecursionError:
+        raise ParseError("expression nesting too deep to parse") from None
+    line_list = _ast_statement_lines(tree)
+    builder = _Builder(module, iter(line_list))
+    try:
+        functions = builder.build()
+    except StopIteration:
+        raise ParseError("statement index out of step between LibCST and ast") from None
+    except RecursionError:
+        raise ParseError("statement nesting too deep to index") from None
+    return ModuleContext(path=path, source=source, module=module, functions=functions,
+                         lines=source.splitlines(), env=dict(env or {}), imports=builder.imports)

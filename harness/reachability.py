@@ -1,0 +1,222 @@
+"""Is a function reached from `main()` / `if __name__ == "__main__"`, and under which env flags?
+
+Contest scripts switch their eval paths with env vars (`TTT_ENABLED=1`), read through
+`os.environ.get("NAME", default)` into a local or a `Hyperparameters` attribute, and their
+README/logs say which flags the submitted run used. A maintainer cares about the path that ran.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libcst as cst
+
+from harness.engine import ModuleContext, dotted
+
+_FLAG = re.compile(r"(?:(?<=[\s;(])|^)([A-Z][A-Z0-9_]{1,40})=([^\s'\"`;)]+)")
+_IGNORED = {"CUDA_VISIBLE_DEVICES", "NCCL_DEBUG", "OMP_NUM_THREADS", "PYTHONPATH", "PATH", "RUN_ID", "SEED",
+            "NCCL_IB_DISABLE", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "PYTORCH_CUDA_ALLOC_CONF"}
+FALSY = {"", "0", "false", "False", "no", "off", "None"}
+
+
+def submission_flags(folder: str | Path) -> dict[str, str]:
+    """Env flags the submission says it ran with: `KEY=VAL` prefixes of command lines
+    (`TTT_ENABLED=1 torchrun ...`) in its README, logs and shell scripts."""
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    flags: dict[str, str] = {}
+    files = []
+    for pattern in ("*.md", "*.log", "*.txt", "*.sh"):
+        files += sorted(folder.glob(pattern))
+    for p in files:
+        try:
+            text = p.read_text(encoding="utf-8", errors="replace")[:2_000_000]
+        except OSError:
+            continue
+        for line in text.replace("\\\n", " ").splitlines():
+            m = re.search(r"\b(torchrun|python3?|uv run|bash)\b", line)
+            if not m:
+                continue
+            for key, value in _FLAG.findall(line[:m.start()]):
+                if key not in _IGNORED:
+                    flags.setdefault(key, value)
+    return flags
+
+
+@dataclass
+class EnvVar:
+    name: str  # the environment variable
+    default: str | None
+
+
+@dataclass
+class Reach:
+    reachable: bool | None  # None: no entry point found
+    flags: dict[str, str] = field(default_factory=dict)  # flags the path needs
+
+
+class Reachability:
+    def __init__(self, ctx: ModuleContext, env: dict[str, str]):
+        self.ctx = ctx
+        self.env = env
+        self.vars = self._env_vars()
+        self._cache: dict[str, Reach] = {}
+        self._graph = self._call_graph()
+
+    def _env_vars(self) -> dict[str, EnvVar]:
+        """Local names and attribute names bound from os.environ.get(NAME, default)."""
+        out: dict[str, EnvVar] = {}
+        for fn in self.ctx.functions.values():
+            for st in fn.stmts:
+                if not isinstance(st.node, (cst.Assign, cst.AnnAssign)) or st.node.value is None:
+                    continue
+                for call in st.calls:
+                    name = dotted(call.func)
+                    if name.endswith("environ.get") or name.endswith("getenv"):
+                        args = call.args
+                        if args and isinstance(args[0].value, cst.SimpleString):
+                            default = None
+                            if len(args) > 1 and isinstance(args[1].value, (cst.SimpleString, cst.Integer)):
+                                v = args[1].value
+                                default = str(v.evaluated_value) if isinstance(v, cst.SimpleString) else v.value
+                            for w in st.writes:
+                                out[w] = EnvVar(str(args[0].value.evaluated_value), default)
+                            break
+        return out
+
+    def _call_graph(self) -> dict[str, list[tuple[str, tuple]]]:
+        by_last: dict[str, list[str]] = {}
+        for q, fn in self.ctx.functions.items():
+            by_last.setdefault(fn.name, []).append(q)
+        graph: dict[str, list[tuple[str, tuple]]] = {}
+        for q, fn in self.ctx.functions.items():
+            edges = []
+            for st in fn.stmts:
+                for call in st.calls:
+                    last = dotted(call.func).split(".")[-1].rstrip("()")
+                    for target in by_last.get(last, []):
+                        edges.append((target, st.guards))
+                    # constructing a class reaches its __init__ and forward
+                    for target in by_last.get("__init__", []) + by_last.get("forward", []):
+                        if target.split(".")[-2:-1] == [last]:
+                            edges.append((target, st.guards))
+                # functions passed as values (callbacks) count as reached
+                for name in st.reads:
+                    for target in by_last.get(name, []):
+                        if target != q:
+                            edges.append((target, st.guards))
+            graph[q] = edges
+        return graph
+
+    def _guard_flags(self, guards) -> tuple[bool, dict[str, str]]:
+        """(satisfied under env, the flags the guards need)."""
+        ok, need = True, {}
+        for g in guards:
+            for name in g.names:
+                var = self.vars.get(name)
+                # only on/off switches gate paths; sizes and rates in comparisons do not
+                if var is None or (var.default or "0").lower() not in {"0", "1", "true", "false", ""}:
+                    continue
+                value = self.env.get(var.name, var.default)
+                truthy = value is not None and value not in FALSY
+                wanted_truthy = not g.negated
+                if "not " in g.code or "== 0" in g.code or '== "0"' in g.code:
+                    wanted_truthy = not wanted_truthy
+                need[var.name] = "1" if wanted_truthy else "0"
+                if truthy != wanted_truthy:
+                    ok = False
+        return ok, need
+
+    def entry_points(self) -> list[tuple[str, tuple]]:
+        top = self.ctx.functions["<module>"]
+        entries = []
+        for st in top.stmts:
+            if any("__name__" in g.code for g in st.guards):
+                for call in st.calls:
+                    last = dotted(call.func).split(".")[-1]
+                    for q, fn in self.ctx.functions.items():
+                        if fn.name == last and "." not in q:
+                            entries.append((q, ()))
+            elif st.kind == "simple" and st.calls and not st.loops:
+                for call in st.calls:  # module-level calls also run
+                    last = dotted(call.func).split(".")[-1]
+                    if last in self.ctx.functions and last != "<module>":
+                        entries.append((last, st.guards))
+        return entries
+
+    def reach(self, qualname: str) -> Reach:
+        if not self._cache:
+            self._solve()
+        if "<no-entry>" in self._cache:  # a library or snippet: nothing says what runs
+            return Reach(None)
+        return self._cache.get(qualname, Reach(False))
+
+    def _solve(self) -> None:
+        entries = self.entry_points()
+        if not entries:
+            self._cache = {"<module>": Reach(True), "<no-entry>": Reach(None)}
+            return
+        best: dict[str, Reach] = {"<module>": Reach(True)}
+        frontier = []
+        for q, guards in entries:
+            ok, need = self._guard_flags(guards)
+            best[q] = Reach(ok, need)
+            frontier.append(q)
+        while frontier:
+            q = frontier.pop()
+            here = best[q]
+            for target, guards in self._graph.get(q, []):
+                ok, need = self._guard_flags(guards)
+                cand = Reach(bool(here.reachable and ok), {**here.flags, **need})
+                old = best.get(target)
+                if old is None or (cand.reachable and not old.reachable) or \
+                        (cand.reachable == old.reachable and len(cand.flags) < len(old.flags)):
+                    best[target] = cand
+                    frontier.append(target)
+        self._cache = best
+
+    def flags_from_logs(self, log_text: str) -> dict[str, str]:
+        """Flags a run must have had, judged from what its logs printed: a literal message that
+        only code behind a flag prints (`log0(f"ttt_final val_loss:...")`) shows the flag was on."""
+        inferred: dict[str, str] = {}
+        if not log_text:
+            return inferred
+        for q, fn in self.ctx.functions.items():
+            for st in fn.stmts:
+                for call in st.calls:
+                    if not call.args:
+                        continue
+                    prefix = _literal_prefix(call.args[0].value)
+                    if len(prefix) >= 8 and prefix in log_text:
+                        reach = self.at(q, st.guards)
+                        for k, v in reach.flags.items():
+                            inferred.setdefault(k, v)
+        return inferred
+
+    def at(self, qualname: str, stmt_guards=()) -> Reach:
+        """Reachability of a statement: its function's, plus the statement's own guards."""
+        base = self.reach(qualname)
+        ok, need = self._guard_flags(stmt_guards)
+        if base.reachable is None:
+            return Reach(None if ok else False, need)
+        return Reach(bool(base.reachable and ok), {**base.flags, **need})
+
+
+def _literal_prefix(node: cst.CSTNode) -> str:
+    """The literal text an f-string or string starts with (before its first `{}`)."""
+    if isinstance(node, cst.SimpleString):
+        try:
+            return str(node.evaluated_value).strip()
+        except Exception:  # noqa: BLE001
+            return ""
+    if isinstance(node, cst.FormattedString):
+        out = ""
+        for part in node.parts:
+            if isinstance(part, cst.FormattedStringText):
+                out += part.value
+            else:
+                break
+        return out.strip()
+    return ""

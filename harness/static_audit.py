@@ -1,0 +1,155 @@
+"""The static layer: read every Python file of a submission with LibCST and run each rule's
+`check_static` on it. Never raises on bad input: what cannot be read is `NotAudited`."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from harness.engine import ModuleContext, ParseError, build_context
+from harness.findings import AuditResult, FileReport, Finding, Layer, Location, NotAudited, Severity
+from harness.reachability import Reachability, submission_flags
+from harness.rule import Rule, all_rules
+from harness.source import LoadedSource, load_source
+from harness.suppressions import apply_suppressions
+
+SKIP_DIRS = {"__pycache__", ".git", ".golf-audit-cache", "node_modules", ".venv", "venv"}
+MAX_FILES = 200
+
+
+def python_files(folder: Path) -> list[Path]:
+    if folder.is_file():
+        return [folder]
+    return sorted(p for p in folder.rglob("*.py")
+                  if p.is_file() and not (SKIP_DIRS & set(p.relative_to(folder).parts)))
+
+
+def _log_text(folder: Path) -> str:
+    parts = []
+    for p in sorted(folder.glob("*.log")) + sorted(folder.glob("*.txt")):
+        try:
+            parts.append(p.read_text(encoding="utf-8", errors="replace")[:5_000_000])
+        except OSError:
+            pass
+    return "\n".join(parts)
+
+
+def audit_folder_static(folder: str | Path, env: dict[str, str] | None = None,
+                        rules: list[Rule] | None = None) -> AuditResult:
+    folder = Path(folder)
+    result = AuditResult(target=str(folder), layers_run=["static"])
+    rules = [r for r in (rules if rules is not None else all_rules()) if r.has_static()]
+    if not folder.exists():
+        result.not_audited.append(NotAudited(str(folder), "no such file or directory"))
+        return result
+    base = folder if folder.is_dir() else folder.parent
+    files = python_files(folder)
+    if not files:
+        result.not_audited.append(NotAudited(str(folder), "missing train script: no Python files in the folder"))
+        return result
+    if folder.is_dir() and not any(p.name.startswith("train") for p in files):
+        result.not_audited.append(NotAudited(str(folder), "missing train script: no train*.py in the folder"))
+    if len(files) > MAX_FILES:
+        result.not_audited.append(NotAudited(str(folder), f"{len(files)} Python files; only the first {MAX_FILES} audited"))
+        files = files[:MAX_FILES]
+    claimed = submission_flags(base)
+    log_text = _log_text(base)
+    run_env = {**claimed, **(env or {})}
+    result.env_flags = dict(run_env)
+    for path in files:
+        rel = path.relative_to(base).as_posix()
+        loaded = load_source(path, rel)
+        _audit_loaded(loaded, path, rel, run_env, log_text, rules, result)
+    return result
+
+
+def audit_source(code: str, path: str = "train_gpt.py", env: dict[str, str] | None = None,
+                 rules: list[Rule] | None = None) -> AuditResult:
+    """Audit one source text (tests, examples, the fuzz suite)."""
+    from harness.source import UnpackError, unpack
+
+    result = AuditResult(target=path, layers_run=["static"])
+    rules = [r for r in (rules if rules is not None else all_rules()) if r.has_static()]
+    loaded = LoadedSource(path, code, code)
+    try:
+        loaded.text, loaded.layers = unpack(code, None, path)
+    except UnpackError as exc:
+        import ast
+
+        from harness.source import find_exec
+        loaded.pack_error, loaded.pack_line = str(exc), 1
+        try:
+            call = find_exec(ast.parse(code))
+            loaded.pack_line = call.lineno if call else 1
+        except (SyntaxError, RecursionError, ValueError):
+            pass
+    except RecursionError:
+        loaded.error = "expression nesting too deep to parse"
+    _audit_loaded(loaded, None, path, dict(env or {}), "", rules, result)
+    return result
+
+
+def _audit_loaded(loaded: LoadedSource, path: Path | None, rel: str, env: dict[str, str], log_text: str,
+                  rules: list[Rule], result: AuditResult) -> None:
+    if loaded.error:
+        result.not_audited.append(NotAudited(rel, loaded.error))
+        return
+    result.files.append(FileReport(rel, hashlib.sha256(loaded.outer_text.encode()).hexdigest(),
+                                   loaded.text.count("\n") + 1, packed_layers=len(loaded.layers)))
+    texts = [(loaded.outer_text, None)] if not loaded.layers else [(loaded.outer_text, "outer"), (loaded.text, "inner")]
+    for text, role in texts:
+        try:
+            ctx = build_context(text, rel, env)
+        except ParseError as exc:
+            where = f" (unpacked from line {loaded.layers[0].line})" if role == "inner" else ""
+            result.not_audited.append(NotAudited(rel, f"{exc}{where}"))
+            continue
+        except Exception as exc:  # noqa: BLE001 - an analyzer bug must not pass silently
+            result.not_audited.append(NotAudited(rel, f"analyzer error: {type(exc).__name__}: {exc}"))
+            continue
+        if role == "inner":
+            ctx.packed_in, ctx.packed_line = rel, loaded.layers[0].line
+        ctx.analysis["pack"] = {"role": role, "layers": loaded.layers, "error": loaded.pack_error,
+                                "line": loaded.pack_line}
+        reach = Reachability(ctx, env)
+        ctx.env = {**reach.flags_from_logs(log_text), **env}
+        reach.env = ctx.env
+        reach._cache = {}  # solved again under the flags the logs revealed
+        ctx.reach = reach
+        for k, v in ctx.env.items():
+            result.env_flags.setdefault(k, v)
+        for rule in rules:
+            try:
+                found = list(rule.check_static(ctx))
+            except RecursionError:
+                result.not_audited.append(NotAudited(rel, f"{rule.name}: nesting too deep to analyse"))
+                continue
+            except Exception as exc:  # noqa: BLE001
+                result.not_audited.append(NotAudited(rel, f"{rule.name}: analyzer error: {type(exc).__name__}: {exc}"))
+                continue
+            for f in found:
+                _settle_reachability(f, ctx)
+                result.findings.append(f)
+        if role == "inner" and path is not None:
+            result.files[-1].rewrites.append(f"unpacked {len(loaded.layers)} layer(s): "
+                                             + ", ".join(p.how for p in loaded.layers))
+    if loaded.pack_error:
+        result.not_audited.append(NotAudited(rel, f"packed source cannot be unpacked: {loaded.pack_error}"))
+    apply_suppressions(result, rel, loaded.text if loaded.layers else loaded.outer_text)
+
+
+def _settle_reachability(f: Finding, ctx: ModuleContext) -> None:
+    """Findings on code that does not run as submitted are listed, but at low severity."""
+    if f.reachable is None and f.location.function and ctx.reach is not None:
+        r = ctx.reach.reach(f.location.function)
+        f.reachable, f.flags = r.reachable, {**r.flags, **f.flags}
+    if f.reachable is False and f.severity > Severity.LOW:
+        f.evidence.append(f"not reachable as submitted (needs {' '.join(f'{k}={v}' for k, v in f.flags.items())}); "
+                          "reported at low severity")
+        f.severity = Severity.LOW
+
+
+def location_of(ctx: ModuleContext, line: int, function: str | None) -> Location:
+    return ctx.location(line, function)
+
+
+__all__ = ["audit_folder_static", "audit_source", "python_files", "Layer"]

@@ -1,0 +1,144 @@
+"""GA002 rescored-tokens: a token's score recorded more than once, the reported number taken from
+a later pass or a selection over passes."""
+from __future__ import annotations
+
+import libcst as cst
+
+from harness import dataflow as D
+from harness.engine import Function, ModuleContext, dotted
+from harness.findings import Confidence, Layer, Severity
+from harness.rule import Invalid, Rule, Valid
+
+_EVERY_EPOCH = '''
+import torch
+def ttt_eval(model, val_tokens, opt, epochs, chunks):
+    for epoch in range(epochs):
+        loss_sum = 0.0
+        for s, e in chunks:
+            x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
+            with torch.no_grad():
+                nll = model(x, y)
+            loss_sum += nll.item()
+            loss = model(x, y)
+            loss.backward()
+            opt.step()
+    return loss_sum
+'''
+
+_MIN_SELECT = '''
+import torch
+def ttt_eval(model, val_tokens, opt, epochs, chunks):
+    epoch_losses = []
+    for epoch in range(epochs):
+        total_loss = 0.0
+        for s, e in chunks:
+            x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
+            loss = model(x, y)
+            total_loss += loss.item()
+            loss.backward()
+            opt.step()
+        epoch_losses.append(total_loss)
+    return min(epoch_losses)
+'''
+
+_LEGAL = '''
+import torch
+def eval_val(model, val_tokens, chunks):
+    loss_sum = 0.0
+    for s, e in chunks:
+        with torch.no_grad():
+            loss = model(val_tokens[s:e], val_tokens[s + 1:e + 1])
+        loss_sum += loss.item()
+    return loss_sum / len(chunks)
+'''
+
+
+class RescoredTokens(Rule):
+    id = "GA002"
+    name = "rescored-tokens"
+    severity = Severity.HIGH
+    confidence = Confidence.MEDIUM
+    layers = (Layer.STATIC, Layer.TRACE)
+    summary = "Finds evals that score the same validation tokens in several passes and report a later or the best pass."
+    why = ("A token's first score is its only legal score. Scoring every epoch of a TTT loop and reporting the "
+           "last epoch, or the minimum over epochs, reports a number taken after the weights trained on those "
+           "very tokens (score-every-epoch, min-NLL epoch selection: PRs #614 and #642 were closed for it).")
+    example = _MIN_SELECT
+    use_instead = _LEGAL
+    known_problems = ("A diagnostic second pass that is printed but not reported is still flagged when its result "
+                      "is returned; the dynamic layer matches the printed number to the pass it came from.")
+    references = ("PR #614 (closed: score-every-epoch)", "PR #642 (closed: min-NLL epoch selection)",
+                  "README: test-time training on already-evaluated tokens only")
+    fix = "Record each token's score once, in the first pass, and report the sum of those first scores."
+
+    VALID = [Valid(_LEGAL, "one pass, each token scored once")]
+    INVALID = [
+        Invalid(_EVERY_EPOCH, line=10, function="ttt_eval", note="accumulator reset every epoch: last epoch reported"),
+        Invalid(_MIN_SELECT, line=14, function="ttt_eval", message_contains="min", note="min over epochs"),
+    ]
+
+    def check_static(self, ctx: ModuleContext):
+        taint = D.val_taint(ctx)
+        for q, fn in ctx.functions.items():
+            tainted = taint.get(q, set())
+            if not tainted:
+                continue
+            f = self._check(ctx, fn, tainted)
+            if f is not None:
+                yield f
+
+    def _check(self, ctx: ModuleContext, fn: Function, tainted: set[str]):
+        reported = D.reported_names(ctx, fn)
+        scores = [s for s in D.score_events(ctx, fn, tainted) if s.accumulator in reported]
+        if not scores:
+            return None
+        trains = D.train_events(ctx, fn)
+        for s in scores:
+            for loop_id in s.stmt.loops[:-1] or ():
+                loop = fn.loops[loop_id]
+                # the score runs in every iteration of an outer loop (no guard on its variable)...
+                if any(g.names & loop.targets for g in s.stmt.guards):
+                    continue
+                inner = [x for x in s.stmt.loops if x != loop_id and fn.loops[x].start > loop.start]
+                if not inner:
+                    continue
+                body = fn.loop_body(loop_id)
+                # ...over the same data again after training on it
+                if not any(t.stmt.loops and loop_id in t.stmt.loops for t in trains):
+                    continue
+                reset = [st for st in body if s.accumulator in st.writes and isinstance(st.node, cst.Assign)
+                         and st.loops[-1] == loop_id]
+                select = self._selection(ctx, fn, loop_id)
+                if select is not None:
+                    return self.finding(Layer.STATIC,
+                                        f"{fn.qualname}() scores the validation tokens in every pass of the loop at "
+                                        f"line {loop.line} and reports a selection over passes (min/max)",
+                                        ctx.location(select.line, fn.qualname),
+                                        [f"score recorded at line {s.stmt.line}: `{s.code}` in every iteration",
+                                         f"selection at line {select.line}: `{ctx.lines[select.line - 1].strip()}`"])
+                if reset:
+                    return self.finding(Layer.STATIC,
+                                        f"{fn.qualname}() re-scores the validation tokens in every pass of the loop at "
+                                        f"line {loop.line}; the reported sum is the last pass's, taken after training "
+                                        "on them",
+                                        ctx.location(s.stmt.line, fn.qualname),
+                                        [f"`{s.accumulator}` reset at line {reset[0].line} each pass",
+                                         f"score recorded at line {s.stmt.line}: `{s.code}`"])
+        return None
+
+    @staticmethod
+    def _selection(ctx: ModuleContext, fn: Function, loop_id: int):
+        loop = fn.loops[loop_id]
+        for st in fn.stmts:
+            if st.order < loop.start:
+                continue
+            for call in st.calls:
+                if dotted(call.func) in ("min", "max", "sorted", "np.min", "torch.min", "numpy.min"):
+                    if st.reads & set(D.loss_names(ctx, fn)) or any(D.LOSS_NAME.search(n) for n in st.reads):
+                        return st
+        return None
+
+    def judge(self, trace):
+        from harness.dynamic.judging import judge_rescored_tokens
+
+        return judge_rescored_tokens(self, trace)

@@ -1,0 +1,245 @@
+"""GA001 train-before-score: eval-time training on validation tokens that were not scored first."""
+from __future__ import annotations
+
+import libcst as cst
+
+from harness import dataflow as D
+from harness.engine import Function, ModuleContext
+from harness.findings import Confidence, Layer, Severity
+from harness.rule import Invalid, Rule, Valid
+
+_LEGAL_CHUNKED = '''
+import torch
+def eval_val_ttt(model, val_tokens, opt, chunks, seq_len):
+    loss_sum = torch.zeros(())
+    for ci, (s, e) in enumerate(chunks):
+        x = val_tokens[s:e].view(-1, seq_len)
+        y = val_tokens[s + 1:e + 1].view(-1, seq_len)
+        with torch.inference_mode():
+            nll = model(x, y)
+        loss_sum += nll.sum()
+        if ci < len(chunks) - 1:
+            for epoch in range(3):
+                loss = model(x, y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+    return loss_sum / len(chunks)
+'''
+
+_LEGAL_LORA = '''
+import torch
+def lora_eval(model, lora, val_tokens, docs, chunk):
+    total_loss = 0.0
+    for start, length in docs:
+        lora.reset()
+        opt = torch.optim.Adam(lora.parameters(), lr=1e-2)
+        for c in range(0, length, chunk):
+            x = val_tokens[start + c:start + c + chunk]
+            y = val_tokens[start + c + 1:start + c + chunk + 1]
+            per_token_loss = model(x, y, lora=lora)
+            total_loss += per_token_loss.detach().sum().item()
+            if c + chunk < length:
+                per_token_loss.mean().backward()
+                opt.step()
+                opt.zero_grad()
+    return total_loss
+'''
+
+_ADAPT_THEN_SCORE = '''
+import torch
+def eval_ttt(model, val_tokens, opt, chunks):
+    loss_sum = 0.0
+    for s, e in chunks:
+        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
+        loss = model(x, y)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            nll = model(x, y)
+        loss_sum += nll.item()
+    return loss_sum
+'''
+
+_LAST_EPOCH = '''
+import torch
+def lora_ttt_eval(model, lora, val_tokens, n_chunks, epochs):
+    loss_sum = torch.zeros(())
+    opt = torch.optim.Adam(lora.parameters(), lr=0.01)
+    for epoch in range(epochs):
+        for ci in range(n_chunks):
+            x = val_tokens[ci * 256:(ci + 1) * 256]
+            y = val_tokens[ci * 256 + 1:(ci + 1) * 256 + 1]
+            per_token_loss = model(x, y, lora=lora)
+            if epoch == epochs - 1:
+                loss_sum += per_token_loss.detach().sum()
+            if ci < n_chunks - 1:
+                per_token_loss.mean().backward()
+                opt.step()
+    return loss_sum
+'''
+
+_PRE_QUANT = '''
+import copy
+import torch
+def test_time_train(args, base_model, val_tokens):
+    ttt_model = copy.deepcopy(base_model)
+    opt = torch.optim.AdamW(ttt_model.parameters(), lr=args.ttt_lr)
+    for epoch in range(args.ttt_epochs):
+        epoch_loss = 0.0
+        for i in range(0, val_tokens.numel() - 1025, 1024):
+            x = val_tokens[i:i + 1024]
+            y = val_tokens[i + 1:i + 1025]
+            loss = ttt_model(x, y)
+            loss.backward()
+            opt.step()
+            epoch_loss += loss.item()
+        print(f"ttt:epoch loss={epoch_loss}")
+    return eval_val_sliding(args, ttt_model, val_tokens)
+'''
+
+_MANUAL = '''
+import torch
+def adapt(model, val_tokens, lr):
+    for i in range(0, len(val_tokens) - 65, 64):
+        loss = model(val_tokens[i:i + 64], val_tokens[i + 1:i + 65])
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-lr)
+    return eval_val(model, val_tokens)
+'''
+
+
+class TrainBeforeScore(Rule):
+    id = "GA001"
+    name = "train-before-score"
+    severity = Severity.HIGH
+    confidence = Confidence.MEDIUM
+    layers = (Layer.STATIC, Layer.TRACE)
+    summary = ("Finds eval-time gradient steps on validation tokens that run before those tokens' "
+               "scores are recorded.")
+    why = ("The challenge lets you train on validation tokens only after you have been graded on them "
+           "(README: 'you are only allowed to test-time train on validation set tokens you've already "
+           "evaluated your model on'). A step on an unscored token lets the weights memorise it before "
+           "it is graded: adapt-then-score (PR #518, closed), multi-epoch TTT that scores only on its "
+           "last epoch (PR #713 lora_ttt_eval), and fine-tuning on the whole validation stream before the "
+           "final eval (\"pre-quant TTT\", PR #713 test_time_train) all report a score taken after the "
+           "model saw the answers.")
+    example = _LAST_EPOCH
+    use_instead = _LEGAL_CHUNKED
+    known_problems = ("Static analysis follows names, not values: a step hidden behind getattr of a "
+                      "computed string, exec, or a hook may be missed — the dynamic layer (`--dynamic`) "
+                      "proves the order from a traced run. A loss accumulated only for logging before a "
+                      "step is not taken as a score unless it reaches the returned or printed result.")
+    references = ("README of openai/parameter-golf: test-time training rule",
+                  "PR #518 (closed by a maintainer: adapt-then-score)",
+                  "PR #713 (lora_ttt_eval final-epoch scoring; test_time_train pre-quant TTT)",
+                  "PR #461 / #549 (legal score-first chunked TTT)", "PR #77 (legal per-document LoRA TTT)")
+    fix = ("Score each chunk first (under torch.inference_mode()/no_grad), add its loss to the reported "
+           "sum, and only then train on it; never train on a chunk whose score is taken later, and "
+           "never fine-tune on validation tokens before the final eval.")
+
+    VALID = [
+        Valid(_LEGAL_CHUNKED, "PR #461/#549: score chunk k, then train on it; last chunk never trained"),
+        Valid(_LEGAL_LORA, "PR #77: per-document LoRA, score a chunk then step on it"),
+        Valid('''
+def train(model, opt, train_loader, steps):
+    for step in range(steps):
+        x, y = train_loader.next_batch()
+        loss = model(x, y)
+        loss.backward()
+        opt.step()
+''', "ordinary training on training data"),
+    ]
+    INVALID = [
+        Invalid(_ADAPT_THEN_SCORE, line=9, function="eval_ttt", note="PR #518: train the chunk, then score it"),
+        Invalid(_LAST_EPOCH, line=15, function="lora_ttt_eval", message_contains="epoch",
+                note="PR #713: scores only on the final epoch"),
+        Invalid(_PRE_QUANT, line=14, function="test_time_train", note="PR #713: pre-quant TTT"),
+        Invalid(_MANUAL, line=9, function="adapt", note="manual p.data update"),
+    ]
+
+    # ------------------------------------------------------------------ static
+    def check_static(self, ctx: ModuleContext):
+        taint = D.val_taint(ctx)
+        for q, fn in ctx.functions.items():
+            tainted = taint.get(q, set())
+            if not tainted:
+                continue
+            finding = self._check_function(ctx, fn, tainted)
+            if finding is not None:
+                yield finding
+
+    def _check_function(self, ctx: ModuleContext, fn: Function, tainted: set[str]):
+        trains = [t for t in D.train_events(ctx, fn) if self._on_val(ctx, fn, t, tainted)]
+        if not trains:
+            return None
+        reported = D.reported_names(ctx, fn)
+        scores = [s for s in D.score_events(ctx, fn, tainted) if s.accumulator in reported]
+        for t in trains:
+            covering = [s for s in scores if self._covers(s, t)]
+            if covering:
+                continue
+            return self._finding(ctx, fn, t, scores, tainted)
+        return None
+
+    @staticmethod
+    def _on_val(ctx: ModuleContext, fn: Function, t: D.TrainEvent, tainted: set[str]) -> bool:
+        outer = t.stmt.loops[0] if t.stmt.loops else None
+        stretch = fn.loop_body(outer) if outer is not None else fn.stmts
+        if D.backward_tainted(ctx, fn, tainted, stretch):
+            return True
+        return t.what == "manual parameter update" and bool(set(t.stmt.reads) & tainted)
+
+    @staticmethod
+    def _covers(s: D.ScoreEvent, t: D.TrainEvent) -> bool:
+        common = 0
+        for a, b in zip(s.stmt.loops, t.stmt.loops):
+            if a != b:
+                break
+            common += 1
+        if t.stmt.loops and common == 0:
+            return False  # the score is in another loop: it does not grade this step's data first
+        if s.value_order >= t.stmt.order and s.stmt.order >= t.stmt.order:
+            return False
+        return D.guard_cover(s.stmt, t.stmt)
+
+    def _finding(self, ctx: ModuleContext, fn: Function, t: D.TrainEvent, scores, tainted):
+        evidence = [f"{t.what} at line {t.stmt.line}: `{t.code}` on validation-derived data"]
+        guarded = [s for s in scores if not D.guard_cover(s.stmt, t.stmt)]
+        later = [s for s in scores if s.stmt.order > t.stmt.order and s.value_order > t.stmt.order]
+        if guarded:
+            s = guarded[0]
+            conds = " and ".join(("not " if g.negated else "") + g.code for g in s.stmt.guards
+                                 if (g.code, g.negated) not in {(x.code, x.negated) for x in t.stmt.guards})
+            evidence.append(f"the score at line {s.stmt.line} (`{s.code}`) is recorded only when `{conds}`, "
+                            f"while the step at line {t.stmt.line} runs without that condition: earlier "
+                            "epochs/passes train on tokens whose score is taken afterwards")
+            message = (f"{fn.qualname}() trains on validation tokens before they are scored: the score is "
+                       f"recorded only when `{conds}` (e.g. the final epoch), after steps on the same tokens")
+        elif later:
+            s = later[0]
+            evidence.append(f"the same data is scored after the step, at line {s.stmt.line}: `{s.code}`")
+            message = f"{fn.qualname}() trains on each validation chunk and scores it afterwards (adapt-then-score)"
+        else:
+            evals = [st for st in fn.stmts if st.order > t.stmt.order and
+                     any(D.is_eval_call(ctx, c, tainted) for c in st.calls)]
+            if evals:
+                evidence.append(f"after training, line {evals[0].line} evaluates on the validation data: "
+                                f"`{ctx.lines[evals[0].line - 1].strip()}`")
+                message = (f"{fn.qualname}() fine-tunes on validation tokens before the eval that scores them "
+                           "(pre-quant TTT)")
+            else:
+                message = f"{fn.qualname}() trains on validation tokens that it never scores first"
+        loc = ctx.location(t.stmt.line, fn.qualname)
+        reach = ctx.reach.at(fn.qualname) if ctx.reach is not None else None
+        return self.finding(Layer.STATIC, message, loc, evidence,
+                            reachable=None if reach is None else reach.reachable,
+                            flags={} if reach is None else reach.flags)
+
+    # ------------------------------------------------------------------ dynamic
+    def judge(self, trace):
+        from harness.dynamic.judging import judge_train_before_score
+
+        return judge_train_before_score(self, trace)

@@ -1,0 +1,346 @@
+"""The runner end to end: a small CUDA-style training script (written here, in the shape of a
+contest script) runs on CPU inside the sandbox on toy data, and its printed scores, crash
+reasons and artifacts come back in RunResult."""
+from __future__ import annotations
+
+import base64
+import random
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import sandbox
+from harness.dynamic import runner
+from harness.dynamic.logparse import parse_reported
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(sandbox.available_isolation() is None, reason="no sandbox here")]
+
+WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at "
+         "which but have an they you were her she there been one all we their has would when if so "
+         "model token score train valid byte value golf audit river stone light water music paper "
+         "garden window number people little world between during").split()
+
+
+def _make_toy_data(out: Path, vocab_size: int = 1024, n_val: int = 6000, n_train: int = 20000) -> dict:
+    """Stand-in for reference_model.toy_data when that module is absent: a BPE tokenizer on
+    random English-like text and shards in the challenge format, BOS between documents."""
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    syll = ["ka", "lo", "mi", "ne", "ru", "sta", "ver", "qu", "zo", "tha", "pri", "dé", "ön", "ß"]
+    lexicon = WORDS + ["".join(rng.choice(syll) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    docs = [" ".join(rng.choice(lexicon) for _ in range(rng.randint(20, 80))).capitalize() + "."
+            for _ in range(1500)]
+    (out / "tokenizers").mkdir(parents=True, exist_ok=True)
+    text_path = out / "corpus.txt"
+    text_path.write_text("\n".join(docs))
+    prefix = out / "tokenizers" / f"toy_{vocab_size}_bpe"
+    spm.SentencePieceTrainer.train(input=str(text_path), model_prefix=str(prefix), vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, bos_id=1, eos_id=-1, pad_id=-1,
+                                   unk_id=0, minloglevel=2,
+                                   character_coverage=1.0)
+    sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    stream = []
+    for d in docs * 4:
+        stream += [1] + sp.encode(d)
+    ds = out / "datasets" / f"fineweb10B_sp{vocab_size}"
+    ds.mkdir(parents=True, exist_ok=True)
+    val = np.array(stream[:n_val], dtype=np.uint16)
+    train = np.array(stream[n_val:n_val + n_train], dtype=np.uint16)
+    runner.write_shard(ds / "fineweb_val_000000.bin", val)
+    runner.write_shard(ds / "fineweb_train_000000.bin", train)
+    return {"tokenizer": str(prefix) + ".model", "data_path": str(ds),
+            "train_files": [str(ds / "fineweb_train_000000.bin")],
+            "val_files": [str(ds / "fineweb_val_000000.bin")], "n_val_tokens": int(val.size),
+            "vocab_size": vocab_size}
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    try:
+        return runner.get_toy_data()  # built once per machine under the golf-audit cache
+    except ImportError:  # reference_model.toy_data not written yet
+        return _make_toy_data(tmp_path_factory.mktemp("toy"))
+
+
+# A contest-shaped script: CUDA everywhere, compile, autocast, flash-attn import, inference_mode
+# eval, DDP under torchrun, int8+zlib roundtrip, the challenge's byte LUT for val_bpb.
+CUDA_SCRIPT = textwrap.dedent('''
+    import glob, io, math, os, sys, zlib
+    import numpy as np
+    import sentencepiece as spm
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from flash_attn_interface import flash_attn_func
+
+    class Hyperparameters:
+        data_path = os.environ.get("DATA_PATH", "./data/datasets/fineweb10B_sp1024")
+        tokenizer_path = os.environ.get("TOKENIZER_PATH", "./data/tokenizers/fineweb_1024_bpe.model")
+        num_layers = int(os.environ.get("NUM_LAYERS", 9))
+        model_dim = int(os.environ.get("MODEL_DIM", 512))
+        num_heads = int(os.environ.get("NUM_HEADS", 8))
+        num_kv_heads = int(os.environ.get("NUM_KV_HEADS", 4))
+        train_seq_len = int(os.environ.get("TRAIN_SEQ_LEN", 1024))
+        iterations = int(os.environ.get("ITERATIONS", 20000))
+        vocab_size = int(os.environ.get("VOCAB_SIZE", 1024))
+        crash_at = os.environ.get("CRASH_AT", "")
+
+    def load(pattern):
+        out = []
+        for f in sorted(glob.glob(pattern)):
+            header = np.fromfile(f, dtype="<i4", count=256)
+            out.append(np.fromfile(f, dtype="<u2", count=int(header[2]), offset=1024))
+        return torch.from_numpy(np.concatenate(out).astype(np.int64))
+
+    class Attn(nn.Module):
+        def __init__(self, d, h, kv):
+            super().__init__()
+            self.h, self.kv, self.hd = h, kv, d // h
+            self.q = nn.Linear(d, d, bias=False)
+            self.k = nn.Linear(d, kv * self.hd, bias=False)
+            self.v = nn.Linear(d, kv * self.hd, bias=False)
+            self.o = nn.Linear(d, d, bias=False)
+        def forward(self, x):
+            b, s, d = x.shape
+            q = self.q(x).view(b, s, self.h, self.hd)
+            k = self.k(x).view(b, s, self.kv, self.hd)
+            v = self.v(x).view(b, s, self.kv, self.hd)
+            return self.o(flash_attn_func(q, k, v, causal=True).reshape(b, s, d))
+
+    class GPT(nn.Module):
+        def __init__(self, a):
+            super().__init__()
+            self.emb = nn.Embedding(a.vocab_size, a.model_dim)
+            self.blocks = nn.ModuleList(Attn(a.model_dim, a.num_heads, a.num_kv_heads) for _ in range(a.num_layers))
+            self.head = nn.Linear(a.model_dim, a.vocab_size, bias=False)
+        def forward(self, x, y):
+            h = self.emb(x)
+            for blk in self.blocks:
+                h = h + blk(F.rms_norm(h, (h.size(-1),)))
+            logits = self.head(F.rms_norm(h, (h.size(-1),))).float()
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="sum")
+
+    def luts(sp, n):
+        base = torch.zeros(n, dtype=torch.int64); space = torch.zeros(n, dtype=torch.bool)
+        boundary = torch.zeros(n, dtype=torch.bool)
+        for i in range(sp.get_piece_size()):
+            if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                boundary[i] = True; continue
+            if sp.is_byte(i):
+                base[i] = 1; continue
+            p = sp.id_to_piece(i)
+            if p.startswith("\\u2581"):
+                space[i] = True; p = p[1:]
+            base[i] = len(p.encode())
+        return base, space, boundary
+
+    @torch.inference_mode()
+    def eval_val(model, val, seq, device, lut):
+        base, space, boundary = lut
+        n = (val.numel() - 1) // seq * seq
+        x = val[:n].view(-1, seq).to(device); y = val[1:n + 1].view(-1, seq).to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            loss = model(x, y)
+        tot = torch.zeros((), device=device, dtype=torch.float64) + loss.double()
+        nbytes = (base[y] + (space[y] & ~boundary[x]).long()).sum().double()
+        if dist.is_initialized():
+            dist.all_reduce(tot); dist.all_reduce(nbytes)
+            world = dist.get_world_size()
+            tot, nbytes = tot / world, nbytes / world
+        vl = tot.item() / y.numel()
+        return vl, vl / math.log(2) * y.numel() / nbytes.item()
+
+    def main():
+        a = Hyperparameters()
+        assert torch.cuda.is_available()
+        distributed = "RANK" in os.environ
+        if distributed:
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", int(os.environ["LOCAL_RANK"])))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        torch.manual_seed(0); torch.cuda.manual_seed_all(0)
+        sp = spm.SentencePieceProcessor(model_file=a.tokenizer_path)
+        lut = luts(sp, a.vocab_size)
+        lut = tuple(t.to(device) for t in lut)
+        train = load(os.path.join(a.data_path, "fineweb_train_*.bin"))
+        val = load(os.path.join(a.data_path, "fineweb_val_*.bin"))
+        base_model = GPT(a).cuda()
+        model = torch.compile(base_model, dynamic=False)
+        if distributed:
+            model = DDP(model, device_ids=[local_rank], broadcast_buffers=False)
+        opt = torch.optim.Adam(base_model.parameters(), lr=3e-3)
+        seq = a.train_seq_len
+        for step in range(a.iterations):
+            i = step * 4 * seq
+            x = train[i:i + 4 * seq].view(4, seq).to(device, non_blocking=True)
+            y = train[i + 1:i + 1 + 4 * seq].view(4, seq).pin_memory().cuda()
+            if a.crash_at == "train":
+                raise RuntimeError("boom in training")
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=True):
+                loss = model(x, y) / y.numel()
+            opt.zero_grad(); loss.backward(); opt.step()
+            torch.cuda.synchronize()
+            print(f"step:{step + 1}/{a.iterations} train_loss:{loss.item():.4f}")
+        print(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 1024 // 1024} MiB")
+        sd = {k: (v * 127 / (v.abs().max() + 1e-8)).round().to(torch.int8) for k, v in base_model.state_dict().items()}
+        buf = io.BytesIO(); torch.save(sd, buf)
+        blob = zlib.compress(buf.getvalue())
+        if int(os.environ.get("RANK", 0)) == 0:
+            with open("final_model.int8.ptz", "wb") as fh:
+                fh.write(blob)
+        vl, vb = eval_val(model, val, seq, device, lut)
+        print(f"final_int8_zlib_roundtrip val_loss:{vl:.4f} val_bpb:{vb:.4f}")
+        print(f"final_int8_zlib_roundtrip_exact val_loss:{vl:.8f} val_bpb:{vb:.8f}")
+        if distributed:
+            dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        main()
+''')
+
+
+@pytest.fixture()
+def submission(tmp_path):
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    (folder / "train_gpt.py").write_text(CUDA_SCRIPT)
+    (folder / "README.md").write_text("torchrun --standalone --nproc_per_node=8 train_gpt.py\n")
+    return folder
+
+
+def test_cuda_script_runs_on_cpu_and_scores_are_parsed(submission, toy_data):
+    r = runner.run_submission(submission, env={}, toy_data=toy_data, trace=False, timeout_s=120)
+    assert r.error is None, (r.error, r.stderr[-3000:])
+    assert r.exit_code == 0
+    labels = {rep.label: rep for rep in r.reported}
+    exact = labels["final_int8_zlib_roundtrip_exact"]
+    assert exact.decimals == 8 and labels["final_int8_zlib_roundtrip"].decimals == 4
+    assert 0 < exact.val_loss < 20 and 0 < exact.val_bpb < 20
+    assert abs(labels["final_int8_zlib_roundtrip"].val_bpb - exact.val_bpb) < 1e-4
+    assert r.artifacts.get("final_model.int8.ptz", 0) > 0
+    assert "train_gpt.py" not in r.artifacts  # unchanged submission files are not artifacts
+    notes = "\n".join(r.notes)
+    assert "toy env: NUM_LAYERS=2" in notes and "toy env: ITERATIONS=3" in notes
+    assert "torch.compile -> identity (ran eager)" in notes
+    assert "inference_mode -> no_grad" in notes
+    assert "flash_attn -> scaled_dot_product_attention" in notes
+    assert "sandbox: " in notes
+    assert r.val_bytes_utf8 and r.val_bytes_utf8 > 0
+    # The script's own LUT-based bpb and our byte count agree: bpb * bytes = nats / ln 2 summed.
+    n_scored = (toy_data["n_val_tokens"] - 1) // 128 * 128
+    assert r.trace is None and "not traced: tracing off" in notes
+    assert n_scored > 0
+
+
+def test_crash_reports_exception_and_submission_line(submission, toy_data):
+    r = runner.run_submission(submission, env={"CRASH_AT": "train"}, toy_data=toy_data, trace=False,
+                              timeout_s=120)
+    assert r.exit_code != 0
+    assert r.error is not None and r.error.startswith("crash: RuntimeError: boom in training at train_gpt.py:")
+    line = int(r.error.rsplit(":", 1)[1])
+    assert "boom in training" in CUDA_SCRIPT.splitlines()[line - 1]
+
+
+def test_timeout_is_reported(submission, toy_data):
+    (submission / "train_gpt.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
+    r = runner.run_submission(submission, env={}, toy_data=toy_data, trace=False, timeout_s=5)
+    assert r.killed_reason == "timeout"
+    assert r.error.startswith("timeout after 5s")
+
+
+def test_val_override_reaches_the_script(submission, toy_data):
+    (submission / "train_gpt.py").write_text(textwrap.dedent('''
+        import glob, os, numpy as np
+        f = sorted(glob.glob(os.path.join(os.environ["DATA_PATH"], "fineweb_val_*.bin")))[0]
+        h = np.fromfile(f, dtype="<i4", count=256)
+        t = np.fromfile(f, dtype="<u2", count=int(h[2]), offset=1024)
+        print(f"n={t.size} first={t[:4].tolist()}")
+        print(f"probe val_loss:{float(t.sum() % 97):.3f} val_bpb:1.500")
+    '''))
+    override = np.array([1, 5, 6, 7] + [9] * 96, dtype=np.uint16)
+    r = runner.run_submission(submission, env={}, toy_data=toy_data, trace=False, timeout_s=60,
+                              val_override=override)
+    assert r.error is None, r.stderr
+    assert "n=100 first=[1, 5, 6, 7]" in r.stdout
+    assert r.reported[0].label == "probe" and r.reported[0].decimals == 3
+
+
+def test_no_entry_script_is_not_auditable(tmp_path, toy_data):
+    (tmp_path / "README.md").write_text("only a log here")
+    r = runner.run_submission(tmp_path, env={}, toy_data=toy_data, trace=False)
+    assert r.error and r.error.startswith("no entry script") and r.not_auditable
+
+
+def test_python312_fstrings_are_rewritten_in_script_and_packed_payload(submission, toy_data):
+    # PEP 701 syntax (nested same quotes) directly in the script and inside an exec'd payload.
+    payload = 'y = {"k": 7}\nprint(f"packed {y["k"]}")\n' + "# padding so the source is saved\n" * 8
+    (submission / "train_gpt.py").write_text(
+        'x = {"a": 1}\nprint(f"direct {x["a"]}")\n'
+        f'import base64\nexec(base64.b64decode({base64.b64encode(payload.encode())!r}).decode())\n')
+    r = runner.run_submission(submission, env={}, toy_data=toy_data, trace=False, timeout_s=60)
+    assert r.error is None, (r.error, r.stderr[-2000:])
+    assert "direct 1" in r.stdout and "packed 7" in r.stdout
+    notes = "\n".join(r.notes)
+    if sys.version_info < (3, 12):
+        assert "rewrite: train_gpt.py: 1 Python 3.12 f-string(s) rewritten" in notes
+        assert "rewrite: <string>: 1 Python 3.12 f-string(s) rewritten" in notes
+    assert "exec'd sources saved: 1" in notes
+
+
+def test_unparseable_script_is_not_auditable(submission, toy_data):
+    (submission / "train_gpt.py").write_text("def broken(:\n    pass\n")
+    r = runner.run_submission(submission, env={}, toy_data=toy_data, trace=False, timeout_s=60)
+    assert r.not_auditable and "does not compile under Python" in r.not_auditable
+    assert r.error == r.not_auditable
+
+
+def test_torchrun_two_ranks_with_gloo(submission, toy_data):
+    r1 = runner.run_submission(submission, env={}, toy_data=toy_data, trace=False, timeout_s=150, nproc=2)
+    assert r1.error is None, (r1.error, r1.stderr[-3000:])
+    labels = {rep.label for rep in r1.reported}
+    assert "final_int8_zlib_roundtrip_exact" in labels
+    assert "shim used: init_process_group('nccl') -> gloo" in "\n".join(r1.notes)
+
+
+def test_val_bytes_match_lut_rule(toy_data):
+    val = runner.read_shard(toy_data["val_files"][0])
+    decoded, lut = runner.val_bytes_utf8(val, toy_data["tokenizer"])
+    assert decoded == lut
+    assert decoded > val.size  # several bytes per token on average
+
+
+def test_logparse_keeps_decimals_and_labels():
+    out = "\n".join([
+        "val_bpb:enabled tokenizer_kind=sentencepiece",
+        "step:3/3 val_loss:6.9301 val_bpb:4.1044 train_time:0ms",
+        "final_sliding_window_exact val_loss:2.12345678 val_bpb:1.23456789",
+        "[rank0] legal_ttt_exact val_loss:2.1 val_bpb:1.250",
+        "ttt_final val_loss: 2.0 val_bpb: 1.2",
+    ])
+    reps = parse_reported(out)
+    assert [r.label for r in reps] == ["step:3/3", "final_sliding_window_exact", "legal_ttt_exact", "ttt_final"]
+    assert [r.decimals for r in reps] == [4, 8, 3, 1]
+    assert reps[1].val_bpb == 1.23456789
+
+
+def test_traced_run_yields_one_trace_with_reported_and_run_end(submission, toy_data):
+    pytest.importorskip("harness.dynamic.tracer")
+    from harness.dynamic.trace import Reported, RunEnd, RunStart, Scored
+
+    r = runner.run_submission(submission, env={}, toy_data=toy_data, trace=True, timeout_s=150)
+    assert r.error is None, (r.error, r.stderr[-3000:])
+    assert r.trace is not None, r.notes
+    assert len(r.trace.of(RunStart)) == 1
+    assert r.trace.of(Scored), "the final eval's scores were not traced"
+    assert {e.label for e in r.trace.of(Reported)} >= {"final_int8_zlib_roundtrip_exact"}
+    (end,) = r.trace.of(RunEnd)
+    assert end.exit_code == 0 and end.val_bytes_utf8 == r.val_bytes_utf8 > 0
+    assert r.trace.submission_dir == str(submission.resolve())

@@ -1,0 +1,203 @@
+"""Each CPU shim does what real contest scripts need. The shims patch torch globally, so every
+check runs in a fresh interpreter (never in pytest's own process)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_shimmed(tmp_path: Path, body: str, **opts) -> subprocess.CompletedProcess:
+    code = ("from harness.dynamic import shims\n"
+            f"state = shims.install(shims.ShimOptions(bin_dir={str(tmp_path / 'bin')!r}, **{opts!r}))\n"
+            "import torch\n" + textwrap.dedent(body))
+    script = tmp_path / "user_script.py"  # outside torch/site-packages: counts as submission code
+    script.write_text(code)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+
+
+def check(tmp_path, body, **opts):
+    r = run_shimmed(tmp_path, body, **opts)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_compile_is_identity_and_dynamo_noops(tmp_path):
+    out = check(tmp_path, """
+        m = torch.nn.Linear(2, 2)
+        assert torch.compile(m, dynamic=False, fullgraph=True) is m
+        @torch.compile
+        def f(x): return x + 1
+        @torch.compile(mode="max-autotune")
+        def g(x): return x * 2
+        assert f(torch.ones(1)).item() == 2 and g(torch.ones(1)).item() == 2
+        torch._dynamo.reset(); torch.compiler.cudagraph_mark_step_begin()
+        print(shims.describe())
+    """)
+    assert "torch.compile -> identity (ran eager)" in out
+
+
+def test_cuda_api_is_faked_for_the_submission_only(tmp_path):
+    out = check(tmp_path, """
+        assert torch.cuda.is_available()            # the submission sees a GPU
+        from torch import cuda
+        import torch.random
+        assert not torch.cuda._is_compiled()
+        torch.cuda.set_device(0); torch.cuda.synchronize(); torch.cuda.manual_seed_all(1)
+        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        assert torch.cuda.max_memory_allocated() == 0 and torch.cuda.max_memory_reserved() == 0
+        assert torch.cuda.get_device_properties(0).multi_processor_count > 0
+        assert "H100" in torch.cuda.get_device_name()
+        assert torch.cuda.device_count() == 1 and torch.cuda.current_device() == 0
+        s = torch.cuda.Stream(); e0 = torch.cuda.Event(enable_timing=True); e1 = torch.cuda.Event(enable_timing=True)
+        e0.record(); e1.record(); e1.synchronize(); assert e0.elapsed_time(e1) >= 0
+        with torch.cuda.stream(s): pass
+        torch.cuda.current_stream().wait_stream(s)
+        # torch's own code keeps seeing no CUDA: fork_rng asks cuda.is_available internally
+        with torch.random.fork_rng(): torch.randn(2)
+        torch.backends.cuda.enable_flash_sdp(True); torch.backends.cuda.enable_math_sdp(False)
+        q = torch.randn(1, 2, 4, 8)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)  # math SDPA still on
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_cuda_devices_become_cpu(tmp_path):
+    out = check(tmp_path, """
+        d = torch.device("cuda", 0)
+        assert isinstance(d, torch.device) and d.type == "cpu"
+        assert torch.device("cuda:1").type == "cpu" and torch.device("cpu").type == "cpu"
+        assert torch.device("meta").type == "meta"
+        x = torch.zeros(3, device="cuda")
+        y = torch.ones(3).cuda(non_blocking=True)
+        z = torch.ones(3).to("cuda:0", non_blocking=True).pin_memory()
+        w = torch.empty(2, device=torch.device("cuda"), pin_memory=True)
+        m = torch.nn.Linear(2, 2).cuda()
+        assert all(t.device.type == "cpu" for t in (x, y, z, w, m.weight))
+        assert y.is_cuda                                # scripts assert this
+        import threading
+        res = []
+        t = threading.Thread(target=lambda: res.append(torch.ones(1, device="cuda").device.type))
+        t.start(); t.join()
+        assert res == ["cpu"], res
+        print(shims.describe())
+    """)
+    assert "device='cuda' -> cpu" in out
+
+
+def test_autocast_cuda_runs_float32_by_default_and_bf16_on_request(tmp_path):
+    body = """
+        a = torch.randn(4, 4)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            print((a @ a).dtype)
+        with torch.cuda.amp.autocast():
+            print((a @ a).dtype)
+    """
+    assert check(tmp_path, body).split()[:2] == ["torch.float32", "torch.float32"]
+    assert check(tmp_path, body, autocast="bf16").split()[:2] == ["torch.bfloat16", "torch.bfloat16"]
+
+
+def test_inference_mode_is_no_grad_so_ttt_backward_works(tmp_path):
+    out = check(tmp_path, """
+        lin = torch.nn.Linear(4, 4)
+        cache = {}
+        @torch.inference_mode()
+        def score(x):
+            cache["rot"] = torch.randn(4)          # a cache built while scoring
+            return lin(x + cache["rot"]).sum()
+        score(torch.randn(2, 4))
+        with torch.inference_mode():
+            assert not torch.is_grad_enabled()
+        assert torch.is_grad_enabled()
+        loss = lin(torch.randn(2, 4) * cache["rot"]).sum()
+        loss.backward()                             # fails under real inference_mode
+        @torch.inference_mode
+        def bare(x): return torch.is_grad_enabled()
+        assert bare(1) is False
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_flash_attn_matches_causal_sdpa_with_gqa_and_varlen(tmp_path):
+    out = check(tmp_path, """
+        import torch.nn.functional as F
+        from flash_attn_interface import flash_attn_func, flash_attn_varlen_func
+        torch.manual_seed(0)
+        B, S, H, KV, D = 2, 10, 4, 2, 8
+        q, k, v = torch.randn(B, S, H, D), torch.randn(B, S, KV, D), torch.randn(B, S, KV, D)
+        out = flash_attn_func(q, k, v, causal=True)
+        kr, vr = k.repeat_interleave(2, 2), v.repeat_interleave(2, 2)
+        ref = F.scaled_dot_product_attention(q.transpose(1, 2), kr.transpose(1, 2), vr.transpose(1, 2),
+                                             is_causal=True).transpose(1, 2)
+        assert torch.allclose(out, ref, atol=1e-5)
+        # causality: changing a later position leaves earlier outputs unchanged
+        k2 = k.clone(); k2[:, 7] += 1
+        assert torch.allclose(flash_attn_func(q, k2, v, causal=True)[:, :7], out[:, :7], atol=1e-6)
+        # varlen: two packed sequences attend only within themselves
+        cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+        vo = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, 6, 6, causal=True)
+        a = flash_attn_func(q[:1, :4], k[:1, :4], v[:1, :4], causal=True)[0]
+        b = flash_attn_func(q[:1, 4:], k[:1, 4:], v[:1, 4:], causal=True)[0]
+        assert torch.allclose(vo, torch.cat([a, b]), atol=1e-5)
+        # sliding window (left 2): position 5 ignores keys < 3
+        w = flash_attn_func(q, k, v, causal=True, window_size=(2, 0))
+        k3 = k.clone(); k3[:, :3] += 5
+        assert torch.allclose(flash_attn_func(q, k3, v, causal=True, window_size=(2, 0))[:, 5], w[:, 5], atol=1e-5)
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_distributed_nccl_becomes_gloo(tmp_path):
+    out = check(tmp_path, """
+        import os, torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29581", RANK="0", WORLD_SIZE="1")
+        dist.init_process_group(backend="nccl", device_id=torch.device("cuda", 0))
+        assert dist.get_backend() == "gloo"
+        m = DDP(torch.nn.Linear(2, 2).cuda(), device_ids=[0], broadcast_buffers=False)
+        m(torch.randn(3, 2)).sum().backward()
+        t = torch.ones(2); dist.all_reduce(t); dist.barrier(device_ids=[0])
+        dist.destroy_process_group()
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_nvidia_smi_on_path(tmp_path):
+    out = check(tmp_path, """
+        import subprocess
+        print(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout)
+    """)
+    assert "golf-audit fake nvidia-smi" in out
+
+
+def test_triton_stub_imports_and_fails_clearly_on_launch(tmp_path):
+    r = run_shimmed(tmp_path, """
+        import importlib.util, sys
+        if not getattr(sys.modules.get("triton"), "__golf_audit_shim__", False):
+            print("real triton present"); raise SystemExit(0)
+        import triton, triton.language as tl
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        import torch.utils._triton as tt
+        assert not tt.has_triton_package()          # torch still sees no triton
+        @triton.jit
+        def kernel(x_ptr, n, BLOCK: tl.constexpr):
+            pass
+        assert triton.cdiv(10, 4) == 3
+        kernel[(1,)](torch.ones(1), 1, BLOCK=16)
+    """)
+    if "real triton present" in r.stdout:
+        pytest.skip("a real triton package is importable here")
+    assert r.returncode != 0
+    assert "TritonUnavailable" in r.stderr and "kernel 'kernel' launched" in r.stderr
