@@ -198,7 +198,7 @@ def loss_names(ctx: ModuleContext, fn: Function) -> dict[str, int]:
         lossy_call = any(LOSS_CALL.search(c) for c in calls)
         reads_loss = bool(set(st.reads) & set(out)) and not isinstance(st.node, cst.AugAssign)
         named = any(LOSS_NAME.search(w) for w in st.writes)
-        if (lossy_call and (named or calls)) or (reads_loss and named):
+        if (lossy_call and (named or calls)) or (reads_loss and named) or (named and calls):
             for w in st.writes:
                 out.setdefault(w, st.order)
     return out
@@ -227,7 +227,12 @@ def score_events(ctx: ModuleContext, fn: Function, tainted: set[str]) -> list[Sc
                 isinstance(node.value.func, cst.Attribute) and node.value.func.attr.value in ("append", "add_", "extend"):
             acc = base_name(node.value.func.value)
             value_names = {n.value for n in _names(node.value)} - {acc}
-        if not acc or acc in losses and not LOSS_NAME.search(acc):
+        if acc is None:
+            helper = _scoring_helper_call(ctx, st, set(losses))
+            if helper is not None:
+                events.append(ScoreEvent(st, helper[0], ctx.code(node)[:160], helper[1]))
+            continue
+        if acc in losses and not LOSS_NAME.search(acc):
             continue
         scored = value_names & set(losses)
         if not scored or LOSS_NAME.search(acc or "") is None and not re.search(r"sum|total|nll|bits|acc", acc, re.I):
@@ -236,6 +241,44 @@ def score_events(ctx: ModuleContext, fn: Function, tainted: set[str]) -> list[Sc
             continue
         events.append(ScoreEvent(st, acc, ctx.code(node), min(losses[n] for n in scored)))
     return events
+
+
+def _accumulating_params(ctx: ModuleContext, fn: Function) -> set[int]:
+    """Indices of `fn`'s parameters that it accumulates into in place (`acc += ...`, `acc.add_(...)`)."""
+    key = ("acc_params", fn.qualname)
+    if key in ctx.analysis:
+        return ctx.analysis[key]
+    out: set[int] = set()
+    params = [p for p in fn.params if p not in ("self", "cls")]
+    for st in fn.stmts:
+        node = st.node
+        target = None
+        if isinstance(node, cst.AugAssign) and isinstance(node.operator, cst.AddAssign):
+            target = base_name(node.target)
+        for call in st.calls:
+            if isinstance(call.func, cst.Attribute) and call.func.attr.value in ("add_", "index_add_", "append"):
+                target = base_name(call.func.value)
+        if target in params:
+            out.add(params.index(target))
+    ctx.analysis[key] = out
+    return out
+
+
+def _scoring_helper_call(ctx: ModuleContext, st: Stmt, losses: set[str]) -> tuple[str, int] | None:
+    """`_accumulate_bpb(per_tok_loss, ..., loss_sum, ...)`: a call that hands a loss and an accumulator
+    to a module function that adds into that accumulator. Returns (accumulator, order)."""
+    by_name = {f.name: f for f in ctx.functions.values()}
+    for call in st.calls:
+        callee = by_name.get(dotted(call.func).split(".")[-1])
+        if callee is None:
+            continue
+        arg_names = [{n.value for n in _names(a.value)} for a in call.args]
+        if not any(a & losses for a in arg_names):
+            continue
+        for i in _accumulating_params(ctx, callee):
+            if i < len(call.args) and call.args[i].keyword is None and isinstance(call.args[i].value, cst.Name):
+                return call.args[i].value.value, st.order
+    return None
 
 
 def backward_tainted(ctx: ModuleContext, fn: Function, tainted: set[str], loop_stmts: list[Stmt]) -> bool:

@@ -25,7 +25,8 @@ import torch
 
 from .eval import ScoreSum, autocast
 from .ttt import (add_lora_scores, chunk_windows, cosine_lr, document_batches, lora_batch,
-                  lora_chunk_losses, score_chunk, train_chunk, ttt_parameters)
+                  lora_chunk_losses, score_chunk, score_document_starts, train_chunk,
+                  ttt_parameters)
 from .model import DocumentLoRA
 
 
@@ -104,6 +105,7 @@ def ttt_lora_train_before_score(model, tokens, luts, device, h, rank=0, world_si
     model.eval()
     total = ScoreSum()
     log("ttt_lora:start BROKEN=train-before-score")
+    score_document_starts(model, tokens, total, luts, device, h, rank, world_size)
     for index, docs in document_batches(tokens, h, rank, world_size):
         lora = DocumentLoRA(model, len(docs), h.ttt_lora_rank, seed=h.seed + index).to(device)
         optimizer = torch.optim.Adam(lora.parameters(), lr=h.ttt_lora_lr, betas=(h.beta1, h.beta2), eps=1e-10)

@@ -166,7 +166,7 @@ def make_toy_data(out_dir, *, vocab_size: int = 1024, train_tokens: int = 1_000_
         return {
             "tokenizer": str(model_path), "data_path": str(ds_dir), "vocab_size": vocab_size,
             "train_files": [str(train_path)], "val_files": [str(val_path)],
-            "train_glob": str(ds_dir / "fineweb_train_*.bin"), "val_glob": str(ds_dir / "fineweb_val_*.bin"),
+            "train_glob": str(ds_dir / "fineweb_train_[0-9]*.bin"), "val_glob": str(ds_dir / "fineweb_val_[0-9]*.bin"),
             "val_text_bytes": val_bytes, "n_val_tokens": n_val, "n_train_tokens": n_train, "seed": seed,
         }
 

@@ -35,6 +35,11 @@ from .model import GPT, GPTConfig
 from .ttt import eval_ttt_lora, eval_ttt_sgd
 
 
+# Numbered shards only: a sidecar such as fineweb_val_bytes_000000.bin is not token data.
+TRAIN_SHARDS = "fineweb_train_[0-9]*.bin"
+VAL_SHARDS = "fineweb_val_[0-9]*.bin"
+
+
 # ---------------------------------------------------------------- Muon
 def newton_schulz(G: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
     """Approximately orthogonalise G (the quintic Newton-Schulz iteration of Muon)."""
@@ -159,7 +164,7 @@ def train(h: Hyperparameters, run: Run, model: GPT, val_tokens: Tensor, luts) ->
     local_tokens = h.train_batch_tokens // (run.world_size * grad_accum_steps)
     if local_tokens % h.train_seq_len or local_tokens == 0:
         raise ValueError(f"TRAIN_BATCH_TOKENS={h.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN")
-    train_files = os.path.join(h.data_path, "fineweb_train_*.bin")
+    train_files = os.path.join(h.data_path, TRAIN_SHARDS)
     stream = TrainStream(train_files, run.rank, run.world_size)
     cap_ms = 1000.0 * h.max_wallclock_seconds if h.max_wallclock_seconds > 0 else None
 
@@ -258,7 +263,7 @@ def artifact_path(h: Hyperparameters) -> Path:
 
 def calibration_batches(h: Hyperparameters, run: Run) -> list:
     """Legal calibration data: the first CALIBRATION_SEQS sequences of the train stream."""
-    stream = TrainStream(os.path.join(h.data_path, "fineweb_train_*.bin"))
+    stream = TrainStream(os.path.join(h.data_path, TRAIN_SHARDS))
     x, y = stream.next_batch(h.calibration_seqs * h.train_seq_len, h.train_seq_len, run.device)
     return [(x, y)]
 
@@ -342,7 +347,7 @@ def load_eval_data(h: Hyperparameters, run: Run):
     sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
     if int(sp.vocab_size()) != h.vocab_size:
         raise ValueError(f"VOCAB_SIZE={h.vocab_size} does not match the tokenizer's {int(sp.vocab_size())}")
-    val_tokens = load_val_tokens(os.path.join(h.data_path, "fineweb_val_*.bin"))
+    val_tokens = load_val_tokens(os.path.join(h.data_path, VAL_SHARDS))
     luts = build_byte_luts(sp, h.vocab_size)
     # Cross-check the tables against the decoded text: every eval scores targets 1..N-1.
     lut_bytes = int(target_bytes(val_tokens, torch.arange(1, val_tokens.numel()), luts).sum().item())

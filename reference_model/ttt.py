@@ -8,7 +8,8 @@
 (b) `eval_ttt_lora`, per-document batched LoRA (the PR #77 recipe): documents (BOS-delimited)
     are batched, each with its own fresh LoRA adapters; each document is read in chunks of
     TTT_CHUNK_SIZE targets; each chunk is scored, then one Adam step is taken on that chunk's
-    loss. Adapters are reset for every document, so nothing crosses documents.
+    loss. Adapters are reset for every document, so nothing crosses documents. The targets that
+    are a document's BOS are scored first, with the unadapted model (score_document_starts).
 
 Every validation token is scored before any update it reaches, and that score is final.
 """
@@ -170,12 +171,35 @@ def add_lora_scores(total: ScoreSum, nll, spans, tokens, luts) -> None:
             total.add(nll[i, off:off + count].detach().float().cpu(), torch.arange(first, first + count), tokens, luts)
 
 
+def lora_documents(tokens) -> list[tuple[int, int]]:
+    """(start, end) of each document without the next document's BOS: tokens[start:end] is the
+    document, its targets are start+1..end-1."""
+    docs = []
+    for start, end in find_documents(tokens):
+        if end < tokens.numel():
+            end -= 1  # that BOS is scored by score_document_starts
+        if end - start >= 2:
+            docs.append((start, end))
+    return docs
+
+
+def score_document_starts(model, tokens, total: ScoreSum, luts, device, h, rank, world_size) -> None:
+    """Score each target that is a document's BOS (predicted from the end of the previous
+    document) with the unadapted model, before any adapter trains: that BOS is the first input
+    of its own document's adapter, so it must be scored first."""
+    starts = [start for start, _ in find_documents(tokens) if start > 0]
+    windows = [(max(0, p - h.ttt_eval_seq_len), p, p) for p in starts]
+    score_chunk(model, tokens, windows, total, luts, device, h.eval_batch_seqs, rank, world_size)
+    if world_size > 1:
+        dist.barrier()  # every rank has scored them before any rank trains
+
+
 def document_batches(tokens, h, rank, world_size):
     """This rank's batches of documents. Batches are formed over all documents (similar lengths
     together: fewer idle rows) and then shared out, so a document lands in the same batch for
     any number of ranks and the eval gives the same numbers.
     Returns (batch index, documents) pairs; the index seeds the batch's LoRA init."""
-    docs = sorted(find_documents(tokens), key=lambda d: (d[1] - d[0], d[0]))
+    docs = sorted(lora_documents(tokens), key=lambda d: (d[1] - d[0], d[0]))
     batches = [docs[i:i + h.ttt_batch_size] for i in range(0, len(docs), h.ttt_batch_size)]
     return rank_slice(list(enumerate(batches)), rank, world_size)
 
@@ -185,6 +209,7 @@ def eval_ttt_lora(model, tokens, luts, device, h, rank=0, world_size=1, log=prin
         p.requires_grad_(False)
     model.eval()
     total = ScoreSum()
+    score_document_starts(model, tokens, total, luts, device, h, rank, world_size)
     batches = document_batches(tokens, h, rank, world_size)
     log(f"ttt_lora:start docs_batches:{len(batches)} chunk_size:{h.ttt_chunk_size} "
         f"context:{h.ttt_eval_seq_len} rank:{h.ttt_lora_rank} lr:{h.ttt_lora_lr}")

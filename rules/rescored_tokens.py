@@ -128,14 +128,26 @@ class RescoredTokens(Rule):
 
     @staticmethod
     def _selection(ctx: ModuleContext, fn: Function, loop_id: int):
+        """`min(per_pass_losses)` over a list filled once per pass, or `best = min(best, loss)`."""
         loop = fn.loops[loop_id]
+        losses = set(D.loss_names(ctx, fn))
+        per_pass = set()
+        for st in fn.loop_body(loop_id):
+            for call in st.calls:
+                if isinstance(call.func, cst.Attribute) and call.func.attr.value == "append":
+                    if {n.value for a in call.args for n in D._names(a.value)} & losses:
+                        per_pass.add(D.base_name(call.func.value))
         for st in fn.stmts:
             if st.order < loop.start:
                 continue
             for call in st.calls:
-                if dotted(call.func) in ("min", "max", "sorted", "np.min", "torch.min", "numpy.min"):
-                    if st.reads & set(D.loss_names(ctx, fn)) or any(D.LOSS_NAME.search(n) for n in st.reads):
-                        return st
+                if dotted(call.func) not in ("min", "max", "sorted", "np.min", "torch.min", "numpy.min", "np.argmin"):
+                    continue
+                args = [{n.value for n in D._names(a.value)} for a in call.args]
+                if any(a & per_pass for a in args):
+                    return st
+                if len(args) == 2 and all(a & losses for a in args) and st.writes & (args[0] | args[1]):
+                    return st
         return None
 
     def judge(self, trace):

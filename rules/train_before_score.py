@@ -4,7 +4,7 @@ from __future__ import annotations
 import libcst as cst
 
 from harness import dataflow as D
-from harness.engine import Function, ModuleContext
+from harness.engine import Function, ModuleContext, dotted
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 
@@ -163,26 +163,64 @@ def train(model, opt, train_loader, steps):
     # ------------------------------------------------------------------ static
     def check_static(self, ctx: ModuleContext):
         taint = D.val_taint(ctx)
+        # pass 1: each function on its own
+        uncovered: dict[str, tuple[D.TrainEvent, list]] = {}
         for q, fn in ctx.functions.items():
             tainted = taint.get(q, set())
             if not tainted:
                 continue
-            finding = self._check_function(ctx, fn, tainted)
-            if finding is not None:
-                yield finding
-
-    def _check_function(self, ctx: ModuleContext, fn: Function, tainted: set[str]):
-        trains = [t for t in D.train_events(ctx, fn) if self._on_val(ctx, fn, t, tainted)]
-        if not trains:
-            return None
-        reported = D.reported_names(ctx, fn)
-        scores = [s for s in D.score_events(ctx, fn, tainted) if s.accumulator in reported]
-        for t in trains:
-            covering = [s for s in scores if self._covers(s, t)]
-            if covering:
+            trains = [t for t in D.train_events(ctx, fn) if self._on_val(ctx, fn, t, tainted)]
+            if not trains:
                 continue
-            return self._finding(ctx, fn, t, scores, tainted)
+            scores = self._scores(ctx, fn, tainted)
+            miss = self._first_uncovered(trains, scores)
+            if miss is not None:
+                uncovered[q] = (miss, scores)
+        # pass 2: a function that trains on data it is handed (phased/global TTT) is judged at its
+        # call sites: legal when every caller recorded scores before handing the data over
+        trainers = set(uncovered)
+        by_name = {ctx.functions[q].name: q for q in trainers}
+        call_sites: dict[str, list[bool]] = {q: [] for q in trainers}
+        for q, fn in ctx.functions.items():
+            tainted = taint.get(q, set())
+            calls = []
+            for st in fn.stmts:
+                for call in st.calls:
+                    callee = by_name.get(dotted(call.func).split(".")[-1])
+                    if callee and callee != q and {n.value for a in call.args for n in D._names(a.value)} & tainted:
+                        calls.append((callee, D.TrainEvent(st, f"call to {ctx.functions[callee].name}(), which trains",
+                                                           ctx.code(call)[:120])))
+            if not calls:
+                continue
+            scores = self._scores(ctx, fn, tainted)
+            for callee, ev in calls:
+                # the caller chooses the data (e.g. "scored_docs"): it must have recorded scores
+                # earlier in the same loop iteration; their guards may differ from the call's
+                covered = any(self._precedes(s, ev) for s in scores)
+                call_sites[callee].append(covered)
+                if not covered and q not in uncovered:
+                    uncovered[q] = (ev, scores)
+        for q, (t, scores) in uncovered.items():
+            sites = call_sites.get(q)
+            if sites and all(sites):
+                continue  # every caller scores first: legal score-first (phased) TTT
+            yield self._finding(ctx, ctx.functions[q], t, scores, taint.get(q, set()))
+
+    def _scores(self, ctx: ModuleContext, fn: Function, tainted: set[str]) -> list:
+        reported = D.reported_names(ctx, fn)
+        return [s for s in D.score_events(ctx, fn, tainted) if s.accumulator in reported]
+
+    def _first_uncovered(self, trains, scores):
+        for t in trains:
+            if not any(self._covers(s, t) for s in scores):
+                return t
         return None
+
+    @staticmethod
+    def _precedes(s: D.ScoreEvent, t: D.TrainEvent) -> bool:
+        if t.stmt.loops and not (s.stmt.loops and s.stmt.loops[0] == t.stmt.loops[0]):
+            return False
+        return s.value_order < t.stmt.order
 
     @staticmethod
     def _on_val(ctx: ModuleContext, fn: Function, t: D.TrainEvent, tainted: set[str]) -> bool:

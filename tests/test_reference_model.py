@@ -64,7 +64,7 @@ def load_model(h):
 
 def val_and_luts(h, sp):
     from reference_model.data import load_val_tokens
-    return load_val_tokens(os.path.join(h.data_path, "fineweb_val_*.bin")), build_byte_luts(sp, h.vocab_size)
+    return load_val_tokens(os.path.join(h.data_path, "fineweb_val_[0-9]*.bin")), build_byte_luts(sp, h.vocab_size)
 
 
 # ---------------------------------------------------------------- data
@@ -187,9 +187,9 @@ def test_ttt_sgd_without_training_equals_sliding(trained, sp):
 
 
 def test_lora_ttt_score_of_a_document_ignores_its_future(trained, sp):
-    """Score-first per document: changing the last chunk of a document leaves the scores of
-    its earlier chunks unchanged (compared through the total over an edit that only touches
-    tokens the earlier chunks never see)."""
+    """Score-first per document: cutting a document before its last chunk leaves the scores
+    of every kept target unchanged (their total NLL equals the same targets' NLL in the
+    whole-document run), so no score depends on tokens after it."""
     h, _ = trained
     val, luts = val_and_luts(h, sp)
     doc = max(find_documents(val), key=lambda d: d[1] - d[0])
@@ -198,7 +198,6 @@ def test_lora_ttt_score_of_a_document_ignores_its_future(trained, sp):
     base = eval_ttt_lora(load_model(h), one, luts, "cpu", h1, log=lambda m: None)
     cut = (one.numel() - 1) // h.ttt_chunk_size * h.ttt_chunk_size  # first target of the last chunk
     prefix = eval_ttt_lora(load_model(h), one[:cut + 1], luts, "cpu", h1, log=lambda m: None)
-    # The prefix's total NLL must be the base's NLL over the same positions: recompute both as sums.
     assert prefix[0] * cut == pytest.approx(_lora_prefix_sum(h1, one, luts, cut), rel=1e-6)
     assert base[0] > 0
 

@@ -222,8 +222,10 @@ def _install_cuda(state: ShimState) -> None:
         return real_device_count()
 
     def noop(name: str):
+        label = name if name.startswith("backends.") else f"cuda.{name}"
+
         def f(*args: Any, **kwargs: Any) -> None:
-            state.note(f"torch.cuda.{name}: no-op")
+            state.note(f"torch.{label}: no-op")
             return None
         f.__name__ = name
         return f
