@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from harness.engine import Function, ModuleContext, Stmt, base_name, dotted
+from harness.engine import Function, ModuleContext, Stmt, base_name, dotted, walk
 
 # ------------------------------------------------------------------ API tables
 VAL_NAME = re.compile(r"(^|_)val(_|$)|^val[A-Z]|validation", re.I)  # parameter / variable names
@@ -65,14 +65,7 @@ def tainted_names(ctx: ModuleContext, fn: Function, seeds: set[str]) -> set[str]
 
 
 def _names(node: cst.CSTNode) -> list[cst.Name]:
-    out: list[cst.Name] = []
-
-    class V(cst.CSTVisitor):
-        def visit_Name(self, n: cst.Name) -> None:
-            out.append(n)
-
-    node.visit(V())
-    return out
+    return [n for n in walk(node) if isinstance(n, cst.Name)]
 
 
 def _call_arg_names(call: cst.Call) -> list[set[str]]:

@@ -9,6 +9,7 @@ reported at its statement's line.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -50,33 +51,64 @@ def base_name(node: cst.CSTNode | None) -> str | None:
             return None
 
 
-class _Collector(cst.CSTVisitor):
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_fields(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls)
+                      if f.name not in ("whitespace_before", "whitespace_after", "lpar", "rpar", "comma",
+                                        "whitespace_after_star", "whitespace_before_colon", "semicolon",
+                                        "leading_lines", "header", "footer", "lines_after_decorators",
+                                        "whitespace_after_def", "whitespace_before_params", "whitespace_after_in",
+                                        "whitespace_before_in", "whitespace_after_for", "whitespace_after_arg",
+                                        "whitespace_after_equal", "whitespace_before_equal", "equal", "colon",
+                                        "first_whitespace", "whitespace_after_await", "whitespace_after_if",
+                                        "whitespace_before_if", "whitespace_after_as", "whitespace_before_as",
+                                        "whitespace_after_lambda", "whitespace_after_return", "whitespace_after_import",
+                                        "whitespace_after_from", "whitespace_before_import", "operator",
+                                        "whitespace_after_with"))
+        _FIELDS[cls] = names
+    return names
+
+
+def walk(node: cst.CSTNode):
+    """Every node below `node` (pre-order), read straight from the dataclass fields: LibCST's own
+    visitor machinery rebuilds nodes as it goes and costs several times more."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        for name in _child_fields(type(n)):
+            v = getattr(n, name, None)
+            if isinstance(v, cst.CSTNode):
+                stack.append(v)
+            elif isinstance(v, (list, tuple)):
+                stack.extend(x for x in reversed(v) if isinstance(x, cst.CSTNode))
+
+
+class _Collector:
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.calls: list[cst.Call] = []
         self.strings: list[str] = []
 
-    def visit_Name(self, node: cst.Name) -> None:
-        self.names.add(node.value)
-
-    def visit_Call(self, node: cst.Call) -> None:
-        self.calls.append(node)
-
-    def visit_SimpleString(self, node: cst.SimpleString) -> None:
-        try:
-            self.strings.append(str(node.evaluated_value))
-        except Exception:  # noqa: BLE001
-            pass
-
-    # nested scopes are facts of their own
-    def visit_Lambda(self, node: cst.Lambda) -> bool:
-        return True
-
 
 def collect(node: cst.CSTNode | None) -> _Collector:
     c = _Collector()
-    if node is not None:
-        node.visit(c)
+    if node is None:
+        return c
+    for n in walk(node):
+        if isinstance(n, cst.Name):
+            c.names.add(n.value)
+        elif isinstance(n, cst.Call):
+            c.calls.append(n)
+        elif isinstance(n, cst.SimpleString):
+            try:
+                c.strings.append(str(n.evaluated_value))
+            except Exception:  # noqa: BLE001
+                pass
     return c
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from harness.engine import ModuleContext, dotted
+from harness.engine import ModuleContext, dotted, walk
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 
@@ -52,9 +52,9 @@ def pair_key(t, mod):
 
 def _int(node) -> int | None:
     if isinstance(node, cst.Integer):
-        return int(node.value)
+        return int(node.value.replace("_", ""), 0)
     if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus) and isinstance(node.expression, cst.Integer):
-        return -int(node.expression.value)
+        return -int(node.expression.value.replace("_", ""), 0)
     return None
 
 
@@ -71,35 +71,25 @@ def _last_slice(sub: cst.Subscript):
 
 
 def _hashy(node: cst.CSTNode) -> bool:
-    found = []
-
-    class V(cst.CSTVisitor):
-        def visit_BinaryOperation(self, n: cst.BinaryOperation) -> None:
+    for n in walk(node):
+        if isinstance(n, cst.BinaryOperation):
             if isinstance(n.operator, (cst.Modulo, cst.BitXor)):
-                found.append(n)
+                return True
             if isinstance(n.operator, cst.Multiply) and any(
-                    isinstance(x, cst.Integer) and int(x.value) >= 100 for x in (n.left, n.right)):
-                found.append(n)
-
-        def visit_Call(self, n: cst.Call) -> None:
-            if dotted(n.func).split(".")[-1] in ("bitwise_xor", "hash", "remainder", "fmod"):
-                found.append(n)
-
-    node.visit(V())
-    return bool(found)
+                    isinstance(x, cst.Integer) and int(x.value.replace("_", "")) >= 100 for x in (n.left, n.right)):
+                return True
+        elif isinstance(n, cst.Call) and dotted(n.func).split(".")[-1] in ("bitwise_xor", "hash", "remainder", "fmod"):
+            return True
+    return False
 
 
 def _token_slices(node: cst.CSTNode, exclude: str | None) -> list[tuple[str, int, cst.Subscript]]:
     out = []
-
-    class V(cst.CSTVisitor):
-        def visit_Subscript(self, n: cst.Subscript) -> None:
-            if isinstance(n.value, cst.Name) and n.value.value != exclude:
-                s = _last_slice(n)
-                if s is not None:
-                    out.append((n.value.value, s[0], n))
-
-    node.visit(V())
+    for n in walk(node):
+        if isinstance(n, cst.Subscript) and isinstance(n.value, cst.Name) and n.value.value != exclude:
+            s = _last_slice(n)
+            if s is not None:
+                out.append((n.value.value, s[0], n))
     return out
 
 
