@@ -4,8 +4,8 @@ names are the rules they break. None of them is used unless asked for.
 
   train-before-score               adapt-then-score: train on chunk k, then score it
                                    (ttt-sgd and ttt-lora evals)
-  train-before-score-multi-epoch   several epochs over all chunks, the last epoch's scores
-                                   reported (PR #713 shape; ttt-sgd)
+  train-before-score-multi-epoch   several epochs over all chunks, only the last epoch
+                                   scores (PR #713 shape; ttt-sgd)
   rescored-tokens                  every epoch scores every chunk; each position keeps its
                                    minimum NLL over epochs (ttt-sgd)
   val-data-in-training             full-model training over the whole validation stream after
@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from .eval import ScoreSum, autocast
+from .eval import all_reduce_totals, autocast, loss_and_bpb, new_totals, score_totals
 from .ttt import (add_lora_scores, chunk_windows, cosine_lr, document_batches, lora_batch,
                   lora_chunk_losses, score_chunk, score_document_starts, train_chunk,
                   ttt_parameters)
@@ -39,63 +39,64 @@ def _sgd_setup(model, tokens, h, log, label):
     return chunks, params, optimizer
 
 
-def _chunk_range(k, tokens, h):
-    return k * h.ttt_chunk_tokens + 1, min((k + 1) * h.ttt_chunk_tokens, tokens.numel() - 1)
+def _train_chunk_k(model, optimizer, params, tokens, k, n_chunks, h, device, rank, world_size, epochs):
+    for group in optimizer.param_groups:
+        group["lr"] = cosine_lr(h.ttt_lr, k, n_chunks)
+    first, last = k * h.ttt_chunk_tokens + 1, min((k + 1) * h.ttt_chunk_tokens, tokens.numel() - 1)
+    train_chunk(model, optimizer, params, tokens, first, last, h, device, rank, world_size, epochs)
 
 
-def _finish(model, total, device):
-    total.all_reduce(device)
+def _finish(model, totals, device):
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return total.result()
+    return loss_and_bpb(all_reduce_totals(totals, device))
 
 
 def ttt_sgd_train_before_score(model, tokens, luts, device, h, rank=0, world_size=1, log=print):
     chunks, params, optimizer = _sgd_setup(model, tokens, h, log, "train-before-score")
-    total = ScoreSum()
+    totals = new_totals()
     for k, windows in enumerate(chunks):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(h.ttt_lr, k, len(chunks))
-        first, last = _chunk_range(k, tokens, h)
-        train_chunk(model, optimizer, params, tokens, first, last, h, device, rank, world_size, h.ttt_epochs)
-        score_chunk(model, tokens, windows, total, luts, device, h.eval_batch_seqs, rank, world_size)  # BROKEN: after training on it
-    return _finish(model, total, device)
+        _train_chunk_k(model, optimizer, params, tokens, k, len(chunks), h, device, rank, world_size, h.ttt_epochs)
+        # BROKEN: chunk k is scored after the model trained on it
+        score_chunk(model, tokens, windows, totals, luts, device, h.eval_batch_seqs, rank, world_size)
+    return _finish(model, totals, device)
 
 
 def ttt_sgd_multi_epoch(model, tokens, luts, device, h, rank=0, world_size=1, log=print):
+    """Epochs over all chunks; only the last epoch scores (score chunk k, train on it). Every
+    chunk was trained on in the earlier epochs before the last epoch scores it."""
     chunks, params, optimizer = _sgd_setup(model, tokens, h, log, "train-before-score-multi-epoch")
     epochs = max(h.ttt_epochs, 2)
+    totals = new_totals()
     for epoch in range(epochs):
-        total = ScoreSum()  # BROKEN: only the last epoch's scores are kept and reported
         for k, windows in enumerate(chunks):
-            score_chunk(model, tokens, windows, total, luts, device, h.eval_batch_seqs, rank, world_size)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(h.ttt_lr, k, len(chunks))
-            first, last = _chunk_range(k, tokens, h)
-            train_chunk(model, optimizer, params, tokens, first, last, h, device, rank, world_size, 1)
+            if epoch == epochs - 1:  # BROKEN: scored on the last epoch, after earlier epochs trained on it
+                score_chunk(model, tokens, windows, totals, luts, device, h.eval_batch_seqs, rank, world_size)
+            _train_chunk_k(model, optimizer, params, tokens, k, len(chunks), h, device, rank, world_size, 1)
         log(f"ttt_sgd:epoch {epoch + 1}/{epochs} done")
-    return _finish(model, total, device)
+    return _finish(model, totals, device)
 
 
 def ttt_sgd_rescored(model, tokens, luts, device, h, rank=0, world_size=1, log=print):
+    """Every epoch scores every chunk (score, then train); each position keeps its lowest NLL."""
     chunks, params, optimizer = _sgd_setup(model, tokens, h, log, "rescored-tokens")
     epochs = max(h.ttt_epochs, 2)
     best: dict[int, float] = {}  # position -> lowest NLL over epochs
     for epoch in range(epochs):
+        epoch_totals = new_totals()
         for k, windows in enumerate(chunks):
-            positions, nll = score_chunk(model, tokens, windows, ScoreSum(), luts, device,
+            positions, nll = score_chunk(model, tokens, windows, epoch_totals, luts, device,
                                          h.eval_batch_seqs, rank, world_size)
             for p, v in zip(positions.tolist(), nll.tolist()):
-                best[p] = min(v, best.get(p, math.inf))  # BROKEN: min-NLL selection
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(h.ttt_lr, k, len(chunks))
-            first, last = _chunk_range(k, tokens, h)
-            train_chunk(model, optimizer, params, tokens, first, last, h, device, rank, world_size, 1)
-    total = ScoreSum()
+                best[p] = min(v, best.get(p, math.inf))  # BROKEN: min-NLL selection over epochs
+            _train_chunk_k(model, optimizer, params, tokens, k, len(chunks), h, device, rank, world_size, 1)
+        log(f"ttt_sgd:epoch {epoch + 1}/{epochs} val_loss:{epoch_totals[0].item() / max(epoch_totals[1].item(), 1):.6f}")
     positions = torch.tensor(sorted(best), dtype=torch.long)
-    total.add(torch.tensor([best[p] for p in positions.tolist()], dtype=torch.float64), positions, tokens, luts)
-    return _finish(model, total, device)
+    totals = new_totals()
+    totals += score_totals(torch.tensor([best[p] for p in positions.tolist()], dtype=torch.float64),
+                           positions, tokens, luts)
+    return _finish(model, totals, device)
 
 
 # ---------------------------------------------------------------- TTT ordering (LoRA)
@@ -103,9 +104,9 @@ def ttt_lora_train_before_score(model, tokens, luts, device, h, rank=0, world_si
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    total = ScoreSum()
+    totals = new_totals()
     log("ttt_lora:start BROKEN=train-before-score")
-    score_document_starts(model, tokens, total, luts, device, h, rank, world_size)
+    score_document_starts(model, tokens, totals, luts, device, h, rank, world_size)
     for index, docs in document_batches(tokens, h, rank, world_size):
         lora = DocumentLoRA(model, len(docs), h.ttt_lora_rank, seed=h.seed + index).to(device)
         optimizer = torch.optim.Adam(lora.parameters(), lr=h.ttt_lora_lr, betas=(h.beta1, h.beta2), eps=1e-10)
@@ -120,11 +121,10 @@ def ttt_lora_train_before_score(model, tokens, luts, device, h, rank=0, world_si
             optimizer.step()  # BROKEN: a step on chunk ci before chunk ci is scored
             with torch.no_grad(), autocast(device):
                 nll = model(x, y, lora=lora, reduction="none")
-            add_lora_scores(total, nll, spans, tokens, luts)
-    total.all_reduce(device)
+            add_lora_scores(totals, nll, spans, tokens, luts)
     for p in model.parameters():
         p.requires_grad_(True)
-    return total.result()
+    return loss_and_bpb(all_reduce_totals(totals, device))
 
 
 # ---------------------------------------------------------------- val data in training

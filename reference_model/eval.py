@@ -74,27 +74,30 @@ def decoded_bytes(sp, tokens) -> int:
 
 
 # ---------------------------------------------------------------- sums
-class ScoreSum:
-    """Running sums of NLL (nats), target count and bytes (float64 on the CPU); summed over
-    ranks once at the end."""
+# Each eval keeps `totals` = [sum of NLL (nats), targets, bytes] in float64 on the CPU and adds
+# to it in place where it scores, like the challenge's loss_sum / token_count / byte_count.
 
-    def __init__(self):
-        self.sums = torch.zeros(3, dtype=torch.float64)  # loss, tokens, bytes
+def new_totals() -> Tensor:
+    return torch.zeros(3, dtype=torch.float64)
 
-    def add(self, nll: Tensor, positions: Tensor, tokens: Tensor, luts: ByteLUTs) -> None:
-        self.sums[0] += nll.to(torch.float64).sum()
-        self.sums[1] += positions.numel()
-        self.sums[2] += target_bytes(tokens, positions, luts).sum()
 
-    def all_reduce(self, device) -> None:
-        if dist.is_available() and dist.is_initialized():
-            t = self.sums.to(device)  # NCCL reduces only CUDA tensors
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            self.sums = t.cpu()
+def score_totals(nll: Tensor, positions: Tensor, tokens: Tensor, luts: ByteLUTs) -> Tensor:
+    """[sum of NLL, count, bytes] of the scored targets at `positions`."""
+    count = torch.tensor(float(positions.numel()), dtype=torch.float64)
+    return torch.stack([nll.to(torch.float64).sum(), count, target_bytes(tokens, positions, luts).sum()])
 
-    def result(self) -> tuple[float, float]:
-        loss, count, nbytes = self.sums.tolist()
-        return loss / count, loss / math.log(2.0) / nbytes
+
+def all_reduce_totals(totals: Tensor, device) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        t = totals.to(device)  # NCCL reduces only CUDA tensors
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu()
+    return totals
+
+
+def loss_and_bpb(totals: Tensor) -> tuple[float, float]:
+    loss, count, nbytes = totals.tolist()
+    return loss / count, loss / math.log(2.0) / nbytes
 
 
 # ---------------------------------------------------------------- windows
@@ -160,15 +163,14 @@ def eval_windows(model, tokens: Tensor, windows, luts: ByteLUTs, device, batch_s
     """Score this rank's share of the windows under inference_mode; (val_loss, val_bpb) over all
     ranks. `nll_transform(positions, nll)` is the hook the improper-distribution variant uses."""
     model.eval()
-    total = ScoreSum()
+    totals = new_totals()
     with torch.inference_mode():
         positions, nll = score_windows(model, tokens, rank_slice(windows, rank, world_size), device, batch_seqs)
     if nll_transform is not None:
         nll = nll_transform(positions, nll)
-    total.add(nll, positions, tokens, luts)
-    total.all_reduce(device)
+    totals += score_totals(nll, positions, tokens, luts)
     model.train()
-    return total.result()
+    return loss_and_bpb(all_reduce_totals(totals, device))
 
 
 def eval_standard(model, tokens, luts, device, seq_len, batch_seqs, rank=0, world_size=1):

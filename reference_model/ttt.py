@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from .data import find_documents
-from .eval import ScoreSum, autocast, rank_slice, score_windows, sliding_windows
+from .eval import (all_reduce_totals, autocast, loss_and_bpb, new_totals, rank_slice, score_totals, score_windows,
+                   sliding_windows)
 from .model import DocumentLoRA
 
 
@@ -49,12 +50,12 @@ def ttt_parameters(model, freeze_blocks: int) -> list:
     return params
 
 
-def score_chunk(model, tokens, windows, total: ScoreSum, luts, device, batch_seqs, rank, world_size):
-    """Score this rank's share of the chunk's windows; returns (positions, nll)."""
+def score_chunk(model, tokens, windows, totals, luts, device, batch_seqs, rank, world_size):
+    """Score this rank's share of the chunk's windows into `totals`; returns (positions, nll)."""
     model.eval()
     with torch.inference_mode():
         positions, nll = score_windows(model, tokens, rank_slice(windows, rank, world_size), device, batch_seqs)
-    total.add(nll, positions, tokens, luts)
+    totals += score_totals(nll, positions, tokens, luts)
     return positions, nll
 
 
@@ -97,13 +98,13 @@ def eval_ttt_sgd(model, tokens, luts, device, h, rank=0, world_size=1, log=print
     chunks = chunk_windows(tokens.numel(), h.train_seq_len, h.eval_stride, h.ttt_chunk_tokens)
     params = ttt_parameters(model, h.ttt_freeze_blocks)
     optimizer = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
-    total = ScoreSum()
+    totals = new_totals()
     n_chunks = len(chunks)
     log(f"ttt_sgd:start chunks:{n_chunks} chunk_tokens:{h.ttt_chunk_tokens} stride:{h.eval_stride} "
         f"lr:{h.ttt_lr} epochs:{h.ttt_epochs} freeze_blocks:{h.ttt_freeze_blocks}")
     for k, windows in enumerate(chunks):
         # 1. score chunk k with the weights trained on chunks 0..k-1 only
-        score_chunk(model, tokens, windows, total, luts, device, h.eval_batch_seqs, rank, world_size)
+        score_chunk(model, tokens, windows, totals, luts, device, h.eval_batch_seqs, rank, world_size)
         if world_size > 1:
             dist.barrier()  # every rank has scored chunk k before any rank trains on it
         # 2. train on chunk k, now scored; never on the last chunk
@@ -113,11 +114,10 @@ def eval_ttt_sgd(model, tokens, luts, device, h, rank=0, world_size=1, log=print
             first = k * h.ttt_chunk_tokens + 1
             last = min((k + 1) * h.ttt_chunk_tokens, tokens.numel() - 1)
             train_chunk(model, optimizer, params, tokens, first, last, h, device, rank, world_size, h.ttt_epochs)
-    total.all_reduce(device)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return total.result()
+    return loss_and_bpb(all_reduce_totals(totals, device))
 
 
 # ---------------------------------------------------------------- (b) per-document LoRA
@@ -165,10 +165,11 @@ def lora_chunk_losses(nll, spans, docs, ci, h):
     return torch.stack(terms).sum() if terms else None
 
 
-def add_lora_scores(total: ScoreSum, nll, spans, tokens, luts) -> None:
+def add_lora_scores(totals, nll, spans, tokens, luts) -> None:
     for i, (off, count, first) in enumerate(spans):
         if count:
-            total.add(nll[i, off:off + count].detach().float().cpu(), torch.arange(first, first + count), tokens, luts)
+            totals += score_totals(nll[i, off:off + count].detach().float().cpu(),
+                                   torch.arange(first, first + count), tokens, luts)
 
 
 def lora_documents(tokens) -> list[tuple[int, int]]:
@@ -183,13 +184,13 @@ def lora_documents(tokens) -> list[tuple[int, int]]:
     return docs
 
 
-def score_document_starts(model, tokens, total: ScoreSum, luts, device, h, rank, world_size) -> None:
+def score_document_starts(model, tokens, totals, luts, device, h, rank, world_size) -> None:
     """Score each target that is a document's BOS (predicted from the end of the previous
     document) with the unadapted model, before any adapter trains: that BOS is the first input
     of its own document's adapter, so it must be scored first."""
     starts = [start for start, _ in find_documents(tokens) if start > 0]
     windows = [(max(0, p - h.ttt_eval_seq_len), p, p) for p in starts]
-    score_chunk(model, tokens, windows, total, luts, device, h.eval_batch_seqs, rank, world_size)
+    score_chunk(model, tokens, windows, totals, luts, device, h.eval_batch_seqs, rank, world_size)
     if world_size > 1:
         dist.barrier()  # every rank has scored them before any rank trains
 
@@ -208,8 +209,8 @@ def eval_ttt_lora(model, tokens, luts, device, h, rank=0, world_size=1, log=prin
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    total = ScoreSum()
-    score_document_starts(model, tokens, total, luts, device, h, rank, world_size)
+    totals = new_totals()
+    score_document_starts(model, tokens, totals, luts, device, h, rank, world_size)
     batches = document_batches(tokens, h, rank, world_size)
     log(f"ttt_lora:start docs_batches:{len(batches)} chunk_size:{h.ttt_chunk_size} "
         f"context:{h.ttt_eval_seq_len} rank:{h.ttt_lora_rank} lr:{h.ttt_lora_lr}")
@@ -222,14 +223,13 @@ def eval_ttt_lora(model, tokens, luts, device, h, rank=0, world_size=1, log=prin
             with autocast(device):
                 nll = model(x, y, lora=lora, reduction="none")
             # 1. score chunk ci (the adapters have seen chunks 0..ci-1 of this document only)
-            add_lora_scores(total, nll, spans, tokens, luts)
+            add_lora_scores(totals, nll, spans, tokens, luts)
             # 2. one step on chunk ci, now scored
             loss = lora_chunk_losses(nll, spans, docs, ci, h)
             if loss is not None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-    total.all_reduce(device)
     for p in model.parameters():
         p.requires_grad_(True)
-    return total.result()
+    return loss_and_bpb(all_reduce_totals(totals, device))
