@@ -22,7 +22,6 @@ from harness.findings import AuditResult, ExitCode, Layer, NotAudited, Severity,
 from harness.rule import Rule, all_rules, rule_by_name
 from harness.serialize import merge_results
 
-SUBCOMMANDS = ("rules", "explain", "ci")
 
 
 class UsageError(Exception):
@@ -215,7 +214,8 @@ def cmd_audit(argv: list[str]) -> int:
     fmt = args.format or cfg.format
     if fmt not in ("text", "json", "sarif", "markdown"):
         raise UsageError(f"unknown format {fmt!r} in {cfg.source}")
-    rules = select_rules(cfg.select + args.select, cfg.ignore + args.ignore)
+    # the command line overrides the configuration: --select replaces `select`, --ignore `ignore`
+    rules = select_rules(args.select or cfg.select, args.ignore or cfg.ignore)
     env = {**cfg.env, **_env_pairs(args.env)}
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
@@ -224,10 +224,13 @@ def cmd_audit(argv: list[str]) -> int:
         "no_static": args.no_static, "nproc": args.nproc, "exhaustive": args.exhaustive,
         "probe_budget": args.probe_budget, "timeout": args.timeout,
         "allow_network": args.unsafe_allow_network, "jobs": args.jobs or cfg.jobs,
-        "cache_dir": None if args.no_cache else (args.cache_dir or str(cache.default_dir())),
+        "cache_dir": None if args.no_cache else (args.cache_dir or str(cache.default_dir(Path.cwd()))),
     }
     results = audit_paths(args.paths, options)
     code = worst_exit([r.exit_code(fail_on) for r in results])
+    for target in args.paths:  # a missing argument is also said on stderr, whatever the format
+        if not Path(target).exists():
+            print(f"golf-audit: not auditable: {target}: no such file or directory", file=sys.stderr)
     if not args.quiet:
         from harness.reports import json_report, markdown, sarif, text
 
@@ -247,13 +250,26 @@ def cmd_audit(argv: list[str]) -> int:
     return code
 
 
+# Subcommands: the first word picks one; anything else is an audit of paths (audit a folder
+# named like a subcommand as `./rules`). Adding a subcommand is one function and one entry here.
+COMMANDS = {"rules": cmd_rules, "explain": cmd_explain, "ci": cmd_ci}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The console script. Always returns an exit code (never raises, never a bare traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        if argv and argv[0] in SUBCOMMANDS:
-            handler = {"rules": cmd_rules, "explain": cmd_explain, "ci": cmd_ci}[argv[0]]
-            code = handler(argv[1:])
+        code = _dispatch(argv, debug)
+    except SystemExit as exc:  # argparse: --help/--version (0) and usage errors (2)
+        code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    return int(code)
+
+
+def _dispatch(argv: list[str], debug: bool) -> int:
+    try:
+        if argv and argv[0] in COMMANDS:
+            code = COMMANDS[argv[0]](argv[1:])
         else:
             code = cmd_audit(argv)
     except (UsageError, ConfigError) as exc:
@@ -268,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"golf-audit: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
               file=sys.stderr)
         code = ExitCode.NOT_AUDITABLE
-    return int(code)
+    return code
 
 
 if __name__ == "__main__":

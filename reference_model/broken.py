@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from .eval import all_reduce_totals, autocast, loss_and_bpb, new_totals, score_totals
-from .ttt import (add_lora_scores, chunk_windows, cosine_lr, document_batches, lora_batch,
-                  lora_chunk_losses, score_chunk, score_document_starts, train_chunk,
-                  ttt_parameters)
+from .ttt import (add_lora_scores, chunk_windows, cosine_lr, document_batches, lora_batch, score_chunk,
+                  score_document_starts, train_chunk, ttt_parameters)
 from .model import DocumentLoRA
 
 
