@@ -14,19 +14,41 @@ from harness.serialize import result_from_dict, result_to_dict
 SKIP_DIRS = {"__pycache__", ".git", ".golf-audit-cache"}
 
 
-def default_dir() -> Path:
+def default_dir(cwd: Path | None = None) -> Path:
+    """`$XDG_CACHE_HOME/golf-audit` when XDG_CACHE_HOME is set, else `.golf-audit-cache` in the
+    working directory (git-ignored in this repository)."""
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "golf-audit" if xdg else Path.home() / ".cache" / "golf-audit"
+    return Path(xdg) / "golf-audit" if xdg else (cwd or Path.cwd()) / ".golf-audit-cache"
+
+
+def _code_digest() -> bytes:
+    """The source of golf-audit itself (harness/ and rules/): editing the engine or a rule
+    invalidates old results even when the version number stays the same."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        import harness
+        import rules as rules_pkg
+
+        h = hashlib.sha256()
+        for pkg in (Path(harness.__file__).parent, Path(rules_pkg.__path__[0])):
+            for src in sorted(pkg.rglob("*.py")):
+                if "__pycache__" not in src.parts:
+                    h.update(src.relative_to(pkg.parent).as_posix().encode() + b"\0" + src.read_bytes())
+        _CODE_DIGEST = h.digest()
+    return _CODE_DIGEST
+
+
+_CODE_DIGEST: bytes | None = None
 
 
 def content_key(target: Path, options: dict) -> str:
+    """sha256 over golf-audit's version and code, the options (rule set, env, layers, ...) and
+    every file in the folder (path and bytes). Every file, not only .py/.md/.json/.log/.txt:
+    the dynamic layer runs the submission, which may read any of them."""
     h = hashlib.sha256()
     h.update(f"golf-audit {__version__}\n".encode())
+    h.update(_code_digest())
     h.update(json.dumps(options, sort_keys=True, default=str).encode())
-    # the rules' own source is part of the key, so editing a rule invalidates old results
-    import rules as rules_pkg
-    for src in sorted(Path(rules_pkg.__path__[0]).glob("*.py")):
-        h.update(src.read_bytes())
     files = [target] if target.is_file() else sorted(
         p for p in target.rglob("*") if p.is_file() and not (SKIP_DIRS & set(p.relative_to(target).parts)))
     for p in files:

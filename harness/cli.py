@@ -23,7 +23,6 @@ from harness.rule import Rule, all_rules, rule_by_name
 from harness.serialize import merge_results
 
 
-
 class UsageError(Exception):
     pass
 
@@ -43,31 +42,51 @@ def _env_pairs(values: list[str]) -> dict[str, str]:
     return env
 
 
+EPILOG = """\
+subcommands:
+  golf-audit rules               list the rules
+  golf-audit explain NAME|ID     print a rule's documentation
+  golf-audit ci --base REF       the pull-request gate
+
+exit codes:
+  0  audited and clean at --fail-on
+  1  findings (or an unused suppression); outranks 3
+  2  usage or configuration error
+  3  not auditable: missing path, parse failure, crash, timeout, a layer that could not run
+"""
+
+
 def audit_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="golf-audit", description="Audit Parameter Golf submissions for compliance.",
-                epilog="Subcommands: golf-audit rules | golf-audit explain NAME | golf-audit ci --base REF")
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("paths", nargs="+", help="submission folders (or .py files)")
-    p.add_argument("--format", choices=["text", "json", "sarif", "markdown"], default=None)
-    p.add_argument("--output", "-o", help="write the report here instead of stdout")
+    p.add_argument("--format", choices=["text", "json", "sarif", "markdown"], default=None,
+                   help="report format (default: text, or `format` in [tool.golf-audit])")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the report here instead of stdout")
     p.add_argument("--fail-on", choices=["low", "medium", "high"], default=None,
                    help="lowest severity that makes the exit code 1 (default: medium)")
-    p.add_argument("--select", action="append", default=[], help="only these rules (names or ids, comma-separated)")
-    p.add_argument("--ignore", action="append", default=[], help="skip these rules")
+    p.add_argument("--select", action="append", default=[], metavar="RULES",
+                   help="only these rules (names or ids, comma-separated; repeatable)")
+    p.add_argument("--ignore", action="append", default=[], metavar="RULES", help="skip these rules")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VAL",
                    help="flags the submission runs with (repeatable)")
-    p.add_argument("--jobs", "-j", type=int, default=None, help="folders audited in parallel (default: cores)")
-    p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                   help="folders audited in parallel (default: cores)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="result cache (default: $XDG_CACHE_HOME/golf-audit, else ./.golf-audit-cache)")
     p.add_argument("--dynamic", action="store_true", help="also run the eval at toy scale under the tracer and probes")
     p.add_argument("--no-static", action="store_true", help="run only the dynamic layer (implies --dynamic)")
-    p.add_argument("--nproc", type=int, default=1, help="dynamic: processes (torchrun, gloo)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="dynamic: processes (torchrun, gloo)")
     p.add_argument("--exhaustive", action="store_true", help="dynamic: properness over the whole vocabulary")
-    p.add_argument("--probe-budget", type=int, default=None, help="dynamic: extra probe runs at most")
-    p.add_argument("--timeout", type=int, default=None, help="dynamic: seconds per run")
+    p.add_argument("--probe-budget", type=int, default=None, metavar="N", help="dynamic: extra probe runs at most")
+    p.add_argument("--timeout", type=int, default=None, metavar="S", help="dynamic: seconds per run")
     p.add_argument("--unsafe-allow-network", action="store_true",
                    help="dynamic: run without a network namespace when none is available (reported)")
-    p.add_argument("--sarif-root", default=None, help="SARIF URIs are relative to this folder (default: cwd)")
-    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--sarif-root", default=None, metavar="DIR",
+                   help="SARIF URIs are relative to this folder (default: cwd)")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="text format: colour (auto: only on a terminal)")
     p.add_argument("--quiet", "-q", action="store_true", help="no report, exit code only")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     p.add_argument("--version", action="version", version=f"golf-audit {__version__}")
@@ -106,7 +125,7 @@ def audit_one(target: str, options: dict) -> AuditResult:
             from harness.static_audit import audit_folder_static
             parts.append(audit_folder_static(path, env=options.get("env") or {}, rules=rules))
         if options.get("dynamic") or options.get("no_static"):
-            parts.append(_dynamic(path, options, rules))
+            parts.append(_dynamic(path, options, parts[0] if parts else None))
     except Exception as exc:  # noqa: BLE001 - a crash is "not audited", never a traceback or a pass
         detail = traceback.format_exc()
         parts.append(AuditResult(target=target, not_audited=[
@@ -118,13 +137,20 @@ def audit_one(target: str, options: dict) -> AuditResult:
     return result
 
 
-def _dynamic(path: Path, options: dict, rules: list[Rule]) -> AuditResult:
+def _dynamic(path: Path, options: dict, static: AuditResult | None) -> AuditResult:
     try:
         from harness.dynamic.audit import run_dynamic
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - never pass silently: the layer asked for did not run
         return AuditResult(target=str(path), layers_run=[], not_audited=[NotAudited(
             str(path), f"dynamic layer unavailable: {type(exc).__name__}: {exc}", layer=Layer.TRACE)])
-    dyn_opts = {"env": options.get("env") or {}, "nproc": options.get("nproc", 1),
+    env = dict(options.get("env") or {})
+    if static is not None:
+        # run the configuration in which the static findings are reachable (e.g. TTT_ENABLED=1);
+        # flags given on the command line win
+        for f in static.active_findings:
+            if f.reachable:
+                env = {**f.flags, **env}
+    dyn_opts = {"env": env, "static_first": static is not None, "nproc": options.get("nproc", 1),
                 "exhaustive": options.get("exhaustive", False),
                 "allow_network": options.get("allow_network", False)}
     if options.get("probe_budget") is not None:
@@ -139,25 +165,48 @@ def _audit_cached(target: str, options: dict) -> AuditResult:
     key = None
     if cache_dir and Path(target).exists():
         try:
-            key = cache.content_key(Path(target), {k: v for k, v in options.items() if k != "cache_dir"})
+            # the target as given is part of the key: reports quote it (and not-audited paths)
+            keyed = {k: v for k, v in options.items() if k not in ("cache_dir", "jobs")}
+            key = cache.content_key(Path(target), {**keyed, "target": target})
         except OSError:
             key = None
         if key:
             hit = cache.load(Path(cache_dir), key)
             if hit is not None:
-                hit.target = target
                 return hit
     result = audit_one(target, options)
-    # runs that could not complete are not cached: the cause may be transient
-    if key and not any("internal error" in n.reason for n in result.not_audited):
+    # runs that could not complete are not cached: the cause may be transient (a crash, a
+    # timeout, a dynamic layer that could not start); a static parse failure is deterministic
+    transient = any("internal error" in n.reason or n.layer != Layer.STATIC for n in result.not_audited)
+    if key and not transient:
         cache.store(Path(cache_dir), key, result)
     return result
 
 
-def audit_paths(paths: list[str], options: dict) -> list[AuditResult]:
-    """Audit several folders, in parallel across cores, through the content-hash cache.
-    `options`: env, rules (names), dynamic, no_static, nproc, exhaustive, probe_budget, timeout,
-    allow_network, cache_dir (None = no cache), jobs."""
+# What `audit_paths` accepts; keys left out take these values (so the CLI and other tools that
+# ask for the same audit share cache entries).
+DEFAULT_OPTIONS: dict = {
+    "env": {},  # flags the submission runs with, on top of those its README/logs claim
+    "rules": None,  # rule names to keep (None = all)
+    "dynamic": False,  # add the dynamic layer (tracer + probes at toy scale)
+    "no_static": False,  # dynamic layer only
+    "nproc": 1, "exhaustive": False, "probe_budget": None, "timeout": None, "allow_network": False,
+    "cache_dir": None,  # None = no cache
+    "jobs": None,  # folders in parallel (None = cores)
+}
+
+
+def audit_paths(paths: list[str], options: dict | None = None) -> list[AuditResult]:
+    """Audit several folders (or .py files), in parallel across cores, through the content-hash
+    cache; results in the order of `paths`. Never raises for a bad folder: it is NotAudited.
+    `options`: see DEFAULT_OPTIONS; unknown keys are an error (a typo would silently change nothing)."""
+    unknown = set(options or {}) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise ValueError(f"audit_paths: unknown option(s) {sorted(unknown)}")
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    if options["rules"] is not None:
+        options["rules"] = sorted(options["rules"])
+    paths = [str(p) for p in paths]
     jobs = options.get("jobs") or os.cpu_count() or 1
     # dynamic audits run torch subprocesses themselves: one at a time
     if options.get("dynamic") or options.get("no_static"):
@@ -181,7 +230,8 @@ def cmd_rules(argv: list[str]) -> int:
     for r in all_rules():
         table.add_row(r.id, r.name, r.severity.name.lower(), r.confidence.name.lower(),
                       ",".join(x.value for x in r.layers), r.summary.strip())
-    Console(width=160).print(table)
+    # a terminal's own width; a pipe or file gets a fixed wide table (rich would assume 80)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return ExitCode.CLEAN
 
 
@@ -217,8 +267,10 @@ def cmd_audit(argv: list[str]) -> int:
     # the command line overrides the configuration: --select replaces `select`, --ignore `ignore`
     rules = select_rules(args.select or cfg.select, args.ignore or cfg.ignore)
     env = {**cfg.env, **_env_pairs(args.env)}
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
+    for name, value, least in (("--jobs", args.jobs, 1), ("--nproc", args.nproc, 1),
+                               ("--probe-budget", args.probe_budget, 0), ("--timeout", args.timeout, 1)):
+        if value is not None and value < least:
+            raise UsageError(f"{name} must be at least {least}")
     options = {
         "env": env, "rules": [r.name for r in rules], "dynamic": args.dynamic or args.no_static,
         "no_static": args.no_static, "nproc": args.nproc, "exhaustive": args.exhaustive,
@@ -244,7 +296,10 @@ def cmd_audit(argv: list[str]) -> int:
         else:
             out = markdown.render(results, rules, fail_on)
         if args.output:
-            Path(args.output).write_text(out, encoding="utf-8")
+            try:
+                Path(args.output).write_text(out, encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"cannot write --output {args.output}: {exc.strerror or exc}") from None
         else:
             sys.stdout.write(out)
     return code

@@ -15,7 +15,11 @@ from harness.engine import Function, ModuleContext, Stmt, base_name, dotted, wal
 
 # ------------------------------------------------------------------ API tables
 VAL_NAME = re.compile(r"(^|_)val(_|$)|^val[A-Z]|validation", re.I)  # parameter / variable names
-VAL_LOADER_CALL = re.compile(r"load_validation|load_val|val_tokens|fineweb_val", re.I)
+VAL_LOADER_CALL = re.compile(r"load_validation|load_val|val_tokens|fineweb_val|^Validation|\.Validation|"
+                             r"(^|[._])val_?(data|set|loader|stream)$|ValLoader", re.I)
+# attribute reads that name the validation split (`args.val_files`, `val_data.val_tokens`); plain
+# names travel by taint from their own definitions instead
+VAL_SOURCE = re.compile(r"\.(val_tokens|val_files|val_pattern|val_path|val_data)\b|fineweb_val")
 VAL_STRING = re.compile(r"fineweb_val|_val_\*|val_files|/val", re.I)
 LOSS_NAME = re.compile(r"loss|nll|xent|logprob|log_prob", re.I)
 LOSS_CALL = re.compile(r"cross_entropy|nll_loss|forward_per_token|log_softmax|(^|\.)(model|base_model|ttt_model|"
@@ -33,22 +37,29 @@ def _stmt_value_reads(st: Stmt) -> set[str]:
     return set(st.reads) - set(st.writes) if st.kind == "simple" and isinstance(st.node, cst.Assign) else set(st.reads)
 
 
-def tainted_names(ctx: ModuleContext, fn: Function, seeds: set[str]) -> set[str]:
-    """Names in `fn` that hold data derived from `seeds` (flow-insensitive fixed point)."""
+def _module_call(st: Stmt, clean: set[str]) -> bool:
+    """`x = f(...)` where `f` is a module function whose return values carry no validation data."""
+    node = st.node
+    return isinstance(node, (cst.Assign, cst.AnnAssign)) and isinstance(node.value, cst.Call) \
+        and isinstance(node.value.func, cst.Name) and node.value.func.value in clean
+
+
+def tainted_names(ctx: ModuleContext, fn: Function, seeds: set[str], clean: set[str] | None = None) -> set[str]:
+    """Names in `fn` that hold data derived from `seeds` (flow-insensitive fixed point). `clean`:
+    module functions known to return nothing derived from their tainted arguments (a training
+    function handed val data for its progress prints still returns an untainted model)."""
     tainted = set(seeds)
+    clean = clean or set()
     changed = True
     while changed:
         changed = False
         for st in fn.stmts:
             if not st.writes:
                 continue
-            reads = set(st.reads)
             if isinstance(st.node, (cst.Assign, cst.AugAssign, cst.AnnAssign)) or st.kind in ("for", "with"):
-                value_reads = reads
-                if reads & tainted and not st.writes <= tainted:
+                if st.reads & tainted and not st.writes <= tainted and not _module_call(st, clean):
                     tainted |= set(st.writes)
                     changed = True
-                del value_reads
         # in-place mutation calls: `x_batch[i].copy_(tokens)` or `buf.append(tok)` taint their base
         for st in fn.stmts:
             for call in st.calls:
@@ -86,15 +97,21 @@ def val_taint(ctx: ModuleContext) -> dict[str, set[str]]:
                               or any(VAL_STRING.search(s) for s in st.strings)):
                 seeds[q] |= set(st.writes)
             # `args.val_files`-style attribute reads are validation sources too
-            if st.writes and isinstance(st.node, cst.Assign) and VAL_NAME.search(ctx.code(st.node.value)) \
-                    and "val_loss" not in ctx.code(st.node.value) and "val_bpb" not in ctx.code(st.node.value):
-                if any(VAL_LOADER_CALL.search(c) or "val" in c for c in st.call_names()) or \
-                        re.search(r"\bval_tokens\b|\bval_data\b", ctx.code(st.node.value)):
-                    seeds[q] |= set(st.writes)
+            if st.writes and isinstance(st.node, cst.Assign) and VAL_SOURCE.search(ctx.code(st.node.value)):
+                seeds[q] |= set(st.writes)
     by_name = {fn.name: fn for fn in ctx.functions.values()}
-    result = {q: tainted_names(ctx, fn, seeds[q]) for q, fn in ctx.functions.items()}
-    for _ in range(4):  # interprocedural: pass tainted arguments into callee parameters
+    # module functions start out "clean" (their results carry no val data) and lose that when
+    # one of their return statements reads a tainted name: an optimistic fixed point
+    clean = {q for q in ctx.functions if "." not in q and q != "<module>"}
+    returns = {q: set().union(*[st.reads for st in ctx.functions[q].stmts if isinstance(st.node, cst.Return)])
+               for q in clean}
+    result = {q: tainted_names(ctx, fn, seeds[q], clean) for q, fn in ctx.functions.items()}
+    for _ in range(8):  # interprocedural: pass tainted arguments into callee parameters
         changed = False
+        for q in list(clean):
+            if returns[q] & result[q]:
+                clean.discard(q)
+                changed = True
         for q, fn in ctx.functions.items():
             for st in fn.stmts:
                 for call in st.calls:
@@ -117,7 +134,7 @@ def val_taint(ctx: ModuleContext) -> dict[str, set[str]]:
                             changed = True
         if not changed:
             break
-        result = {q: tainted_names(ctx, fn, seeds[q]) for q, fn in ctx.functions.items()}
+        result = {q: tainted_names(ctx, fn, seeds[q], clean) for q, fn in ctx.functions.items()}
     ctx.analysis["val_taint"] = result
     return result
 
@@ -286,6 +303,53 @@ def backward_tainted(ctx: ModuleContext, fn: Function, tainted: set[str], loop_s
                 if {n.value for a in call.args for n in _names(a.value)} & tainted:
                     return True
     return False
+
+
+LOADER_CTOR = re.compile(r"loader|stream|dataset|iterator|batcher|sampler", re.I)
+BATCH_CALL = re.compile(r"(^|\.)(next_batch|next|take|sample|get_batch|__next__)$")
+
+
+def val_loader_batches(ctx: ModuleContext, fn: Function, tainted: set[str]) -> dict[str, Stmt]:
+    """Names holding batches drawn from a loader object built over validation data
+    (`loader = TokenLoader(args.val_files)`, `x, y = loader.next_batch(...)`): the shape of a
+    training loop fed with validation tokens. Maps each batch name to the statement that draws it."""
+    loaders = set()
+    for st in fn.stmts:
+        if isinstance(st.node, cst.Assign) and isinstance(st.node.value, cst.Call) and st.writes & tainted \
+                and LOADER_CTOR.search(dotted(st.node.value.func)):
+            loaders |= st.writes
+    loaders |= {p for p in fn.params if p in tainted and LOADER_CTOR.search(p)}
+    out: dict[str, Stmt] = {}
+    for st in fn.stmts:
+        for call in st.calls:
+            name = dotted(call.func)
+            if BATCH_CALL.search(name) and (base_name(call.func) in loaders or
+                                           any(base_name(a.value) in loaders for a in call.args)):
+                for w in st.writes:
+                    out[w] = st
+        if st.kind == "for" and st.reads & loaders:
+            for w in st.writes:
+                out[w] = st
+    return out
+
+
+def ctor_keeps_no_model(ctx: ModuleContext, call: cst.Call) -> bool:
+    """For `Cls(..., model, ...)` with `Cls` defined in this file: its `__init__` does not keep a
+    model-like argument (`self.model = model`), so `obj.parameters()` holds only its own weights.
+    Unknown classes are assumed to keep what they are given."""
+    cls = dotted(call.func).split(".")[-1]
+    init = ctx.functions.get(f"{cls}.__init__")
+    if init is None:
+        return not any(MODEL_NAME.search(n) for a in call.args for n in (base_name(a.value) or "",))
+    kept = set()
+    for st in init.stmts:
+        if isinstance(st.node, cst.Assign) and isinstance(st.node.value, cst.Name) and any(
+                isinstance(tg.target, cst.Attribute) for tg in st.node.targets):
+            kept.add(st.node.value.value)
+    return not any(MODEL_NAME.search(p) for p in kept)
+
+
+MODEL_NAME = re.compile(r"model|net|module|base", re.I)
 
 
 def is_eval_call(ctx: ModuleContext, call: cst.Call, tainted: set[str]) -> bool:

@@ -128,11 +128,32 @@ def target_names(node: cst.CSTNode) -> set[str]:
 
 
 # ------------------------------------------------------------------ facts
+class CodeCache:
+    """Source text of nodes, computed once: LibCST's code generation is the costliest thing a
+    rule can ask for, and the same conditions are asked about again and again."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.module = module
+        self.memo: dict[int, str] = {}
+
+    def __call__(self, node: cst.CSTNode) -> str:
+        text = self.memo.get(id(node))
+        if text is None:
+            text = self.memo[id(node)] = self.module.code_for_node(node)
+        return text
+
+
 @dataclass
 class Guard:
-    code: str  # the condition's source
+    node: cst.CSTNode  # the `if` condition
     names: frozenset[str]
     negated: bool  # in the else branch
+    codes: CodeCache = field(repr=False, compare=False)
+
+    @property
+    def code(self) -> str:
+        """The condition's source (computed on first use)."""
+        return self.codes(self.node)
 
 
 @dataclass
@@ -193,14 +214,25 @@ class ModuleContext:
     packed_in: str | None = None
     packed_line: int | None = None
     analysis: dict = field(default_factory=dict)  # per-file results shared between rules (e.g. taint)
+    codes: CodeCache | None = None
 
     def location(self, line: int, function: str | None = None) -> Location:
         text = self.lines[line - 1].strip() if 0 < line <= len(self.lines) else ""
         return Location(path=self.path, line=line, function=function, source_line=text,
                         packed_in=self.packed_in, packed_line=self.packed_line)
 
+    def reach_fields(self, qualname: str, stmt: "Stmt | None" = None) -> dict:
+        """`reachable=` and `flags=` for a finding at `stmt` in `qualname`: the function's own
+        reachability plus the `if` guards around the statement (e.g. `if use_slot:`)."""
+        if self.reach is None:
+            return {}
+        r = self.reach.at(qualname, stmt.guards if stmt is not None else ())
+        return {"reachable": r.reachable, "flags": dict(r.flags)}
+
     def code(self, node: cst.CSTNode) -> str:
-        return self.module.code_for_node(node).strip()
+        if self.codes is None:
+            self.codes = CodeCache(self.module)
+        return self.codes(node).strip()
 
     def resolve(self, name: str) -> str:
         """Qualified name of a dotted local name through the import table: `F.pad` -> `torch.nn.functional.pad`."""
@@ -240,6 +272,7 @@ def _ast_statement_lines(tree: ast.Module) -> list[int]:
 class _Builder:
     def __init__(self, module: cst.Module, lines_iter: Iterator[int]) -> None:
         self.module = module
+        self.codes = CodeCache(module)
         self.lines = lines_iter
         self.functions: dict[str, Function] = {}
         self.imports: dict[str, str] = {}
@@ -261,6 +294,8 @@ class _Builder:
             if isinstance(s, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
                 for small in s.body:
                     self._simple(small, fn, guards, loops, withs)
+            elif isinstance(s, cst.BaseSmallStatement):  # `with x: a = 1; b = 2` on one line
+                self._simple(s, fn, guards, loops, withs)
             else:
                 self._compound(s, fn, guards, loops, withs, prefix)
 
@@ -336,7 +371,7 @@ class _Builder:
                 ci = collect(item.item)
                 names |= ci.names
                 calls += ci.calls
-                ctx_codes.append(self.module.code_for_node(item.item))
+                ctx_codes.append(self.codes(item.item))
                 if item.asname is not None:
                     writes |= target_names(item.asname.name)
             self._add(fn, s, "with", guards, loops, withs, names, writes, calls)
@@ -361,9 +396,9 @@ class _Builder:
     def _if(self, s: cst.If, fn, guards, loops, withs, prefix) -> None:
         c = collect(s.test)
         self._add(fn, s, "if", guards, loops, withs, c.names, (), c.calls, c.strings)
-        g = Guard(self.module.code_for_node(s.test), frozenset(c.names), False)
+        g = Guard(s.test, frozenset(c.names), False, self.codes)
         self._block(self._small_stmts(s.body), fn, (*guards, g), loops, withs, prefix)
-        neg = Guard(g.code, g.names, True)
+        neg = Guard(s.test, g.names, True, self.codes)
         if isinstance(s.orelse, cst.If):
             self._if(s.orelse, fn, (*guards, neg), loops, withs, prefix)
         elif isinstance(s.orelse, cst.Else):
@@ -383,16 +418,21 @@ def build_context(source: str, path: str, env: dict[str, str] | None = None) -> 
                          f"{str(exc.message).splitlines()[0]}") from None
     except RecursionError:
         raise ParseError("expression nesting too deep to parse") from None
+    rewrites: list[str] = []
     try:
         tree = ast.parse(source)
-    except SyntaxError:
-        # PEP 701 f-strings parse in LibCST but not in 3.11's ast: rewrite those only (lines kept)
+    except SyntaxError as first:
+        # PEP 701 (3.12) f-strings parse in LibCST but not in this interpreter's ast: rewrite only
+        # those f-strings into 3.11 form for the line index; the audited tree is LibCST's own.
         from harness.dynamic.py312 import rewrite
 
         try:
-            tree = ast.parse(rewrite(source)[0])
-        except Exception as exc:  # noqa: BLE001
-            raise ParseError(f"cannot index statement lines: {exc}") from None
+            fixed, count = rewrite(source)
+            tree = ast.parse(fixed)
+        except Exception:  # noqa: BLE001 - LibCST accepted it, the interpreter does not
+            raise ParseError(f"syntax error at line {first.lineno}: {first.msg}") from None
+        if count:
+            rewrites.append(f"{count} Python 3.12 f-string(s) (PEP 701) rewritten to 3.11 form for indexing")
     except RecursionError:
         raise ParseError("expression nesting too deep to parse") from None
     line_list = _ast_statement_lines(tree)
@@ -403,5 +443,8 @@ def build_context(source: str, path: str, env: dict[str, str] | None = None) -> 
         raise ParseError("statement index out of step between LibCST and ast") from None
     except RecursionError:
         raise ParseError("statement nesting too deep to index") from None
-    return ModuleContext(path=path, source=source, module=module, functions=functions,
-                         lines=source.splitlines(), env=dict(env or {}), imports=builder.imports)
+    ctx = ModuleContext(path=path, source=source, module=module, functions=functions,
+                        lines=source.splitlines(), env=dict(env or {}), imports=builder.imports,
+                        codes=builder.codes)
+    ctx.analysis["rewrites"] = rewrites
+    return ctx

@@ -84,6 +84,18 @@ class Reachability:
                             for w in st.writes:
                                 out[w] = EnvVar(str(args[0].value.evaluated_value), default)
                             break
+        # aliases: `use_slot = getattr(args, "slot_enabled", False)`, `ttt_on = args.ttt_enabled`
+        for _ in range(2):
+            for fn in self.ctx.functions.values():
+                for st in fn.stmts:
+                    if not isinstance(st.node, cst.Assign) or len(st.writes) != 1:
+                        continue
+                    (w,) = st.writes
+                    if w in out:
+                        continue
+                    named = {n for n in st.reads if n in out} | {s for s in st.strings if s in out}
+                    if len(named) == 1 and len(st.calls) <= 2:
+                        out[w] = out[next(iter(named))]
         return out
 
     def _call_graph(self) -> dict[str, list[tuple[str, tuple]]]:

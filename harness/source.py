@@ -99,6 +99,7 @@ class _Interp:
             return node.value
         if isinstance(node, ast.Name):
             if node.id in self.bindings:
+                self.steps.extend(self.bindings.get(f"steps:{node.id}", ()))  # a staged `S = decode(...)`
                 return self.bindings[node.id]
             if node.id == "__file__":
                 return self.filename
@@ -166,8 +167,10 @@ def _literal_bindings(tree: ast.Module) -> dict[str, object]:
             for a in stmt.names:
                 out[f"alias:{a.asname or a.name}"] = a.name
         elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            interp = _Interp(out, None, "")
             try:
-                out[stmt.targets[0].id] = _Interp(out, None, "").eval(stmt.value)
+                out[stmt.targets[0].id] = interp.eval(stmt.value)
+                out[f"steps:{stmt.targets[0].id}"] = list(interp.steps)
             except (UnpackError, Exception):  # noqa: BLE001 - not a literal: leave unbound
                 pass
     return out
@@ -191,8 +194,13 @@ def looks_packed(tree: ast.Module) -> bool:
     return real_defs == 0
 
 
+_EXEC = re.compile(r"\bexec\s*\(")
+
+
 def unpack_once(text: str, folder: Path | None = None, filename: str = "train_gpt.py") -> Pack | None:
     """The next layer of a packed script, or None when `text` is not packed."""
+    if not _EXEC.search(text):
+        return None  # no exec(...) anywhere: skip the parse (most scripts)
     try:
         tree = ast.parse(text)
     except SyntaxError:

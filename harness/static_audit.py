@@ -55,11 +55,62 @@ def audit_folder_static(folder: str | Path, env: dict[str, str] | None = None,
     log_text = _log_text(base)
     run_env = {**claimed, **(env or {})}
     result.env_flags = dict(run_env)
+    imports: dict[str, set[str]] = {}
+    texts: dict[str, str] = {}
     for path in files:
         rel = path.relative_to(base).as_posix()
         loaded = load_source(path, rel)
-        _audit_loaded(loaded, path, rel, run_env, log_text, rules, result)
+        imports[rel] = _audit_loaded(loaded, path, rel, run_env, log_text, rules, result)
+        texts[rel] = loaded.text
+    if folder.is_dir():
+        _settle_files(result, run_files(imports, texts))
     return result
+
+
+def run_files(imports: dict[str, set[str]], texts: dict[str, str]) -> set[str] | None:
+    """The files a run executes: the train script(s) at the top of the folder, and, transitively,
+    the folder's modules they import or name (`python helper.py`, `open("helper.py")`).
+    None when there is no train script to start from (then every file counts)."""
+    entries = {rel for rel in imports if "/" not in rel and rel.startswith("train")}
+    if not entries:
+        return None
+    by_module = {}
+    for rel in imports:
+        mod = rel[:-3].replace("/", ".")
+        by_module[mod] = rel
+        if mod.endswith(".__init__"):
+            by_module[mod[: -len(".__init__")]] = rel
+    seen, todo = set(entries), list(entries)
+    while todo:
+        rel = todo.pop()
+        names = set(imports.get(rel) or ())
+        text = texts.get(rel, "")
+        for other in imports:
+            if other not in seen and other.rsplit("/", 1)[-1] in text:
+                names.add(other[:-3].replace("/", "."))
+        for name in names:
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):
+                hit = by_module.get(".".join(parts[:i]))
+                if hit and hit not in seen:
+                    seen.add(hit)
+                    todo.append(hit)
+                    break
+    return seen
+
+
+def _settle_files(result: AuditResult, run: set[str] | None) -> None:
+    """Findings in files the run never executes (a data-download helper shipped in the folder)
+    are listed at low severity, marked not reachable."""
+    if run is None:
+        return
+    for f in result.findings:
+        if f.location.path in run:
+            continue
+        f.reachable = False
+        f.evidence.append(f"{f.location.path} is not the train script and is not imported or run by it; "
+                          "reported at low severity")
+        f.severity = Severity.LOW
 
 
 def audit_source(code: str, path: str = "train_gpt.py", env: dict[str, str] | None = None,
@@ -89,10 +140,12 @@ def audit_source(code: str, path: str = "train_gpt.py", env: dict[str, str] | No
 
 
 def _audit_loaded(loaded: LoadedSource, path: Path | None, rel: str, env: dict[str, str], log_text: str,
-                  rules: list[Rule], result: AuditResult) -> None:
+                  rules: list[Rule], result: AuditResult) -> set[str]:
+    """Audit one loaded file into `result`; returns the modules it imports (for `run_files`)."""
+    imported: set[str] = set()
     if loaded.error:
         result.not_audited.append(NotAudited(rel, loaded.error))
-        return
+        return imported
     result.files.append(FileReport(rel, hashlib.sha256(loaded.outer_text.encode()).hexdigest(),
                                    loaded.text.count("\n") + 1, packed_layers=len(loaded.layers)))
     texts = [(loaded.outer_text, None)] if not loaded.layers else [(loaded.outer_text, "outer"), (loaded.text, "inner")]
@@ -106,6 +159,9 @@ def _audit_loaded(loaded: LoadedSource, path: Path | None, rel: str, env: dict[s
         except Exception as exc:  # noqa: BLE001 - an analyzer bug must not pass silently
             result.not_audited.append(NotAudited(rel, f"analyzer error: {type(exc).__name__}: {exc}"))
             continue
+        imported |= set(ctx.imports.values())
+        if ctx.analysis.get("rewrites"):
+            result.files[-1].rewrites.extend(ctx.analysis["rewrites"])
         if role == "inner":
             ctx.packed_in, ctx.packed_line = rel, loaded.layers[0].line
         ctx.analysis["pack"] = {"role": role, "layers": loaded.layers, "error": loaded.pack_error,
@@ -129,12 +185,13 @@ def _audit_loaded(loaded: LoadedSource, path: Path | None, rel: str, env: dict[s
             for f in found:
                 _settle_reachability(f, ctx)
                 result.findings.append(f)
-        if role == "inner" and path is not None:
+        if role == "inner":
             result.files[-1].rewrites.append(f"unpacked {len(loaded.layers)} layer(s): "
                                              + ", ".join(p.how for p in loaded.layers))
     if loaded.pack_error:
         result.not_audited.append(NotAudited(rel, f"packed source cannot be unpacked: {loaded.pack_error}"))
     apply_suppressions(result, rel, loaded.text if loaded.layers else loaded.outer_text)
+    return imported
 
 
 def _settle_reachability(f: Finding, ctx: ModuleContext) -> None:
@@ -142,6 +199,8 @@ def _settle_reachability(f: Finding, ctx: ModuleContext) -> None:
     if f.reachable is None and f.location.function and ctx.reach is not None:
         r = ctx.reach.reach(f.location.function)
         f.reachable, f.flags = r.reachable, {**r.flags, **f.flags}
+    elif f.reachable is None and not f.location.function:
+        f.reachable = True  # module-level code runs whenever the file runs or is imported
     if f.reachable is False and f.severity > Severity.LOW:
         f.evidence.append(f"not reachable as submitted (needs {' '.join(f'{k}={v}' for k, v in f.flags.items())}); "
                           "reported at low severity")

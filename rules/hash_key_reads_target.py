@@ -182,4 +182,5 @@ class HashKeyReadsTarget(Rule):
                     ctx.location(st.line, q),
                     [f"`{ctx.code(node)[:160]}`",
                      "offsets read per output position: " + ", ".join(f"{n}[i{off:+d}]" for n, off in reads)],
+                    **ctx.reach_fields(q, st),
                 )

@@ -5,7 +5,7 @@ import re
 
 import libcst as cst
 
-from harness.engine import ModuleContext, dotted
+from harness.engine import ModuleContext, collect, dotted
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 
@@ -46,7 +46,17 @@ def main():
 import subprocess
 def gpu_info():
     return subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout
-''', "nvidia-smi is local")]
+''', "nvidia-smi is local"),
+             Valid('''
+import urllib.parse
+def name_of(path):
+    return urllib.parse.quote(path)
+''', "urllib.parse does no I/O"),
+             Valid('''
+import torch.distributed as dist
+def setup(rank, world):
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+''', "NCCL between the run's own GPUs is not network access to the outside")]
     INVALID = [
         Invalid('''
 import urllib.request
@@ -61,6 +71,39 @@ def setup():
         Invalid('''
 from huggingface_hub import hf_hub_download
 ''', line=2, note="hub download"),
+        Invalid('''
+import torch
+def load_weights(url):
+    import requests
+    blob = requests.get(url, timeout=30).content
+    return torch.load(blob)
+''', line=4, function="load_weights", note="requests, imported inside the function"),
+        Invalid('''
+import subprocess, sys
+def ensure_brotli():
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "brotli"])
+''', line=4, function="ensure_brotli", note="pip install as a list-form command"),
+        Invalid('''
+import socket
+def phone_home(host):
+    s = socket.create_connection((host, 443))
+    s.close()
+''', line=2, note="raw socket"),
+        Invalid('''
+import subprocess
+def fetch():
+    subprocess.check_call(["curl", "-sSLo", "tok.model", "https://example.com/tok.model"])
+''', line=4, function="fetch", message_contains="shell", note="subprocess curl"),
+        Invalid('''
+import os
+def fetch():
+    os.system("wget -q https://example.com/val_cache.bin")
+''', line=4, function="fetch", note="os.system wget"),
+        Invalid('''
+from urllib.request import urlopen as get
+def fetch(u):
+    return get(u).read()
+''', line=2, note="aliased urlopen"),
     ]
 
     def check_static(self, ctx: ModuleContext):
@@ -77,15 +120,20 @@ from huggingface_hub import hf_hub_download
                     for m in mods:
                         if any(m == n or m.startswith(n + ".") for n in NETWORK_MODULES):
                             yield self.finding(Layer.STATIC, f"imports the network module `{m}`",
-                                               ctx.location(st.line, where), [f"`{ctx.code(node)}`"])
+                                               ctx.location(st.line, where), [f"`{ctx.code(node)}`"],
+                                               **ctx.reach_fields(q, st))
                     continue
                 for call in st.calls:
                     name = ctx.resolve(dotted(call.func))
                     if NETWORK_CALLS.search(name):
                         yield self.finding(Layer.STATIC, f"calls `{name}`, which reaches the network",
-                                           ctx.location(st.line, where), [f"`{ctx.code(call)[:160]}`"])
+                                           ctx.location(st.line, where), [f"`{ctx.code(call)[:160]}`"],
+                                           **ctx.reach_fields(q, st))
                     elif SHELL_CALLS.search(name) and (name.startswith(("os.", "subprocess.")) or "subprocess" in name):
-                        text = " ".join(ctx.code(a.value) for a in call.args)
+                        # list-form commands: ["python", "-m", "pip", "install", ...] -> words
+                        words = [w for a in call.args for w in collect(a.value).strings]
+                        text = " ".join(words) + " " + " ".join(ctx.code(a.value) for a in call.args)
                         if SHELL_NETWORK.search(text):
                             yield self.finding(Layer.STATIC, "runs a shell command that reaches the network",
-                                               ctx.location(st.line, where), [f"`{ctx.code(call)[:160]}`"])
+                                               ctx.location(st.line, where), [f"`{ctx.code(call)[:160]}`"],
+                                           **ctx.reach_fields(q, st))

@@ -2,13 +2,36 @@
 from __future__ import annotations
 
 import base64
+import bz2
 import lzma
+import zlib
 
 from harness.engine import ModuleContext
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 
 _PAYLOAD = base64.b85encode(lzma.compress(b"print('hello')\n")).decode()
+
+
+def _raw_pack(code: str) -> str:
+    """The common contest shape: raw LZMA2 stream, base85, short aliases."""
+    raw = lzma.compress(code.encode(), format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+    payload = base64.b85encode(raw).decode()
+    return (f'import lzma as L,base64 as B\n'
+            f'exec(L.decompress(B.b85decode("{payload}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}]))\n')
+
+
+_INNER = "def main():\n    print('hello')\n\nif __name__ == '__main__':\n    main()\n"
+_RAW = _raw_pack(_INNER)
+_NESTED = ("import zlib, base64\nexec(zlib.decompress(base64.b64decode("
+           f'"{base64.b64encode(zlib.compress(_RAW.encode())).decode()}")).decode())\n')
+_STAGED_PARTS = base64.a85encode(bz2.compress(_INNER.encode())).decode()
+_STAGED = ("import bz2, base64, linecache\n"
+           f"P = {[_STAGED_PARTS[i:i + 60] for i in range(0, len(_STAGED_PARTS), 60)]!r}\n"
+           "S = bz2.decompress(base64.a85decode(''.join(P))).decode()\n"
+           "F = '<train_gpt>'\n"
+           "linecache.cache[F] = (len(S), None, S.splitlines(True), F)\n"
+           "exec(compile(S, F, 'exec'))\n")
 
 
 class PackedSource(Rule):
@@ -30,11 +53,15 @@ class PackedSource(Rule):
     references = ("notes: 112 of 1,716 PR script versions carry packed code",)
     fix = "Nothing is wrong with packing itself; keep the unpacked source in the PR too so reviewers can read it."
 
-    VALID = [Valid("import lzma\nprint(lzma.compress(b'x'))\n", "uses lzma but executes nothing packed")]
+    VALID = [Valid("import lzma\nprint(lzma.compress(b'x'))\n", "uses lzma but executes nothing packed"),
+             Valid(_INNER, "plain source")]
     INVALID = [
         Invalid(f'import lzma, base64\nexec(lzma.decompress(base64.b85decode("{_PAYLOAD}")))\n', line=2),
         Invalid('import lzma, base64\nexec(lzma.decompress(base64.b85decode("not a payload")))\n', line=2,
-                message_contains="cannot be unpacked"),
+                message_contains="cannot be unpacked", note="unpackable pack: a finding, and not audited"),
+        Invalid(_RAW, line=2, message_contains="lzma+b85", note="raw LZMA2 (FORMAT_RAW + filters), aliases"),
+        Invalid(_NESTED, line=2, message_contains="2 nested layers", note="a pack inside a pack"),
+        Invalid(_STAGED, line=6, message_contains="bz2", note="staged: S = ...; linecache; exec(compile(S, F))"),
     ]
 
     def check_static(self, ctx: ModuleContext):
@@ -47,8 +74,13 @@ class PackedSource(Rule):
                                ctx.location(line), [f"`{ctx.lines[line - 1].strip()[:120]}`"],
                                fix="Ship a pack that decodes with the standard library, or the plain source.")
             return
-        for layer in pack.get("layers") or []:
+        layers = pack.get("layers") or []
+        if layers:
+            how = ", then ".join(layer.how for layer in layers)
+            depth = f"in {len(layers)} nested layers " if len(layers) > 1 else ""
+            inner = layers[-1].code
             yield self.finding(Layer.STATIC,
-                               f"code is packed ({layer.how}); audited unpacked ({layer.code.count(chr(10)) + 1} lines)",
-                               ctx.location(layer.line), [f"unpacked {len(layer.code):,} characters via {layer.how}"])
-            break
+                               f"code is packed {depth}({how}); audited unpacked ({inner.count(chr(10)) + 1} lines)",
+                               ctx.location(layers[0].line),
+                               [f"layer {i + 1}: exec at line {layer.line} unpacks {len(layer.code):,} characters "
+                                f"via {layer.how}" for i, layer in enumerate(layers)])

@@ -8,6 +8,7 @@ from harness import dataflow as D
 from harness.engine import Function, ModuleContext, dotted
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
+from harness.dynamic.judging import shared_trace_examples
 
 _EVERY_EPOCH = '''
 import torch
@@ -115,7 +116,8 @@ class RescoredTokens(Rule):
                                         f"line {loop.line} and reports a selection over passes (min/max)",
                                         ctx.location(select.line, fn.qualname),
                                         [f"score recorded at line {s.stmt.line}: `{s.code}` in every iteration",
-                                         f"selection at line {select.line}: `{ctx.lines[select.line - 1].strip()}`"])
+                                         f"selection at line {select.line}: `{ctx.lines[select.line - 1].strip()}`"],
+                                        **ctx.reach_fields(fn.qualname, s.stmt))
                 if reset:
                     return self.finding(Layer.STATIC,
                                         f"{fn.qualname}() re-scores the validation tokens in every pass of the loop at "
@@ -123,7 +125,8 @@ class RescoredTokens(Rule):
                                         "on them",
                                         ctx.location(s.stmt.line, fn.qualname),
                                         [f"`{s.accumulator}` reset at line {reset[0].line} each pass",
-                                         f"score recorded at line {s.stmt.line}: `{s.code}`"])
+                                         f"score recorded at line {s.stmt.line}: `{s.code}`"],
+                                        **ctx.reach_fields(fn.qualname, s.stmt))
         return None
 
     @staticmethod
@@ -149,6 +152,9 @@ class RescoredTokens(Rule):
                 if len(args) == 2 and all(a & losses for a in args) and st.writes & (args[0] | args[1]):
                     return st
         return None
+
+    # synthetic traces the judge is tested on (tests/test_rules_trace_examples.py)
+    TRACE_VALID, TRACE_INVALID = shared_trace_examples("rescored-tokens")
 
     def judge(self, trace):
         from harness.dynamic.judging import judge_rescored_tokens

@@ -7,6 +7,7 @@ from harness import dataflow as D
 from harness.engine import Function, ModuleContext, dotted
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
+from harness.dynamic.judging import shared_trace_examples
 
 _LEGAL_CHUNKED = '''
 import torch
@@ -169,7 +170,12 @@ def train(model, opt, train_loader, steps):
             tainted = taint.get(q, set())
             if not tainted:
                 continue
-            trains = [t for t in D.train_events(ctx, fn) if self._on_val(ctx, fn, t, tainted)]
+            # a training loop fed by a loader over validation shards is val-data-in-training's
+            batches = D.val_loader_batches(ctx, fn, tainted)
+            from_loader = D.tainted_names(ctx, fn, set(batches)) if batches else set()
+            trains = [t for t in D.train_events(ctx, fn) if self._on_val(ctx, fn, t, tainted)
+                      and not self._discarded(ctx, fn, t)
+                      and not (from_loader and self._on_val(ctx, fn, t, from_loader))]
             if not trains:
                 continue
             scores = self._scores(ctx, fn, tainted)
@@ -181,6 +187,7 @@ def train(model, opt, train_loader, steps):
         trainers = set(uncovered)
         by_name = {ctx.functions[q].name: q for q in trainers}
         call_sites: dict[str, list[bool]] = {q: [] for q in trainers}
+        unscored_calls: dict[str, list] = {q: [] for q in trainers}
         for q, fn in ctx.functions.items():
             tainted = taint.get(q, set())
             calls = []
@@ -198,13 +205,19 @@ def train(model, opt, train_loader, steps):
                 # earlier in the same loop iteration; their guards may differ from the call's
                 covered = any(self._precedes(s, ev) for s in scores)
                 call_sites[callee].append(covered)
-                if not covered and q not in uncovered:
-                    uncovered[q] = (ev, scores)
+                if not covered:
+                    # the callee's own finding stands; the call site is listed with it, not twice
+                    unscored_calls[callee].append(ctx.location(ev.stmt.line, q))
         for q, (t, scores) in uncovered.items():
             sites = call_sites.get(q)
             if sites and all(sites):
                 continue  # every caller scores first: legal score-first (phased) TTT
-            yield self._finding(ctx, ctx.functions[q], t, scores, taint.get(q, set()))
+            f = self._finding(ctx, ctx.functions[q], t, scores, taint.get(q, set()))
+            for loc in unscored_calls.get(q, [])[:5]:
+                f.related.append(loc)
+                f.evidence.append(f"called at line {loc.line} in {loc.function}() with validation data "
+                                  "that the caller has not scored")
+            yield f
 
     def _scores(self, ctx: ModuleContext, fn: Function, tainted: set[str]) -> list:
         reported = D.reported_names(ctx, fn)
@@ -221,6 +234,45 @@ def train(model, opt, train_loader, steps):
         if t.stmt.loops and not (s.stmt.loops and s.stmt.loops[0] == t.stmt.loops[0]):
             return False
         return s.value_order < t.stmt.order
+
+    @staticmethod
+    def _discarded(ctx: ModuleContext, fn: Function, t: D.TrainEvent) -> bool:
+        """A step on a throwaway object: the optimizer holds the parameters of a local built here
+        (`wl = Adapter(...)`, `wo = AdamW(wl.parameters())`) that is deleted without ever reaching a
+        score, e.g. a torch.compile warm-up. Its updates cannot change any reported number."""
+        step = [c for c in t.stmt.calls if dotted(c.func).endswith(".step")]
+        if t.what != "optimizer step" or not step or not isinstance(step[0].func, cst.Attribute):
+            return False
+        opt = D.base_name(step[0].func.value)
+        ctor = next((st for st in fn.stmts if opt in st.writes and isinstance(st.node, cst.Assign)
+                     and isinstance(st.node.value, cst.Call) and st.node.value.args), None)
+        if ctor is None:
+            return False
+        first = ctor.node.value.args[0].value
+        if not (isinstance(first, cst.Call) and dotted(first.func).endswith("parameters")):
+            return False
+        obj = D.base_name(first.func)
+        made = next((st for st in fn.stmts if obj in st.writes and isinstance(st.node, cst.Assign)
+                     and isinstance(st.node.value, cst.Call)), None)
+        if obj is None or made is None or not D.OPTIMIZER_CTOR.search(ctx.resolve(dotted(ctor.node.value.func))):
+            return False
+        if not any(isinstance(st.node, cst.Del) and obj in st.reads for st in fn.stmts):
+            return False
+        if not D.ctor_keeps_no_model(ctx, made.node.value):
+            return False
+        all_names = set().union(*[st.reads for st in fn.stmts])
+        score_orders = {s.stmt.order for s in D.score_events(ctx, fn, all_names)}
+        for st in fn.stmts:
+            if obj not in st.reads or st is made or st is ctor or isinstance(st.node, cst.Del):
+                continue
+            if isinstance(st.node, cst.Return) or st.order in score_orders:
+                return False
+            if any(D.EVAL_FUNC.search(dotted(c.func)) for c in st.calls):
+                return False
+            if isinstance(st.node, cst.Assign) and any(
+                    isinstance(tg.target, (cst.Attribute, cst.Subscript)) for tg in st.node.targets):
+                return False  # stored somewhere that outlives the loop
+        return True
 
     @staticmethod
     def _on_val(ctx: ModuleContext, fn: Function, t: D.TrainEvent, tainted: set[str]) -> bool:
@@ -245,21 +297,32 @@ def train(model, opt, train_loader, steps):
 
     def _finding(self, ctx: ModuleContext, fn: Function, t: D.TrainEvent, scores, tainted):
         evidence = [f"{t.what} at line {t.stmt.line}: `{t.code}` on validation-derived data"]
-        guarded = [s for s in scores if not D.guard_cover(s.stmt, t.stmt)]
-        later = [s for s in scores if s.stmt.order > t.stmt.order and s.value_order > t.stmt.order]
+        # the scores that matter are the ones inside the same loops as the step
+        scores = sorted(scores, key=lambda s: -self._shared_loops(s, t))
+        shared = [s for s in scores if self._shared_loops(s, t) > 0] or scores
+        guarded = [s for s in shared if not D.guard_cover(s.stmt, t.stmt)]
+        later = [s for s in shared if s.stmt.order > t.stmt.order and s.value_order > t.stmt.order]
+        related = []
         if guarded:
             s = guarded[0]
-            conds = " and ".join(("not " if g.negated else "") + g.code for g in s.stmt.guards
-                                 if (g.code, g.negated) not in {(x.code, x.negated) for x in t.stmt.guards})
-            evidence.append(f"the score at line {s.stmt.line} (`{s.code}`) is recorded only when `{conds}`, "
-                            f"while the step at line {t.stmt.line} runs without that condition: earlier "
+            own = [g for g in s.stmt.guards
+                   if (g.code, g.negated) not in {(x.code, x.negated) for x in t.stmt.guards}]
+            conds = " and ".join(("not " if g.negated else "") + g.code for g in own)
+            loop_vars = set().union(*[fn.loops[i].targets for i in s.stmt.loops]) if s.stmt.loops else set()
+            on_loop = any(g.names & loop_vars for g in own)
+            when = "on the final epoch/pass only" if on_loop else f"only when `{conds}`"
+            evidence.append(f"{t.what} at line {t.stmt.line} (`{t.code}`) precedes scoring at line "
+                            f"{s.stmt.line} (`{s.code}`), which runs {when} (`{conds}`): earlier "
                             "epochs/passes train on tokens whose score is taken afterwards")
             message = (f"{fn.qualname}() trains on validation tokens before they are scored: the score is "
-                       f"recorded only when `{conds}` (e.g. the final epoch), after steps on the same tokens")
+                       f"recorded only when `{conds}`, after steps on the same tokens")
+            related.append(ctx.location(s.stmt.line, fn.qualname))
         elif later:
             s = later[0]
-            evidence.append(f"the same data is scored after the step, at line {s.stmt.line}: `{s.code}`")
+            evidence.append(f"{t.what} at line {t.stmt.line} (`{t.code}`) precedes scoring of the same data "
+                            f"at line {s.stmt.line}: `{s.code}`")
             message = f"{fn.qualname}() trains on each validation chunk and scores it afterwards (adapt-then-score)"
+            related.append(ctx.location(s.stmt.line, fn.qualname))
         else:
             evals = [st for st in fn.stmts if st.order > t.stmt.order and
                      any(D.is_eval_call(ctx, c, tainted) for c in st.calls)]
@@ -271,12 +334,22 @@ def train(model, opt, train_loader, steps):
             else:
                 message = f"{fn.qualname}() trains on validation tokens that it never scores first"
         loc = ctx.location(t.stmt.line, fn.qualname)
-        reach = ctx.reach.at(fn.qualname) if ctx.reach is not None else None
-        return self.finding(Layer.STATIC, message, loc, evidence,
-                            reachable=None if reach is None else reach.reachable,
-                            flags={} if reach is None else reach.flags)
+        return self.finding(Layer.STATIC, message, loc, evidence, related=related,
+                            **ctx.reach_fields(fn.qualname, t.stmt))
+
+    @staticmethod
+    def _shared_loops(s: D.ScoreEvent, t: D.TrainEvent) -> int:
+        n = 0
+        for a, b in zip(s.stmt.loops, t.stmt.loops):
+            if a != b:
+                break
+            n += 1
+        return n
 
     # ------------------------------------------------------------------ dynamic
+    # synthetic traces the judge is tested on (tests/test_rules_trace_examples.py)
+    TRACE_VALID, TRACE_INVALID = shared_trace_examples("train-before-score")
+
     def judge(self, trace):
         from harness.dynamic.judging import judge_train_before_score
 

@@ -10,6 +10,7 @@ from harness import dataflow as D
 from harness.engine import ModuleContext, dotted
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
+from harness.dynamic.judging import shared_trace_examples
 
 CALIBRATION = re.compile(r"hessian|calibrat|gptq|awq|collect_stats|quantiz|ema|swa|train_step|train_loop|"
                          r"fit|prefill|build_cache|ngram", re.I)
@@ -32,6 +33,30 @@ def main(args, model, train_loader):
 '''
 
 
+_TRAIN_LOOP = '''
+import torch
+def main(args, model):
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    train_loader = DistributedTokenLoader(args.val_files, 0, 1)
+    for step in range(args.iterations):
+        x, y = train_loader.next_batch(8192, 1024)
+        loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    val_tokens = load_validation_tokens(args.val_files, 1024)
+    print(eval_val(model, val_tokens))
+'''
+
+_EMA_ON_VAL = '''
+def finalize(args, model, ema):
+    val_tokens = load_validation_tokens(args.val_files, 1024)
+    for i in range(0, 1 << 20, 1024):
+        ema.update_ema(model, val_tokens[i:i + 1024])
+    return eval_val(ema.model, val_tokens)
+'''
+
+
 class ValDataInTraining(Rule):
     id = "GA004"
     name = "val-data-in-training"
@@ -51,8 +76,13 @@ class ValDataInTraining(Rule):
                   "rules.md: GPTQ calibration on val tokens is illegal; on training or generated data it is fine")
     fix = "Collect calibration statistics from training shards or self-generated text, never from val_tokens."
 
-    VALID = [Valid(_GPTQ_ON_TRAIN, "calibration on training data")]
-    INVALID = [Invalid(_GPTQ_ON_VAL, line=4, function="main", note="GPTQ Hessians on val_tokens")]
+    VALID = [Valid(_GPTQ_ON_TRAIN, "calibration on training data"),
+             Valid(_TRAIN_LOOP.replace("DistributedTokenLoader(args.val_files", "DistributedTokenLoader(args.train_files"),
+                   "training loop over the training shards")]
+    INVALID = [Invalid(_GPTQ_ON_VAL, line=4, function="main", note="GPTQ Hessians on val_tokens"),
+               Invalid(_TRAIN_LOOP, line=10, function="main", message_contains="loader",
+                       note="training loader built over the validation shards"),
+               Invalid(_EMA_ON_VAL, line=5, function="finalize", note="EMA/SWA statistics updated on val_tokens")]
 
     def check_static(self, ctx: ModuleContext):
         taint = D.val_taint(ctx)
@@ -60,6 +90,11 @@ class ValDataInTraining(Rule):
         for q, fn in ctx.functions.items():
             tainted = taint.get(q, set())
             if not tainted:
+                continue
+            loop_hit = self._training_loop(ctx, fn, tainted)
+            if loop_hit is not None:
+                reported.add(q)
+                yield loop_hit
                 continue
             for st in fn.stmts:
                 for call in st.calls:
@@ -70,7 +105,7 @@ class ValDataInTraining(Rule):
                     hit = args & tainted
                     if not hit or not self._direct_val(call, hit, fn, ctx):
                         continue
-                    if q in reported:
+                    if q in reported or self._eval_time_state(fn, st):
                         continue
                     reported.add(q)
                     yield self.finding(
@@ -78,7 +113,43 @@ class ValDataInTraining(Rule):
                         f"{q}() passes validation data ({', '.join(sorted(hit))}) to {name}() before the final eval",
                         ctx.location(st.line, q),
                         [f"`{ctx.code(st.node)[:160]}`"],
+                        **ctx.reach_fields(q, st),
                     )
+
+    def _training_loop(self, ctx: ModuleContext, fn, tainted: set[str]):
+        """A training loop whose batches come from a loader built over validation data."""
+        batches = D.val_loader_batches(ctx, fn, tainted)
+        if not batches:
+            return None
+        derived = D.tainted_names(ctx, fn, set(batches))
+        for t in D.train_events(ctx, fn):
+            stretch = fn.loop_body(t.stmt.loops[0]) if t.stmt.loops else fn.stmts
+            if not D.backward_tainted(ctx, fn, derived, stretch):
+                continue
+            draw = next(iter(batches.values()))
+            return self.finding(
+                Layer.STATIC,
+                f"{fn.qualname}() trains on batches drawn from a loader over validation data",
+                ctx.location(t.stmt.line, fn.qualname),
+                [f"batches drawn at line {draw.line}: `{ctx.lines[draw.line - 1].strip()[:140]}`",
+                 f"{t.what} at line {t.stmt.line}: `{t.code}` on a loss computed from those batches"],
+                fix="Build the training loader over the training shards (train_files); validation shards may "
+                    "only be read by the final eval.", **ctx.reach_fields(fn.qualname, t.stmt))
+        return None
+
+    @staticmethod
+    def _eval_time_state(fn, st) -> bool:
+        """`state = NgramTiltState(val_tokens=...)` handed to the eval that scores: an eval-time
+        cache, not training. Whether it only uses already-scored tokens is the dynamic layer's
+        question (future-dependent-score, improper-distribution)."""
+        if not isinstance(st.node, cst.Assign) or not st.writes:
+            return False
+        for later in fn.stmts[st.order + 1:]:
+            for call in later.calls:
+                if D.EVAL_FUNC.search(dotted(call.func).split(".")[-1]) and any(
+                        D.base_name(a.value) in st.writes for a in call.args):
+                    return True
+        return False
 
     @staticmethod
     def _direct_val(call: cst.Call, hit: set[str], fn, ctx) -> bool:
@@ -88,6 +159,9 @@ class ValDataInTraining(Rule):
                 if n.value in hit and not D.LOSS_NAME.search(n.value) and "bpb" not in n.value:
                     return True
         return False
+
+    # synthetic traces the judge is tested on (tests/test_rules_trace_examples.py)
+    TRACE_VALID, TRACE_INVALID = shared_trace_examples("val-data-in-training")
 
     def judge(self, trace):
         from harness.dynamic.judging import judge_val_data_in_training

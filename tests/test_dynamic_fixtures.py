@@ -81,37 +81,49 @@ def test_legal_score_first_two_ranks_is_clean():
 # ---------------------------------------------------------------- the reference model
 def _reference_cases():
     try:
-        from reference_model import variants  # type: ignore
+        from reference_model import variants
     except ImportError:
         return []
-    cases = []
-    for mode in getattr(variants, "LEGAL_MODES", []):
-        cases.append(pytest.param("legal", mode, None, id=f"legal-{mode}"))
-    for rule in getattr(variants, "BROKEN", []):
-        cases.append(pytest.param("broken", None, rule, id=f"broken-{rule}"))
+    cases = [pytest.param("legal", mode, None, id=f"legal-{mode}") for mode in variants.LEGAL_MODES]
+    cases += [pytest.param("broken", None, name, id=f"broken-{name}") for name in variants.BROKEN]
     return cases
 
 
-@pytest.mark.parametrize("kind,mode,rule", _reference_cases())
-def test_reference_model(kind, mode, rule, tmp_path):
-    from harness.dynamic.audit import run_dynamic
-    from reference_model import variants  # type: ignore
+def _dynamic_rule_for(name: str) -> str | None:
+    """The rule a broken variant breaks, when the dynamic layer can name it; hash-key-reads-target
+    is a static rule: dynamically it shows as an improper distribution or a dependence on later
+    tokens."""
+    from harness.findings import Layer
+    from harness.rule import rule_by_name
+    from reference_model import variants
 
-    folder = Path(variants.folder())
-    env = dict(variants.env(mode=mode, broken=rule))
-    result = run_dynamic(folder, {"env": env, "probe_budget": 4, "static_first": False})
+    rule = rule_by_name(variants.EXPECTED_RULE[name])
+    return rule.name if rule and (Layer.TRACE in rule.layers or Layer.PROBE in rule.layers) else None
+
+
+@pytest.mark.parametrize("kind,mode,variant", _reference_cases())
+def test_reference_model(kind, mode, variant):
+    from harness.dynamic.audit import run_dynamic
+    from reference_model import variants
+
+    env = dict(variants.env(mode=mode, broken=variant))
+    result = run_dynamic(variants.folder(), {"env": env, "probe_budget": 4})
     if kind == "legal":
         assert result.active_findings == [], f"false leak ({mode}): {[f.message for f in result.findings]}"
         assert result.not_audited == [], [n.reason for n in result.not_audited]
         assert result.stats["coverage_pct"] == pytest.approx(100.0)
-        for r in result.stats["reported"]:
-            if r.get("matches") and r.get("decimals", 0) >= 8:
-                assert abs(r["loss_delta"]) <= 1e-6
-                if r.get("bpb_delta") is not None:
-                    assert abs(r["bpb_delta"]) <= 1e-6
-                if r.get("script_bytes") is not None and r.get("true_bytes"):
-                    assert abs(r["script_bytes"] - r["true_bytes"]) < 0.5
-    else:
-        names = {f.rule for f in result.active_findings}
-        assert rule in names, (f"leak undetected: BROKEN={rule} gave {sorted(names)}; "
-                               f"not audited {[n.reason for n in result.not_audited]}")
+        exact = [r for r in result.stats["reported"] if r.get("matches") and r.get("decimals", 0) >= 8]
+        assert exact, "no exact printed score matched a pass"
+        for r in exact:
+            assert abs(r["loss_delta"]) <= 1e-6
+            if r.get("bpb_delta") is not None:
+                assert abs(r["bpb_delta"]) <= 1e-6
+            if r.get("script_bytes") is not None and r.get("true_bytes"):
+                assert abs(r["script_bytes"] - r["true_bytes"]) < 0.5
+        return
+    names = {f.rule for f in result.findings if f.severity.value >= 2}
+    assert names, (f"leak undetected: BROKEN={variant} gave no finding; "
+                   f"not audited {[n.reason for n in result.not_audited]}")
+    want = _dynamic_rule_for(variant)
+    if want is not None:
+        assert want in names, f"BROKEN={variant}: expected {want}, got {sorted(names)}"

@@ -54,13 +54,15 @@ def adapts_on_document(tokens):
     return out
 
 
-def make_trace(model, tokens) -> Trace:
+def make_trace(model, tokens, ttt_leak: bool = False) -> Trace:
     n = len(tokens)
     run = SyntheticRun(n)
     nll = model(tokens)
     for a in range(1, n, 50):  # score in batches, like an eval loop
         b = min(a + 50, n)
         run.score("eval_val", 120, [(a, b)], nll=nll[a - 1: b - 1])
+        if ttt_leak and a == 1:  # a TTT step on the next batch before it is scored
+            run.update("ttt_step", 9, [(0, 110)])
     run.end()
     return Trace(events=list(run.events))
 
@@ -179,11 +181,7 @@ def _fake_audit(monkeypatch, tmp_path, model, *, crash=False, ttt_leak=False):
     def fake_run(folder, env, data, options, *, trace=True, tracer_options=None, val_override=None):
         if crash:
             return _FakeResult(None, exit_code=1, error="RuntimeError: boom at train_gpt.py:12")
-        t = make_trace(model, toks if val_override is None else val_override)
-        if ttt_leak and val_override is None:  # an update on positions scored afterwards
-            from harness.dynamic.trace import Update, Frame
-            t.events.insert(1, Update(seq=-1, rank=0, target="w", target_kind="parameter", via="optimizer-step",
-                                      positions=[(0, 60)], frame=Frame("train_gpt.py", 9, "eval_val")))
+        t = make_trace(model, toks if val_override is None else val_override, ttt_leak=ttt_leak)
         t.meta["bos_id"] = BOS
         return _FakeResult(t)
 

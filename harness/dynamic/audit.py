@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "nproc": 1,
     "exhaustive": False,
     "probe_budget": 6,
+    "probe_workers": 2,  # probe runs at a time (each is single-threaded)
     "probes": True,
     "timeout_s": 300,
     "allow_network": False,
@@ -346,4 +347,5 @@ def _probe(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res: A
     budget = int(opts.get("probe_budget", 6))
     return P.run_probes(trace, np.asarray(tokens, dtype=np.int64), run_fn, budget=budget,
                         exhaustive=bool(opts.get("exhaustive")), bos=J.bos_id(trace), vocab=vocab,
-                        chunk_hint=chunk, period=period, log=lambda s: None)
+                        chunk_hint=chunk, period=period, workers=int(opts.get("probe_workers", 2)),
+                        log=lambda s: None)

@@ -1012,3 +1012,88 @@ def find_print_line(trace: Trace, label: str) -> Frame | None:
             if label in text and ("print" in text or "log" in text):
                 return Frame(path=path.name, line=i, function="", code=text.strip())
     return None
+
+
+# ---------------------------------------------------------------- examples of the shared rules
+def _ex(build, note: str, function: str | None = None, line: int | None = None) -> TraceExample:
+    run = SyntheticRun(n=25)
+    build(run)
+    run.end()
+    return TraceExample(events=tuple(run.events), note=note, function=function, line=line)
+
+
+def _score_first(run):  # PR #461/#549: score chunk k, then train on it
+    run.score("eval_val", 250, [(1, 25)], nll=3.0)
+    for a in (1, 9, 17):
+        run.score("eval_val_ttt", 300, [(a, a + 8)], nll=2.0)
+        if a < 17:
+            run.loss("eval_val_ttt", 310, [(a, a + 8)])
+            run.update("eval_val_ttt", 312, [(a - 1, a + 8)])
+
+
+def _last_epoch(run):  # PR #713 lora_ttt_eval: train two epochs, score on the third
+    run.score("eval_val", 250, [(1, 25)], nll=3.0)
+    for epoch in range(3):
+        for a in (1, 9, 17):
+            if epoch == 2:
+                run.score("lora_ttt_eval", 1220, [(a, a + 8)], nll=1.0)
+            if a < 17:
+                run.loss("lora_ttt_eval", 1200, [(a, a + 8)])
+                run.update("lora_ttt_eval", 1265, [(a - 1, a + 8)], target="lora.q.A")
+
+
+def _prequant(run):  # PR #713 test_time_train: full-model AdamW over val, then a sliding eval
+    run.score("eval_val", 250, [(1, 25)], nll=3.0)
+    run.update("test_time_train", 1003, [(0, 25)], target="blocks.0.attn.c_q.weight")
+    run.score("eval_val_sliding", 900, [(1, 25)], nll=1.5)
+
+
+def _every_epoch(run):  # PR #614/#642: score every epoch, print the last
+    for nll in (2.0, 1.0):
+        for a in (1, 13):
+            run.score("eval_ttt", 40, [(a, a + 12)], nll=nll)
+            run.update("eval_ttt", 45, [(a - 1, a + 12)])
+    run.report("final_exact", 1.0)
+
+
+def _calibrate(run):  # PR #624 shape: GPTQ statistics from val tokens before the final eval
+    run.score("eval_val", 40, [(1, 25)], nll=3.0)
+    run.update("gptq_calibrate", 700, [(0, 25)], via="direct", target="blocks.0.mlp.fc.weight")
+    run.score("eval_val", 40, [(1, 25)], nll=2.9)
+
+
+def _train_on_val(run):  # val shards in the training loader: updates before any score
+    run.update("main", 500, [(0, 25)])
+    run.score("eval_val", 40, [(1, 25)], nll=2.0)
+
+
+def _ema_of_scored(run):  # legal: an EMA copy of weights trained only on scored tokens
+    _score_first(run)
+    run.update("eval_val_ttt", 320, [(0, 17)], via="direct", target="ema.weight", target_kind="buffer")
+
+
+def _repeat_evals(run):  # legal: step validation, roundtrip and sliding evals, no training between
+    for nll in (3.0, 2.9, 2.8):
+        run.score("eval_val", 40, [(1, 25)], nll=nll)
+
+
+def shared_trace_examples(rule_name: str) -> tuple[list[TraceExample], list[TraceExample]]:
+    """TRACE_VALID, TRACE_INVALID for the rules whose static checks live with the static layer."""
+    valid = [_ex(_score_first, "score-first chunked TTT"), _ex(_repeat_evals, "several evals, no training"),
+             _ex(_ema_of_scored, "EMA copy of weights trained on scored tokens")]
+    invalid = {
+        "train-before-score": [
+            _ex(_last_epoch, "multi-epoch TTT scored on the last epoch", "lora_ttt_eval", 1265),
+            _ex(_prequant, "full-model TTT on val, then eval", "test_time_train", 1003),
+        ],
+        "val-data-in-training": [
+            _ex(_calibrate, "calibration statistics from val", "gptq_calibrate", 700),
+            _ex(_train_on_val, "val tokens trained on before any score", "main", 500),
+        ],
+        "rescored-tokens": [
+            _ex(_every_epoch, "score every epoch, print the last", "eval_ttt", 40),
+        ],
+    }[rule_name]
+    if rule_name == "rescored-tokens":
+        valid = valid + [_ex(_last_epoch, "adapt-then-score is not a re-score (train-before-score)")]
+    return valid, invalid

@@ -152,7 +152,13 @@ def choose(tokens: np.ndarray, scored: np.ndarray, bos: int | None, k: int, voca
         target = start + int(0.6 * (end - start))
         if chunk_hint and end - start > 2 * chunk_hint:
             target = max(target, start + chunk_hint + chunk_hint // 2)
-        order = sorted(range(start + 1, end - 1), key=lambda p: (abs(p - target), p))
+        # Prefer, near the target, a position whose previous token is rare in the stream so far:
+        # a cache keyed on it has few entries, so an unnormalised "hit" shows most strongly.
+        lo = start + 1 + (chunk_hint if chunk_hint and end - start > 2 * chunk_hint else 0)
+        near = [p for p in range(max(lo, target - 32), min(end - 1, target + 32))] or list(range(start + 1, end - 1))
+        seen = {p: int((tokens[:p] == tokens[p - 1]).sum()) for p in near}
+        order = sorted(near, key=lambda p: (seen[p], abs(p - target), p)) + \
+            sorted(range(start + 1, end - 1), key=lambda p: (abs(p - target), p))
         for p in order:
             if scored[p] and (bos is None or tokens[p] != bos):
                 changed = np.arange(p + 1, end, dtype=np.int64)
@@ -161,6 +167,7 @@ def choose(tokens: np.ndarray, scored: np.ndarray, bos: int | None, k: int, voca
                 if not len(changed):
                     continue
                 why = (f"position {p}: {100 * (p - start) / (end - start):.0f}% into the longest document "
+                       f"(its previous token occurs {int((tokens[:p] == tokens[p - 1]).sum())}x before it) "
                        f"[{start}, {end}) of {end - start} tokens"
                        + (f", past its first {chunk_hint}-token chunk" if chunk_hint and p - start > chunk_hint else "")
                        + f"; scored in the baseline run; stream of {n} tokens")
@@ -230,11 +237,13 @@ def _frame_dict(occ: Occurrences, k: int, p: int) -> dict | None:
 
 def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int = 6, exhaustive: bool = False,
                bos: int | None = None, vocab: int | None = None, k: int = 4, chunk_hint: int | None = None,
-               period: int | None = None, log: Callable[[str], None] = lambda s: None) -> ProbeReport:
+               period: int | None = None, workers: int = 1,
+               log: Callable[[str], None] = lambda s: None) -> ProbeReport:
     """Run the causality and properness probes against `trace` (the baseline run). `budget` caps
     the number of extra runs (one goes to the noise re-run); `exhaustive` tries every vocabulary
     value at the probed position and ignores the budget: in one run of copied contexts when
-    `period` (a multiple of every eval window and stride) is given, else one run per value."""
+    `period` (a multiple of every eval window and stride) is given, else one run per value.
+    The runs are independent of each other; `workers` of them run at a time."""
     rep = ProbeReport()
     n = len(tokens)
     base = Occurrences.of(trace, n)
@@ -245,29 +254,6 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
         rep.not_run = f"probe budget {budget} is too small (needs a noise re-run and one probe run)"
         return rep
     scored = ~np.isnan(base.nll[0])
-
-    def run(override: np.ndarray, label: str) -> Occurrences:
-        t0 = time.perf_counter()
-        t = run_fn(override, label)
-        rep.runs.append({"label": label, "wall_s": round(time.perf_counter() - t0, 2)})
-        log(f"probe run {label}: {rep.runs[-1]['wall_s']} s")
-        return Occurrences.of(t, n)
-
-    # 1. noise: an unmodified re-run must reproduce every score
-    try:
-        again = run(tokens.copy(), "noise")
-    except ProbeError as exc:
-        rep.not_run = f"the unmodified re-run failed: {exc}"
-        return rep
-    everything = np.arange(n, dtype=np.int64)
-    noise, _, npos, _ = compare(base, again, everything)
-    rep.noise = noise
-    if not np.isfinite(noise) or noise > NOISE_LIMIT:
-        rep.not_run = (f"nondeterministic eval: an unmodified re-run changed the score of position {npos} by "
-                       f"{noise:.3g} nats (limit {NOISE_LIMIT:g})")
-        return rep
-    rep.tol = max(TOL_FLOOR, 10 * noise)
-
     try:
         plan = choose(tokens, scored, bos, k, vocab, exhaustive, chunk_hint)
     except ProbeError as exc:
@@ -276,6 +262,61 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
     i = plan.position
     rep.plan = {"position": i, "doc": list(plan.doc), "why": plan.why,
                 "changed": [list(r) for r in J.ranges_of(plan.changed)], "candidates": plan.candidates}
+
+    # every run, planned up front: noise (unmodified), causality, properness (one value each)
+    jobs: list[tuple[str, np.ndarray]] = [("noise", tokens.copy())]
+    extra = budget - 1
+    if extra > 0 or exhaustive:
+        override = tokens.copy()
+        override[plan.changed] = replacement(tokens, plan.changed, bos, seed=i)
+        jobs.append(("causality", override))
+        extra -= 1
+    copies = bool(exhaustive and period)
+    cands = plan.candidates if exhaustive else plan.candidates[: max(1, min(len(plan.candidates), extra + 1))]
+    if not copies:
+        for j, v in enumerate(cands[1:], 1):
+            override = tokens.copy()
+            override[i] = v
+            jobs.append((f"properness-{j}", override))
+
+    def run(job: tuple[str, np.ndarray]) -> Occurrences | ProbeError:
+        label, override = job
+        t0 = time.perf_counter()
+        try:
+            t = run_fn(override, label)
+        except ProbeError as exc:
+            return exc
+        finally:
+            rep.runs.append({"label": label, "wall_s": round(time.perf_counter() - t0, 2)})
+            log(f"probe run {label}: {rep.runs[-1]['wall_s']} s")
+        return Occurrences.of(t, n)
+
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = dict(zip([j[0] for j in jobs], pool.map(run, jobs)))
+    else:
+        results = {}
+        for job in jobs:
+            results[job[0]] = run(job)
+            if job[0] == "noise" and not isinstance(results["noise"], ProbeError):
+                noise, _, _, _ = compare(base, results["noise"], np.arange(n, dtype=np.int64))
+                if not np.isfinite(noise) or noise > NOISE_LIMIT:
+                    break  # nondeterministic: the other runs would be wasted
+
+    # 1. noise: an unmodified re-run must reproduce every score
+    again = results["noise"]
+    if isinstance(again, ProbeError):
+        rep.not_run = f"the unmodified re-run failed: {again}"
+        return rep
+    noise, _, npos, _ = compare(base, again, np.arange(n, dtype=np.int64))
+    rep.noise = noise
+    if not np.isfinite(noise) or noise > NOISE_LIMIT:
+        rep.not_run = (f"nondeterministic eval: an unmodified re-run changed the score of position {npos} by "
+                       f"{noise:.3g} nats (limit {NOISE_LIMIT:g})")
+        return rep
+    rep.tol = max(TOL_FLOOR, 10 * noise)
 
     def causality(occ: Occurrences, changed: np.ndarray, label: str) -> None:
         first = int(changed.min())
@@ -297,39 +338,37 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
             "why": plan.why,
         })
 
-    extra = budget - 1  # runs left after the noise run
     # 2. causality: the rest of the document after i replaced
-    if extra > 0 or exhaustive:
-        override = tokens.copy()
-        override[plan.changed] = replacement(tokens, plan.changed, bos, seed=i)
-        try:
-            causality(run(override, "causality"), plan.changed, "causality")
-        except ProbeError as exc:
-            rep.causality.append({"run": "causality", "error": str(exc), "max_delta": 0.0})
-        extra -= 1
+    if "causality" in results:
+        occ = results["causality"]
+        if isinstance(occ, ProbeError):
+            rep.causality.append({"run": "causality", "error": str(occ), "max_delta": 0.0})
+        else:
+            causality(occ, plan.changed, "causality")
     # 3. properness
-    if exhaustive and period:
+    if copies:
         try:
             exhaustive_in_one_run(rep, tokens, base, i, period, vocab or int(tokens.max()) + 1, run_fn, plan.why)
             return rep
         except ProbeError as exc:
             rep.runs.append({"label": "exhaustive-copies", "wall_s": 0.0, "note": str(exc)})
             log(f"exhaustive copies not usable: {exc}; one run per value instead")
-    # x_i replaced by each other candidate, one run each
-    cands = plan.candidates if exhaustive else plan.candidates[: max(1, min(len(plan.candidates), extra + 1))]
-    nll_by_cand: list[np.ndarray] = []  # per candidate: scores of position i, one per occurrence
+            for j, v in enumerate(cands[1:], 1):
+                override = tokens.copy()
+                override[i] = v
+                results[f"properness-{j}"] = run((f"properness-{j}", override))
     depth = base.depth()
-    nll_by_cand.append(np.array([base.nll[kk][i] for kk in range(depth)]))
+    nll_by_cand: list[np.ndarray] = [np.array([base.nll[kk][i] for kk in range(depth)])]
     for j, v in enumerate(cands[1:], 1):
-        override = tokens.copy()
-        override[i] = v
-        try:
-            occ = run(override, f"properness-{j}")
-        except ProbeError as exc:
-            rep.not_run = f"a properness run failed: {exc}"
+        occ = results.get(f"properness-{j}")
+        if occ is None:
+            break
+        if isinstance(occ, ProbeError):
+            rep.not_run = f"a properness run failed: {occ}"
             return rep
         nll_by_cand.append(np.array([occ.nll[kk][i] if kk < occ.depth() else np.nan for kk in range(depth)]))
         causality(occ, np.array([i]), f"properness-{j}")
+    cands = cands[: len(nll_by_cand)]
     if len(cands) > 1:
         mat = np.vstack(nll_by_cand)  # candidates x occurrences
         sums = np.nansum(np.exp(-mat), axis=0)

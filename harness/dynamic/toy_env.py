@@ -172,7 +172,14 @@ def submission_sources(folder: Path) -> str:
         except OSError:
             continue
         texts.append(text)
-        texts.extend(unpack_payloads(text))
+        # packs can be nested (a payload that is itself a pack): unpack up to 4 layers, so the
+        # env knobs of the innermost source are seen (submissions/evasion/packed_twice)
+        layer = unpack_payloads(text)
+        for _ in range(4):
+            if not layer:
+                break
+            texts.extend(layer)
+            layer = [inner for payload in layer for inner in unpack_payloads(payload)]
     return "\n".join(texts)
 
 

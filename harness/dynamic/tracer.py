@@ -1050,6 +1050,11 @@ class Tracer:
             return False
 
     def _new_loss_op(self, pos: np.ndarray, nll: np.ndarray, grad_enabled: bool) -> LossOp:
+        if not self.scores_only:
+            # A `p.data = other` swap made before this loss changed the weights it was computed
+            # with: record it first, so its Update precedes this LossComputed in the timeline
+            # (vector_to_parameters TTT, submissions/evasion/vector_swap_update).
+            self._check_param_swaps()
         with self._lock:
             frame = self._frame_deep()
             valid = pos[pos >= 0]
@@ -1060,8 +1065,6 @@ class Tracer:
             self._next_score_id += max(op.n, 1)
             self.loss_ops.append(op)
             self._loss_bases = np.append(self._loss_bases, op.base)
-            if not self.scores_only:
-                self._check_param_swaps()
             return op
 
     def _frame_deep(self) -> Frame | None:

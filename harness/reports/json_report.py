@@ -20,4 +20,5 @@ def render(results: list[AuditResult], rules: list[Rule], fail_on: Severity = Se
                    "summary": r.summary} for r in rules],
         "results": [result_to_dict(r, fail_on) for r in results],
     }
-    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    # default=str: a layer's stats may hold paths or numpy scalars; the report must not crash on them
+    return json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from harness.findings import AuditResult, ExitCode, Finding, Severity
+from harness.reports.common import one_line, reason
 from harness.rule import Rule
 
 TITLE = {ExitCode.CLEAN: "✅ clean", ExitCode.FINDINGS: "❌ findings", ExitCode.NOT_AUDITABLE: "⚠️ not audited"}
@@ -31,7 +32,7 @@ def check_rows(result: AuditResult, rules: list[Rule]) -> list[tuple[str, str, s
         elif not layer_ran:
             verdict, ev = "➖ not run", "layer(s) " + ", ".join(x.value for x in rule.layers) + " not requested"
         elif blocked:
-            verdict, ev = "⚠️ not audited", "; ".join(na.reason for na in blocked[:2])
+            verdict, ev = "⚠️ not audited", "; ".join(reason(na) for na in blocked[:2])
         else:
             verdict, ev = "✅ clean", "no finding"
         rows.append((f"`{rule.name}` ({rule.id})", verdict, ev))
@@ -51,11 +52,11 @@ def render_result(result: AuditResult, rules: list[Rule], fail_on: Severity = Se
             reach = {None: "reachability unknown", True: "reachable", False: "not reachable as run"}[f.reachable]
             lines.append(f"- **{f.rule}** ({f.rule_id}, {f.severity.name.lower()}, {f.layer.value}) at "
                          f"{_where(f)} — {reach}{' with ' + flags if flags else ''}: {f.message}")
-            lines += [f"  - {e}" for e in f.evidence]
+            lines += [f"  - {one_line(e)}" for e in f.evidence]
             if f.fix:
                 lines.append(f"  - *Fix:* {f.fix}")
     if result.not_audited:
-        lines += ["", "#### Not audited", ""] + [f"- ⚠️ `{na.path}`: {na.reason} ({na.layer.value})"
+        lines += ["", "#### Not audited", ""] + [f"- ⚠️ `{na.path}`: {reason(na)} ({na.layer.value})"
                                                   for na in result.not_audited]
     suppressed = [f for f in result.findings if f.suppressed is not None]
     if suppressed:

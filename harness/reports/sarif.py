@@ -10,13 +10,21 @@ from collections import Counter
 from pathlib import Path
 
 from harness import __version__
-from harness.findings import AuditResult, Finding, Layer, Severity
+from harness.findings import AuditResult, Confidence, Finding, Layer, Location, Severity
+from harness.reports.common import one_line, reason
 from harness.rule import Rule
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFO_URI = "https://github.com/openai/parameter-golf"
 SECURITY_SEVERITY = {Severity.LOW: "3.0", Severity.MEDIUM: "6.0", Severity.HIGH: "8.5"}
 RUNS = (("static", (Layer.STATIC,)), ("dynamic", (Layer.TRACE, Layer.PROBE)))
+
+# An unused (or reason-less) suppression fails the audit like a finding, so code scanning must see
+# it too: a built-in descriptor, listed after the rules so their ruleIndex equals their position
+# in the catalogue. GA000 is reserved for it; rules/ ids start at GA001.
+UNUSED_SUPPRESSION_ID, UNUSED_SUPPRESSION_NAME = "GA000", "unused-suppression"
+UNUSED_SUPPRESSION_TEXT = ("A `# golf-audit: ignore[rule] -- reason` comment that matches no finding on its "
+                           "line or the next, or that gives no reason.")
 
 
 def _rule_descriptor(rule: Rule) -> dict:
@@ -35,6 +43,28 @@ def _rule_descriptor(rule: Rule) -> dict:
     }
 
 
+def _unused_descriptor() -> dict:
+    doc = (f"# {UNUSED_SUPPRESSION_NAME} ({UNUSED_SUPPRESSION_ID})\n\n{UNUSED_SUPPRESSION_TEXT}\n\n"
+           "Remove the comment, or name the rule that fires there and say why.\n")
+    return {"id": UNUSED_SUPPRESSION_ID, "name": UNUSED_SUPPRESSION_NAME,
+            "shortDescription": {"text": "Suppression comment that suppresses nothing or gives no reason."},
+            "fullDescription": {"text": UNUSED_SUPPRESSION_TEXT},
+            "help": {"text": doc, "markdown": doc},
+            "defaultConfiguration": {"level": "warning"},
+            "properties": {"precision": "very-high", "problem.severity": "warning",
+                           "tags": ["parameter-golf", "suppression"]}}
+
+
+def _physical(result: AuditResult, loc: Location, root: Path) -> dict:
+    """Code unpacked from a packed file has no line of its own in the repository: point at the
+    line of the pack in the outer file (the message names the unpacked line)."""
+    if loc.packed_in:
+        return {"artifactLocation": {"uri": _uri(result, loc.packed_in, root)},
+                "region": {"startLine": max(1, loc.packed_line or 1)}}
+    return {"artifactLocation": {"uri": _uri(result, loc.path, root)},
+            "region": {"startLine": max(1, loc.line), "startColumn": loc.column + 1}}
+
+
 def _uri(result: AuditResult, path: str, root: Path) -> str:
     """Repository-relative URI with forward slashes."""
     base = Path(result.target)
@@ -49,8 +79,12 @@ def _uri(result: AuditResult, path: str, root: Path) -> str:
 
 def _message(f: Finding) -> str:
     parts = [f.message]
+    loc = f.location
+    if loc.packed_in:
+        parts.append(f"At line {loc.line} of the code unpacked from {loc.packed_in}:{loc.packed_line}"
+                     + (f", in {loc.function}()" if loc.function else "") + ".")
     if f.evidence:
-        parts.append("Evidence: " + "; ".join(f.evidence))
+        parts.append("Evidence: " + "; ".join(one_line(e) for e in f.evidence))
     if f.flags:
         parts.append("Flags: " + " ".join(f"{k}={v}" for k, v in f.flags.items()))
     if f.fix:
@@ -74,10 +108,7 @@ def _run(name: str, layers: tuple[Layer, ...], results: list[AuditResult], rules
                 "ruleIndex": index[f.rule],
                 "level": f.severity.sarif_level,
                 "message": {"text": _message(f)},
-                "locations": [{"physicalLocation": {
-                    "artifactLocation": {"uri": _uri(result, f.location.path, root)},
-                    "region": {"startLine": max(1, f.location.line), "startColumn": f.location.column + 1},
-                }}],
+                "locations": [{"physicalLocation": _physical(result, f.location, root)}],
                 "partialFingerprints": {"primaryLocationLineHash": f.fingerprint(occurrence)},
                 "properties": {"layer": f.layer.value, "reachable": f.reachable, "flags": f.flags,
                                "confidence": f.confidence.name.lower()},
@@ -85,12 +116,30 @@ def _run(name: str, layers: tuple[Layer, ...], results: list[AuditResult], rules
             if f.suppressed is not None:
                 item["suppressions"] = [{"kind": "inSource", "justification": f.suppressed}]
             out_results.append(item)
+        if Layer.STATIC in layers:
+            unused_index = len(rules)
+            for loc in result.unused_suppressions:
+                key = (loc.path, " ".join(loc.source_line.split()))
+                occurrence = seen[key]
+                seen[key] += 1
+                fp = Finding(UNUSED_SUPPRESSION_NAME, UNUSED_SUPPRESSION_ID, Severity.MEDIUM, Confidence.HIGH,
+                             Layer.STATIC, "", loc).fingerprint(occurrence)
+                out_results.append({
+                    "ruleId": UNUSED_SUPPRESSION_ID, "ruleIndex": unused_index, "level": "warning",
+                    "message": {"text": f"unused suppression: {loc.source_line}"},
+                    "locations": [{"physicalLocation": _physical(result, loc, root)}],
+                    "partialFingerprints": {"primaryLocationLineHash": fp},
+                })
         for na in result.not_audited:
             if na.layer in layers:
-                notifications.append({"level": "error", "message": {"text": f"not audited: {na.path}: {na.reason}"}})
+                notifications.append({"level": "error",
+                                      "message": {"text": f"not audited: {na.path}: {reason(na)}"}})
+    descriptors = [_rule_descriptor(r) for r in rules]
+    if Layer.STATIC in layers:
+        descriptors.append(_unused_descriptor())
     return {
         "tool": {"driver": {"name": "golf-audit", "version": __version__, "informationUri": INFO_URI,
-                            "rules": [_rule_descriptor(r) for r in rules]}},
+                            "rules": descriptors}},
         "automationDetails": {"id": f"golf-audit/{name}/"},
         "invocations": [{"executionSuccessful": not notifications, "toolExecutionNotifications": notifications}],
         "results": out_results,
@@ -101,10 +150,15 @@ def build(results: list[AuditResult], rules: list[Rule], root: Path | None = Non
     root = root or Path.cwd()
     ran = {layer for r in results for layer in r.layers_run}
     runs = []
+    # A run per layer that ran (or reported): an empty static run under --no-static would tell
+    # code scanning that every static alert was fixed.
     for name, layers in RUNS:
-        if name == "static" or any(layer.value in ran for layer in layers) or \
-                any(f.layer in layers for r in results for f in r.findings):
+        if any(layer.value in ran for layer in layers) or \
+                any(f.layer in layers for r in results for f in r.findings) or \
+                any(na.layer in layers for r in results for na in r.not_audited):
             runs.append(_run(name, layers, results, rules, root))
+    if not runs:
+        runs.append(_run("static", RUNS[0][1], results, rules, root))
     return {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": runs}
 
 

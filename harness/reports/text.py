@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.findings import AuditResult, ExitCode, Finding, Severity
+from harness.reports.common import one_line, reason
 from harness.rule import Rule
 
 VERDICT = {ExitCode.CLEAN: ("CLEAN", "bold green"), ExitCode.FINDINGS: ("FINDINGS", "bold red"),
@@ -39,7 +40,7 @@ def _finding(console: Console, f: Finding) -> None:
     console.print(f"    {escape(_where(f))} — {escape(_reach(f))}")
     console.print(f"    {escape(f.message)}")
     for line in f.evidence:
-        console.print(f"      • {escape(line)}")
+        console.print(f"      • {escape(one_line(line))}")
     if f.fix:
         console.print(f"    fix: {escape(f.fix)}")
 
@@ -53,10 +54,12 @@ def render(results: list[AuditResult], rules: list[Rule], fail_on: Severity = Se
         code = result.exit_code(fail_on)
         word, style = VERDICT[code]
         layers = ", ".join(result.layers_run) or "none"
-        console.print(f"[{style}]{word}[/] {escape(result.target)}  [dim](layers: {layers}; "
-                      f"{len(result.active_findings)} finding(s))[/]")
+        counts = f"{len(result.active_findings)} finding(s)"
+        if result.unused_suppressions:
+            counts += f", {len(result.unused_suppressions)} unused suppression(s)"
+        console.print(f"[{style}]{word}[/] {escape(result.target)}  [dim](layers: {layers}; {counts})[/]")
         for na in result.not_audited:
-            console.print(f"  [bold yellow]not audited[/]: {escape(na.path)}: {escape(na.reason)} [dim]({na.layer.value})[/]")
+            console.print(f"  [bold yellow]not audited[/]: {escape(na.path)}: {escape(reason(na))} [dim]({na.layer.value})[/]")
         active = sorted(result.active_findings, key=lambda f: (-f.severity, f.location.path, f.location.line))
         for f in active:
             _finding(console, f)
