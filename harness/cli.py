@@ -160,26 +160,24 @@ def _dynamic(path: Path, options: dict, static: AuditResult | None) -> AuditResu
     return run_dynamic(path, dyn_opts)
 
 
-def _audit_cached(target: str, options: dict) -> AuditResult:
-    cache_dir = options.get("cache_dir")
-    key = None
-    if cache_dir and Path(target).exists():
-        try:
-            # the target as given is part of the key: reports quote it (and not-audited paths)
-            keyed = {k: v for k, v in options.items() if k not in ("cache_dir", "jobs")}
-            key = cache.content_key(Path(target), {**keyed, "target": target})
-        except OSError:
-            key = None
-        if key:
-            hit = cache.load(Path(cache_dir), key)
-            if hit is not None:
-                return hit
+def _cache_key(target: str, options: dict) -> str | None:
+    if not options.get("cache_dir") or not Path(target).exists():
+        return None
+    # the target as given is part of the key: reports quote it (and not-audited paths)
+    keyed = {k: v for k, v in options.items() if k not in ("cache_dir", "jobs")}
+    try:
+        return cache.content_key(Path(target), {**keyed, "target": target})
+    except OSError:
+        return None
+
+
+def _audit_and_store(target: str, options: dict, key: str | None) -> AuditResult:
     result = audit_one(target, options)
     # runs that could not complete are not cached: the cause may be transient (a crash, a
     # timeout, a dynamic layer that could not start); a static parse failure is deterministic
     transient = any("internal error" in n.reason or n.layer != Layer.STATIC for n in result.not_audited)
     if key and not transient:
-        cache.store(Path(cache_dir), key, result)
+        cache.store(Path(options["cache_dir"]), key, result)
     return result
 
 
@@ -207,15 +205,25 @@ def audit_paths(paths: list[str], options: dict | None = None) -> list[AuditResu
     if options["rules"] is not None:
         options["rules"] = sorted(options["rules"])
     paths = [str(p) for p in paths]
+    # cache hits are read here; only the misses go to worker processes
+    keys = [_cache_key(p, options) for p in paths]
+    results: list[AuditResult | None] = [
+        cache.load(Path(options["cache_dir"]), k) if k else None for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
     jobs = options.get("jobs") or os.cpu_count() or 1
     # dynamic audits run torch subprocesses themselves: one at a time
     if options.get("dynamic") or options.get("no_static"):
         jobs = 1
-    jobs = max(1, min(jobs, len(paths)))
+    jobs = max(1, min(jobs, len(todo)))
     if jobs == 1:
-        return [_audit_cached(p, options) for p in paths]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(_audit_cached, paths, [options] * len(paths)))
+        fresh = [_audit_and_store(paths[i], options, keys[i]) for i in todo]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            fresh = list(pool.map(_audit_and_store, [paths[i] for i in todo], [options] * len(todo),
+                                  [keys[i] for i in todo]))
+    for i, result in zip(todo, fresh):
+        results[i] = result
+    return results  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------ commands
@@ -259,6 +267,9 @@ def cmd_ci(argv: list[str]) -> int:
 
 def cmd_audit(argv: list[str]) -> int:
     args = audit_parser().parse_args(argv)
+    for target in args.paths:
+        if target in COMMANDS and not Path(target).exists():
+            raise UsageError(f"{target!r} is a subcommand: put it first (golf-audit {target} ...)")
     cfg: Config = load_config(Path.cwd())
     fail_on = Severity[(args.fail_on or cfg.fail_on).upper()]
     fmt = args.format or cfg.format

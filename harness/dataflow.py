@@ -19,7 +19,7 @@ VAL_LOADER_CALL = re.compile(r"load_validation|load_val|val_tokens|fineweb_val|^
                              r"(^|[._])val_?(data|set|loader|stream)$|ValLoader", re.I)
 # attribute reads that name the validation split (`args.val_files`, `val_data.val_tokens`); plain
 # names travel by taint from their own definitions instead
-VAL_SOURCE = re.compile(r"\.(val_tokens|val_files|val_pattern|val_path|val_data)\b|fineweb_val")
+VAL_ATTRS = frozenset({"val_tokens", "val_files", "val_pattern", "val_path", "val_data"})
 VAL_STRING = re.compile(r"fineweb_val|_val_\*|val_files|/val", re.I)
 LOSS_NAME = re.compile(r"loss|nll|xent|logprob|log_prob", re.I)
 LOSS_CALL = re.compile(r"cross_entropy|nll_loss|forward_per_token|log_softmax|(^|\.)(model|base_model|ttt_model|"
@@ -97,7 +97,7 @@ def val_taint(ctx: ModuleContext) -> dict[str, set[str]]:
                               or any(VAL_STRING.search(s) for s in st.strings)):
                 seeds[q] |= set(st.writes)
             # `args.val_files`-style attribute reads are validation sources too
-            if st.writes and isinstance(st.node, cst.Assign) and VAL_SOURCE.search(ctx.code(st.node.value)):
+            if st.writes and isinstance(st.node, cst.Assign) and st.attrs & VAL_ATTRS:
                 seeds[q] |= set(st.writes)
     by_name = {fn.name: fn for fn in ctx.functions.values()}
     # module functions start out "clean" (their results carry no val data) and lose that when
@@ -185,7 +185,7 @@ def train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
                     events.append(TrainEvent(st, "optimizer step (via getattr)", ctx.code(call)))
             elif parts[-1] in INPLACE_UPDATE and ".data" in name and "grad" in ctx.code(call):
                 events.append(TrainEvent(st, "manual parameter update", ctx.code(call)))
-        if isinstance(st.node, cst.AugAssign) and "grad" in ctx.code(st.node.value) and \
+        if isinstance(st.node, cst.AugAssign) and "grad" in st.reads and \
                 isinstance(st.node.operator, (cst.SubtractAssign, cst.AddAssign)):
             events.append(TrainEvent(st, "manual parameter update", ctx.code(st.node)))
     return events
@@ -369,6 +369,17 @@ def guard_cover(score: Stmt, train: Stmt) -> bool:
 REPORT_STRING = re.compile(r"val_loss|val_bpb|bpb|final|score", re.I)
 
 
+def _fstring_text(node: cst.FormattedString) -> str:
+    """An f-string's literal text and the names in its fields: `f"val_bpb:{bpb:.4f}"` -> "val_bpb: bpb"."""
+    out = []
+    for part in node.parts:
+        if isinstance(part, cst.FormattedStringText):
+            out.append(part.value)
+        else:
+            out.extend(n.value for n in _names(part.expression))
+    return " ".join(out)
+
+
 def reported_names(ctx: ModuleContext, fn: Function) -> set[str]:
     """Names whose values reach what the function reports: its return values, or what it prints
     next to val_loss/val_bpb — closed backwards over assignments."""
@@ -377,7 +388,7 @@ def reported_names(ctx: ModuleContext, fn: Function) -> set[str]:
         if isinstance(st.node, cst.Return) and st.node.value is not None:
             out |= set(st.reads)
         elif any(REPORT_STRING.search(s) for s in st.strings) or any(
-                isinstance(c.args[0].value, cst.FormattedString) and REPORT_STRING.search(ctx.code(c.args[0].value))
+                isinstance(c.args[0].value, cst.FormattedString) and REPORT_STRING.search(_fstring_text(c.args[0].value))
                 for c in st.calls if c.args):
             out |= set(st.reads)
     changed = True

@@ -91,6 +91,7 @@ def walk(node: cst.CSTNode):
 class _Collector:
     def __init__(self) -> None:
         self.names: set[str] = set()
+        self.attrs: set[str] = set()  # names read as attributes: `val_files` in `args.val_files`
         self.calls: list[cst.Call] = []
         self.strings: list[str] = []
 
@@ -102,6 +103,8 @@ def collect(node: cst.CSTNode | None) -> _Collector:
     for n in walk(node):
         if isinstance(n, cst.Name):
             c.names.add(n.value)
+        elif isinstance(n, cst.Attribute):
+            c.attrs.add(n.attr.value)
         elif isinstance(n, cst.Call):
             c.calls.append(n)
         elif isinstance(n, cst.SimpleString):
@@ -179,6 +182,7 @@ class Stmt:
     writes: frozenset[str] = frozenset()
     calls: tuple[cst.Call, ...] = ()
     strings: tuple[str, ...] = ()
+    attrs: frozenset[str] = frozenset()
 
     def call_names(self) -> list[str]:
         return [dotted(c.func) for c in self.calls]
@@ -300,10 +304,10 @@ class _Builder:
                 self._compound(s, fn, guards, loops, withs, prefix)
 
     def _add(self, fn: Function, node, kind, guards, loops, withs, reads=frozenset(), writes=frozenset(),
-             calls=(), strings=()) -> Stmt:
+             calls=(), strings=(), attrs=frozenset()) -> Stmt:
         line = next(self.lines)
         st = Stmt(len(fn.stmts), line, node, kind, tuple(guards), tuple(loops), tuple(withs),
-                  frozenset(reads), frozenset(writes), tuple(calls), tuple(strings))
+                  frozenset(reads), frozenset(writes), tuple(calls), tuple(strings), frozenset(attrs))
         fn.stmts.append(st)
         return st
 
@@ -317,7 +321,7 @@ class _Builder:
             writes |= target_names(node.target)
         elif isinstance(node, (cst.Import, cst.ImportFrom)):
             self._import(node)
-        self._add(fn, node, "simple", guards, loops, withs, c.names, writes, c.calls, c.strings)
+        self._add(fn, node, "simple", guards, loops, withs, c.names, writes, c.calls, c.strings, c.attrs)
 
     def _import(self, node) -> None:
         if isinstance(node, cst.Import):
@@ -414,6 +418,12 @@ def build_context(source: str, path: str, env: dict[str, str] | None = None) -> 
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
+        try:  # the interpreter's own message points at the right line more often
+            ast.parse(source)
+        except SyntaxError as py:
+            raise ParseError(f"syntax error at line {py.lineno}: {py.msg}") from None
+        except Exception:  # noqa: BLE001
+            pass
         raise ParseError(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: "
                          f"{str(exc.message).splitlines()[0]}") from None
     except RecursionError:

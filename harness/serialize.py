@@ -10,15 +10,21 @@ from harness.findings import (AuditResult, Confidence, FileReport, Finding, Laye
 SCHEMA = "golf-audit/1"
 
 
+def _finding_dict(f: Finding) -> dict[str, Any]:
+    d = f.to_dict()
+    d["flags"] = dict(sorted(d["flags"].items()))  # same report whatever order a layer found them in
+    return d
+
+
 def result_to_dict(result: AuditResult, fail_on: Severity = Severity.MEDIUM) -> dict[str, Any]:
     return {
         "target": result.target,
         "exit_code": int(result.exit_code(fail_on)),
-        "findings": [f.to_dict() for f in result.findings],
+        "findings": [_finding_dict(f) for f in result.findings],
         "not_audited": [{**asdict(n), "layer": n.layer.value} for n in result.not_audited],
         "files": [asdict(f) for f in result.files],
         "notes": list(result.notes),
-        "env_flags": dict(result.env_flags),
+        "env_flags": dict(sorted(result.env_flags.items())),
         "layers_run": list(result.layers_run),
         "stats": result.stats,
         "unused_suppressions": [asdict(loc) for loc in result.unused_suppressions],

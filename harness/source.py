@@ -63,14 +63,23 @@ def _bounded(data: bytes) -> bytes:
     return data
 
 
+def _complete(dec, out: bytes, what: str) -> bytes:
+    """Like the one-shot `lzma.decompress` & co. the script would call: a stream that stops
+    before its end marker is an error, not an empty program."""
+    _bounded(out)
+    if not dec.eof:
+        raise UnpackError(f"{what} stream is truncated or corrupt")
+    return out
+
+
 def _lzma(data: bytes, fmt=lzma.FORMAT_AUTO, filters=None) -> bytes:
     dec = lzma.LZMADecompressor(format=fmt, filters=filters)
-    return _bounded(dec.decompress(data, max_length=MAX_UNPACKED_BYTES + 1))
+    return _complete(dec, dec.decompress(data, max_length=MAX_UNPACKED_BYTES + 1), "lzma")
 
 
 def _zlib(data: bytes, wbits: int = 15) -> bytes:
     dec = zlib.decompressobj(wbits)
-    return _bounded(dec.decompress(data, MAX_UNPACKED_BYTES + 1))
+    return _complete(dec, dec.decompress(data, MAX_UNPACKED_BYTES + 1), "zlib/gzip")
 
 
 def _gzip(data: bytes) -> bytes:
@@ -79,7 +88,7 @@ def _gzip(data: bytes) -> bytes:
 
 def _bz2(data: bytes) -> bytes:
     dec = bz2.BZ2Decompressor()
-    return _bounded(dec.decompress(data, max_length=MAX_UNPACKED_BYTES + 1))
+    return _complete(dec, dec.decompress(data, max_length=MAX_UNPACKED_BYTES + 1), "bz2")
 
 
 _DECOMPRESSORS = {"lzma": _lzma, "zlib": _zlib, "gzip": _gzip, "bz2": _bz2}

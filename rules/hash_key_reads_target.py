@@ -140,7 +140,10 @@ class HashKeyReadsTarget(Rule):
     fix = ("Align the key with the position it feeds: write the pair hash of (t[i-1], t[i]) into out[..., 1:] "
            "(or pad on the left), so no key reads a later token.")
 
-    VALID = [Valid(_CLEAN, "PR #713 BigramHash"), Valid(_CLEAN_TRIGRAM, "PR #713 TrigramHash")]
+    VALID = [Valid(_CLEAN, "PR #713 BigramHash"), Valid(_CLEAN_TRIGRAM, "PR #713 TrigramHash"),
+             Valid(_ROLL.replace("shifts=-1", "shifts=1").replace("nxt", "prev"), "torch.roll(+1): the previous token"),
+             Valid(_PAD.replace("F.pad(t[..., 1:], (0, 1))", "F.pad(t[..., :-1], (1, 0))").replace("nxt", "prev"),
+                   "F.pad on the left: the previous token")]
     INVALID = [
         Invalid(_SHIFTED, line=7, function="bigram_hash", note="output shifted one step left"),
         Invalid(_ROLL, line=5, function="pair_key", note="torch.roll(-1) key"),

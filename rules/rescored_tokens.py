@@ -54,6 +54,39 @@ def eval_val(model, val_tokens, chunks):
 '''
 
 
+_FIRST_PASS_ONLY = '''
+import torch
+def ttt_eval(model, val_tokens, opt, epochs, chunks):
+    loss_sum = 0.0
+    for ci, (s, e) in enumerate(chunks):
+        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
+        with torch.inference_mode():
+            nll = model(x, y)
+        loss_sum += nll.item()
+        for epoch in range(epochs):
+            loss = model(x, y)
+            loss.backward()
+            opt.step()
+    return loss_sum
+'''
+
+_BEST_SO_FAR = '''
+import torch
+def ttt_eval(model, val_tokens, opt, epochs, chunks):
+    best_loss = float("inf")
+    for epoch in range(epochs):
+        total_loss = 0.0
+        for s, e in chunks:
+            x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
+            loss = model(x, y)
+            total_loss += loss.item()
+            loss.backward()
+            opt.step()
+        best_loss = min(best_loss, total_loss)
+    return best_loss
+'''
+
+
 class RescoredTokens(Rule):
     id = "GA002"
     name = "rescored-tokens"
@@ -72,10 +105,12 @@ class RescoredTokens(Rule):
                   "README: test-time training on already-evaluated tokens only")
     fix = "Record each token's score once, in the first pass, and report the sum of those first scores."
 
-    VALID = [Valid(_LEGAL, "one pass, each token scored once")]
+    VALID = [Valid(_LEGAL, "one pass, each token scored once"),
+             Valid(_FIRST_PASS_ONLY, "multi-epoch TTT on already-scored chunks, scored once in the first pass")]
     INVALID = [
         Invalid(_EVERY_EPOCH, line=10, function="ttt_eval", note="accumulator reset every epoch: last epoch reported"),
         Invalid(_MIN_SELECT, line=14, function="ttt_eval", message_contains="min", note="min over epochs"),
+        Invalid(_BEST_SO_FAR, line=13, function="ttt_eval", message_contains="min", note="running best over epochs"),
     ]
 
     def check_static(self, ctx: ModuleContext):

@@ -112,6 +112,37 @@ def adapt(model, val_tokens, lr):
 '''
 
 
+_MANUAL_SUB = '''
+import torch
+def adapt(model, val_tokens, lr):
+    for i in range(0, len(val_tokens) - 65, 64):
+        loss = model(val_tokens[i:i + 64], val_tokens[i + 1:i + 65])
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
+    return eval_val(model, val_tokens)
+'''
+
+_ALIASED = '''
+import torch
+def ttt(model, val_tokens, chunks):
+    base_opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    cur = base_opt
+    total_nll = 0.0
+    for s, e in chunks:
+        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
+        loss = model(x, y)
+        loss.backward()
+        cur.step()
+        cur.zero_grad()
+        with torch.no_grad():
+            nll = model(x, y)
+        total_nll += nll.item()
+    print(f"val_loss:{total_nll / len(chunks):.4f}")
+'''
+
+
 class TrainBeforeScore(Rule):
     id = "GA001"
     name = "train-before-score"
@@ -144,6 +175,11 @@ class TrainBeforeScore(Rule):
     VALID = [
         Valid(_LEGAL_CHUNKED, "PR #461/#549: score chunk k, then train on it; last chunk never trained"),
         Valid(_LEGAL_LORA, "PR #77: per-document LoRA, score a chunk then step on it"),
+        Valid(_ALIASED.replace("""        with torch.no_grad():
+            nll = model(x, y)
+        total_nll += nll.item()
+""", """        total_nll += loss.item()
+"""), "the loss recorded is the one computed before the step: score-first in value"),
         Valid('''
 def train(model, opt, train_loader, steps):
     for step in range(steps):
@@ -159,6 +195,8 @@ def train(model, opt, train_loader, steps):
                 note="PR #713: scores only on the final epoch"),
         Invalid(_PRE_QUANT, line=14, function="test_time_train", note="PR #713: pre-quant TTT"),
         Invalid(_MANUAL, line=9, function="adapt", note="manual p.data update"),
+        Invalid(_MANUAL_SUB, line=9, function="adapt", note="`p -= lr * p.grad` under no_grad"),
+        Invalid(_ALIASED, line=11, function="ttt", note="aliased optimizer, chunk re-scored after the step"),
     ]
 
     # ------------------------------------------------------------------ static

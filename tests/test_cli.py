@@ -5,6 +5,7 @@ installed entry point as a subprocess to check argparse and the real process exi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_pr713_exit_1_names_both_functions_and_lines(capsys, in_repo):
     assert code == ExitCode.FINDINGS, err
     assert out.startswith("FINDINGS submissions/pr713")
     assert "lora_ttt_eval" in out and "test_time_train" in out
-    assert "train_gpt.py:617" in out and "TTT_ENABLED=1" in out
+    assert re.search(r"train_gpt\.py:\d+ in lora_ttt_eval\(\)", out) and "TTT_ENABLED=1" in out
     assert "hash-key-reads-target" not in out
     assert "\x1b[" not in out  # no colour when not a terminal
 
@@ -92,7 +93,7 @@ def test_empty_folder_and_missing_path_exit_3(capsys, tmp_path):
 def test_usage_errors_exit_2_with_one_line(capsys, tmp_path, in_repo):
     for args in (["--format", "yaml", str(PR713)], ["--select", "no-such-rule", str(PR713)],
                  ["--env", "NOEQUALS", str(PR713)], ["--jobs", "0", str(PR713)], ["--fail-on", "huge", str(PR713)],
-                 ["--no-such-option", str(PR713)], [],
+                 ["--no-such-option", str(PR713)], [], ["--no-cache", "explain", "GA001"],
                  ["--no-cache", "-o", str(tmp_path / "no" / "dir" / "r.txt"), str(PR713)]):
         code, out, err = cli(capsys, *args)
         assert code == ExitCode.USAGE, args
@@ -192,9 +193,10 @@ def test_json_and_markdown_end_to_end(capsys, in_repo):
     assert doc["schema"] == "golf-audit/1" and doc["exit_code"] == code == 1
     fns = {f["location"]["function"] for f in doc["results"][0]["findings"]}
     assert {"lora_ttt_eval", "test_time_train"} <= fns
+    n = sum(f["rule_id"] == "GA001" and f["suppressed"] is None for f in doc["results"][0]["findings"])
     code, out, _ = cli(capsys, "--no-cache", "--format", "markdown", "submissions/pr713")
     assert out.startswith("### golf-audit: ❌ findings")
-    assert "| Check | Verdict | Evidence |" in out and "| `train-before-score` (GA001) | ❌ 3 finding(s) |" in out
+    assert "| Check | Verdict | Evidence |" in out and f"| `train-before-score` (GA001) | ❌ {n} finding(s) |" in out
 
 
 def test_fingerprint_ignores_line_shifts(tmp_path):
@@ -230,7 +232,8 @@ def test_suppression_with_reason_and_unused(tmp_path):
 
 def test_cache_hit_is_identical_and_parallel_equals_serial(capsys, tmp_path, in_repo):
     folders = sorted(str(p.relative_to(REPO)) for p in (REPO / "submissions").glob("*/") if (p / "expected.json").exists())
-    assert len(folders) >= 4
+    folders = folders[:4]  # enough to interleave two workers; keeps the test fast
+    assert len(folders) == 4
     cache = tmp_path / "cache"
     cold = cli(capsys, "--cache-dir", str(cache), "--jobs", "2", "--format", "json", *folders)
     assert len(list(cache.glob("*.json"))) == len(folders)

@@ -202,6 +202,10 @@ def table(probes_everywhere: bool = True) -> str:
         dt = time.perf_counter() - t0
         got = {"static": caught(st, "static"), "trace": caught(dyn, "trace"), "probe": caught(dyn, "probe")}
         marks = {k: ("yes" if v else "no") for k, v in got.items()}
+        # a probe finding that names the same site as a trace finding is folded into it
+        folded = [f for f in got["trace"] if any("confirmed by the" in e and "probe" in e for e in f.evidence)]
+        if folded and not got["probe"]:
+            marks["probe"] = "yes (folded into the trace finding)"
         if any(n.layer.value == "probe" for n in dyn.not_audited):
             marks["probe"] += " (not run: " + "; ".join(n.reason for n in dyn.not_audited
                                                         if n.layer.value == "probe")[:80] + ")"

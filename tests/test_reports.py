@@ -261,3 +261,14 @@ def test_merge_static_and_dynamic():
 def test_every_format_renders_an_empty_run(fmt):
     from harness.reports import FORMATS
     assert FORMATS[fmt]([], RULES, Severity.MEDIUM) is not None
+
+
+def test_reports_do_not_depend_on_flag_insertion_order():
+    a = AuditResult("a", findings=[finding()], env_flags={"RANK": "0", "WORLD_SIZE": "1"})
+    b = AuditResult("a", findings=[finding()], env_flags={"WORLD_SIZE": "1", "RANK": "0"})
+    b.findings[0].flags = {"B": "1", "A": "2"}
+    a.findings[0].flags = {"A": "2", "B": "1"}
+    for fmt in ("text", "json", "markdown"):
+        from harness.reports import FORMATS
+        assert FORMATS[fmt]([a], RULES, Severity.MEDIUM) == FORMATS[fmt]([b], RULES, Severity.MEDIUM), fmt
+    assert sarif.build([a], RULES) == sarif.build([b], RULES)

@@ -406,6 +406,8 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         # The toy data is symlinked from its cache: bind those folders read-only (the cache may
         # live under /tmp, which is private inside the sandbox).
         binds = {str(Path(p).resolve().parent) for p in list(toy_data["train_files"]) + list(toy_data["val_files"])}
+        # golf-audit itself (the bootstrap) and the extra site dirs may live under /tmp too (a CI clone)
+        binds.update([repo_root, *extra])
         # Files the tracer is told to read (e.g. val_tokens_path) must be visible too.
         for value in (tracer_options or {}).values():
             for v in (value if isinstance(value, (list, tuple)) else [value]):

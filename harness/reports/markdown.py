@@ -24,6 +24,10 @@ def check_rows(result: AuditResult, rules: list[Rule]) -> list[tuple[str, str, s
     ran = set(result.layers_run)
     for rule in rules:
         hits = [f for f in result.active_findings if f.rule == rule.name]
+        if not hits and not (rule.has_static() or rule.has_judge()):
+            # checked outside a folder audit (GA012 submission-layout: only by `golf-audit ci`)
+            rows.append((f"`{rule.name}` ({rule.id})", "➖ not run", "checked by `golf-audit ci` on a pull request"))
+            continue
         layer_ran = any(layer.value in ran for layer in rule.layers)
         blocked = [na for na in result.not_audited if na.layer in rule.layers]
         if hits:
@@ -48,7 +52,7 @@ def render_result(result: AuditResult, rules: list[Rule], fail_on: Severity = Se
     if result.active_findings:
         lines += ["", "#### Findings", ""]
         for f in sorted(result.active_findings, key=lambda x: (-x.severity, x.location.path, x.location.line)):
-            flags = " ".join(f"{k}={v}" for k, v in f.flags.items())
+            flags = " ".join(f"{k}={v}" for k, v in sorted(f.flags.items()))
             reach = {None: "reachability unknown", True: "reachable", False: "not reachable as run"}[f.reachable]
             lines.append(f"- **{f.rule}** ({f.rule_id}, {f.severity.name.lower()}, {f.layer.value}) at "
                          f"{_where(f)} — {reach}{' with ' + flags if flags else ''}: {f.message}")

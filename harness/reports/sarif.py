@@ -86,7 +86,7 @@ def _message(f: Finding) -> str:
     if f.evidence:
         parts.append("Evidence: " + "; ".join(one_line(e) for e in f.evidence))
     if f.flags:
-        parts.append("Flags: " + " ".join(f"{k}={v}" for k, v in f.flags.items()))
+        parts.append("Flags: " + " ".join(f"{k}={v}" for k, v in sorted(f.flags.items())))
     if f.fix:
         parts.append("Fix: " + f.fix)
     return "\n".join(parts)

@@ -27,7 +27,7 @@ def _where(f: Finding) -> str:
 def _reach(f: Finding) -> str:
     if f.reachable is None:
         return "reachability unknown"
-    flags = " ".join(f"{k}={v}" for k, v in f.flags.items())
+    flags = " ".join(f"{k}={v}" for k, v in sorted(f.flags.items()))
     if f.reachable:
         return "reachable from main" + (f" with {flags}" if flags else "")
     return "not reachable as run" + (f" (needs {flags})" if flags else "")

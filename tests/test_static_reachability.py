@@ -1,0 +1,119 @@
+"""Reachability from main()/__main__ and env flags: a finding on a path that did not run is
+listed at low severity, marked not reachable, with the flags that would turn it on; the flags a
+submission ran with come from its README/logs/scripts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.findings import Severity
+from harness.reachability import submission_flags
+from harness.static_audit import audit_folder_static, audit_source
+
+SCRIPT = '''import os
+import torch
+
+
+class Hyperparameters:
+    ttt_enabled = bool(int(os.environ.get("TTT_ENABLED", "0")))
+    slot_enabled = bool(int(os.environ.get("SLOT_ENABLED", "0")))
+
+
+def ttt_eval(model, val_tokens, opt, chunks):
+    loss_sum = 0.0
+    for s, e in chunks:
+        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
+        loss = model(x, y)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            nll = model(x, y)
+        loss_sum += nll.item()
+    return loss_sum
+
+
+def slot_eval(args, model, val_tokens, chunks):
+    use_slot = getattr(args, "slot_enabled", False)
+    loss_sum = 0.0
+    for s, e in chunks:
+        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
+        if use_slot:
+            delta = torch.zeros(8, requires_grad=True)
+            slot_opt = torch.optim.AdamW([delta], lr=1e-3)
+            slot_loss = model(x, y, delta)
+            slot_loss.backward()
+            slot_opt.step()
+        with torch.no_grad():
+            nll = model(x, y)
+        loss_sum += nll.item()
+    return loss_sum
+
+
+def main():
+    args = Hyperparameters()
+    model, opt, chunks = build()
+    val_tokens = load_validation_tokens("fineweb_val_*.bin")
+    print(f"val_bpb:{slot_eval(args, model, val_tokens, chunks):.4f}")
+    if args.ttt_enabled:
+        print(f"ttt_final val_bpb:{ttt_eval(model, val_tokens, opt, chunks):.4f}")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def _by_function(result):
+    return {f.location.function: f for f in result.findings if f.rule == "train-before-score"}
+
+
+def test_flag_off_by_default_is_low_and_not_reachable():
+    found = _by_function(audit_source(SCRIPT))
+    assert set(found) == {"ttt_eval", "slot_eval"}
+    for name, flag in (("ttt_eval", "TTT_ENABLED"), ("slot_eval", "SLOT_ENABLED")):
+        f = found[name]
+        assert f.reachable is False and f.flags.get(flag) == "1", (name, f.flags)
+        assert f.severity == Severity.LOW and any("not reachable" in e for e in f.evidence)
+
+
+def test_flag_on_in_env_is_high_and_reachable():
+    found = _by_function(audit_source(SCRIPT, env={"TTT_ENABLED": "1"}))
+    assert found["ttt_eval"].reachable is True and found["ttt_eval"].severity == Severity.HIGH
+    assert found["ttt_eval"].flags == {"TTT_ENABLED": "1"}
+    assert found["slot_eval"].reachable is False  # a statement-level guard: `if use_slot:`
+
+
+def test_readme_command_line_turns_the_flag_on(tmp_path: Path):
+    (tmp_path / "train_gpt.py").write_text(SCRIPT)
+    (tmp_path / "README.md").write_text("Run:\n\n    TTT_ENABLED=1 SEED=42 torchrun --nproc_per_node=8 train_gpt.py\n")
+    assert submission_flags(tmp_path) == {"TTT_ENABLED": "1"}
+    result = audit_folder_static(tmp_path)
+    assert result.env_flags.get("TTT_ENABLED") == "1"
+    assert _by_function(result)["ttt_eval"].severity == Severity.HIGH
+
+
+def test_log_line_printed_only_behind_a_flag_turns_it_on(tmp_path: Path):
+    (tmp_path / "train_gpt.py").write_text(SCRIPT)
+    (tmp_path / "train_seed42.log").write_text("step:100 train_loss:2.1\nttt_final val_bpb:1.1160\n")
+    result = audit_folder_static(tmp_path)
+    assert result.env_flags.get("TTT_ENABLED") == "1"
+    f = _by_function(result)["ttt_eval"]
+    assert f.reachable is True and f.severity == Severity.HIGH
+
+
+def test_helper_script_outside_the_run_is_low(tmp_path: Path):
+    (tmp_path / "train_gpt.py").write_text("import utils\n\ndef main():\n    utils.go()\n\nmain()\n")
+    (tmp_path / "utils.py").write_text("import requests\n\ndef go():\n    return 1\n")
+    (tmp_path / "download_data.py").write_text("import requests\n\nrequests.get('https://example.com')\n")
+    result = audit_folder_static(tmp_path)
+    by_path = {}
+    for f in result.findings:
+        by_path.setdefault(f.location.path, []).append(f)
+    assert all(f.severity == Severity.HIGH for f in by_path["utils.py"]), "imported by the train script"
+    assert by_path["download_data.py"] and all(
+        f.severity == Severity.LOW and f.reachable is False for f in by_path["download_data.py"])
+
+
+def test_dead_function_is_low():
+    code = SCRIPT.replace("        print(f\"ttt_final", "        pass  # print(f\"ttt_final")
+    found = _by_function(audit_source(code, env={"TTT_ENABLED": "1"}))
+    assert found["ttt_eval"].reachable is False and found["ttt_eval"].severity == Severity.LOW
