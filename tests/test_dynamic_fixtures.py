@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = ROOT / "submissions"
 
-pytestmark = pytest.mark.slow
+# Minutes per audit on 2 cores: outside the default CI run, see README (-m dynamic_e2e).
+pytestmark = [pytest.mark.slow, pytest.mark.dynamic_e2e]
 
 
 def _can_run() -> str | None:

@@ -162,7 +162,7 @@ def _dynamic_params():
     out = []
     for folder in VARIANTS:
         if {"trace", "probe"} & set(expected_of(folder)["caught_by"]):
-            out.append(pytest.param(folder, id=folder.name, marks=[pytest.mark.slow, pytest.mark.evasion_full]))
+            out.append(pytest.param(folder, id=folder.name, marks=[pytest.mark.slow, pytest.mark.evasion_full, pytest.mark.dynamic_e2e]))
     return out
 
 

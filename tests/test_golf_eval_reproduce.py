@@ -189,6 +189,7 @@ def _runner_available() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.dynamic_e2e
 @pytest.mark.skipif(not _runner_available(), reason="harness.dynamic.runner not written yet")
 @pytest.mark.parametrize("folder", ["submissions/pr713"])
 def test_reproduce_toy(folder):

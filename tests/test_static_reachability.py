@@ -117,3 +117,9 @@ def test_dead_function_is_low():
     code = SCRIPT.replace("        print(f\"ttt_final", "        pass  # print(f\"ttt_final")
     found = _by_function(audit_source(code, env={"TTT_ENABLED": "1"}))
     assert found["ttt_eval"].reachable is False and found["ttt_eval"].severity == Severity.LOW
+
+
+def test_submission_json_flags(tmp_path: Path):
+    (tmp_path / "submission.json").write_text(
+        '{"name": "x", "env": {"TTT_ENABLED": "1", "SEED": "42"}, "command": "EMA_ENABLED=0 torchrun train_gpt.py"}')
+    assert submission_flags(tmp_path) == {"TTT_ENABLED": "1", "EMA_ENABLED": "0"}

@@ -153,7 +153,12 @@ def positions_array(ranges: Ranges) -> np.ndarray:
     """Expand ranges into a sorted int64 array of positions."""
     if not ranges:
         return np.zeros(0, dtype=np.int64)
-    return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
+    r = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    lengths = r[:, 1] - r[:, 0]
+    total = int(lengths.sum())
+    # vectorised expansion: one arange over all positions, shifted per range
+    offsets = np.repeat(r[:, 0] - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return np.arange(total, dtype=np.int64) + offsets
 
 
 def ranges_of(array: np.ndarray) -> Ranges:

@@ -110,7 +110,7 @@ def _run(name: str, layers: tuple[Layer, ...], results: list[AuditResult], rules
                 "message": {"text": _message(f)},
                 "locations": [{"physicalLocation": _physical(result, f.location, root)}],
                 "partialFingerprints": {"primaryLocationLineHash": f.fingerprint(occurrence)},
-                "properties": {"layer": f.layer.value, "reachable": f.reachable, "flags": f.flags,
+                "properties": {"layer": f.layer.value, "reachable": f.reachable, "flags": dict(sorted(f.flags.items())),
                                "confidence": f.confidence.name.lower()},
             }
             if f.suppressed is not None:
