@@ -150,6 +150,8 @@ def run_gate(args: argparse.Namespace, scratch: Path) -> GateResult:
         disk, skipped = materialize(repo, head, rel, scratch)
         fo = FolderOutcome(folder=rel, disk=disk, files=tree_files(repo, head, rel), skipped=skipped)
         gate.folders.append(fo)
+        gate.not_audited += [NotAudited(p, "not audited: not a regular file (symlink, submodule) or unreadable "
+                                        "name; not copied into the audited folder") for p in skipped]
     if gate.folders:
         options = {"dynamic": args.dynamic, "timeout": args.timeout, "jobs": 1, "cache_dir": None}
         results = audit_paths([str(fo.disk) for fo in gate.folders], options)

@@ -413,25 +413,85 @@ class ParseError(Exception):
     pass
 
 
+MAX_BRACKET_DEPTH = 200  # CPython's own limit ("too many nested parentheses")
+
+
+def _bracket_depth(source: str) -> int:
+    """Deepest (, [, { nesting, by the tokenize module (strings and comments skipped)."""
+    import io
+    import tokenize
+
+    depth = deepest = 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.OP and tok.string in "([{":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif tok.type == tokenize.OP and tok.string in ")]}":
+                depth = max(depth - 1, 0)
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        pass  # broken source: the depth seen so far is what matters
+    return deepest
+
+
+def _guard_nesting(source: str) -> "ast.Module | None":
+    """LibCST's native parser overflows the C stack (kills the process) on a few thousand nested
+    brackets or lambdas, and takes minutes on ~10,000-deep expressions (tests/test_fuzz.py).
+    CPython's parser refuses such input at once, so ask it first; where it fails for another
+    reason (3.12-only syntax, a plain syntax error), bound the bracket depth ourselves.
+    Returns the stdlib tree when CPython parsed it (build_context reuses it)."""
+    try:
+        return ast.parse(source)
+    except (RecursionError, MemoryError):
+        raise ParseError("expression nesting too deep to parse") from None
+    except SyntaxError as exc:
+        msg = str(exc.msg)
+        if "too many nested" in msg or "too many levels of indentation" in msg or "too complex" in msg:
+            raise ParseError(f"nesting too deep to parse: {msg} (line {exc.lineno})") from None
+    except ValueError:  # NUL bytes (3.11): LibCST decides
+        pass
+    if _bracket_depth(source) > MAX_BRACKET_DEPTH:
+        raise ParseError(f"expression nesting too deep to parse (over {MAX_BRACKET_DEPTH} nested brackets)")
+    return None
+
+
+MAX_SYNTAX_NODES = 200_000  # the largest real train_gpt.py has ~33,000; LibCST needs ~40 us per node
+
+
+def _guard_size(tree: ast.Module) -> None:
+    count = 0
+    for _ in ast.walk(tree):
+        count += 1
+        if count > MAX_SYNTAX_NODES:
+            raise ParseError(f"more than {MAX_SYNTAX_NODES:,} syntax nodes: too large to analyse "
+                             "(a real train_gpt.py has about 33,000)")
+
+
 def build_context(source: str, path: str, env: dict[str, str] | None = None) -> ModuleContext:
     """Parse once and index. Raises ParseError with a one-line reason."""
+    # the stdlib parse first: ~0.1x LibCST's cost, and it sizes the file before LibCST sees it
+    tree = _guard_nesting(source)
+    first: SyntaxError | None = None
+    if tree is None:
+        try:
+            ast.parse(source)
+        except SyntaxError as exc:
+            first = exc
+        except (RecursionError, MemoryError, ValueError):
+            pass
+    if tree is not None:
+        _guard_size(tree)
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
-        try:  # the interpreter's own message points at the right line more often
-            ast.parse(source)
-        except SyntaxError as py:
-            raise ParseError(f"syntax error at line {py.lineno}: {py.msg}") from None
-        except Exception:  # noqa: BLE001
-            pass
+        if first is not None:  # the interpreter's own message points at the right line more often
+            raise ParseError(f"syntax error at line {first.lineno}: {first.msg}") from None
         raise ParseError(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: "
                          f"{str(exc.message).splitlines()[0]}") from None
     except RecursionError:
         raise ParseError("expression nesting too deep to parse") from None
     rewrites: list[str] = []
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as first:
+    if tree is None:
         # PEP 701 (3.12) f-strings parse in LibCST but not in this interpreter's ast: rewrite only
         # those f-strings into 3.11 form for the line index; the audited tree is LibCST's own.
         from harness.dynamic.py312 import rewrite
@@ -439,12 +499,12 @@ def build_context(source: str, path: str, env: dict[str, str] | None = None) -> 
         try:
             fixed, count = rewrite(source)
             tree = ast.parse(fixed)
+        except RecursionError:
+            raise ParseError("expression nesting too deep to parse") from None
         except Exception:  # noqa: BLE001 - LibCST accepted it, the interpreter does not
             raise ParseError(f"syntax error at line {first.lineno}: {first.msg}") from None
         if count:
             rewrites.append(f"{count} Python 3.12 f-string(s) (PEP 701) rewritten to 3.11 form for indexing")
-    except RecursionError:
-        raise ParseError("expression nesting too deep to parse") from None
     line_list = _ast_statement_lines(tree)
     builder = _Builder(module, iter(line_list))
     try:

@@ -116,10 +116,14 @@ def _settle_files(result: AuditResult, run: set[str] | None) -> None:
 def audit_source(code: str, path: str = "train_gpt.py", env: dict[str, str] | None = None,
                  rules: list[Rule] | None = None) -> AuditResult:
     """Audit one source text (tests, examples, the fuzz suite)."""
-    from harness.source import UnpackError, unpack
+    from harness.source import MAX_FILE_BYTES, UnpackError, unpack
 
     result = AuditResult(target=path, layers_run=["static"])
     rules = [r for r in (rules if rules is not None else all_rules()) if r.has_static()]
+    size = len(code.encode("utf-8", errors="replace"))
+    if size > MAX_FILE_BYTES:  # the same limit load_source applies to files
+        result.not_audited.append(NotAudited(path, f"source is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit"))
+        return result
     loaded = LoadedSource(path, code, code)
     try:
         loaded.text, loaded.layers = unpack(code, None, path)

@@ -76,6 +76,12 @@ def repo(tmp_path_factory) -> Path:
         copy_fixture("legal_score_first_ttt", r / TRACK / "2026-04-01_NoJson")
         (r / TRACK / "2026-04-01_NoJson" / "submission.json").unlink()
     branch(repo, "pr-nojson", no_submission_json)
+
+    def symlinked_script(r: Path) -> None:
+        folder = r / TRACK / "2026-04-01_Link"
+        copy_fixture("legal_score_first_ttt", folder)
+        (folder / "helper.py").symlink_to("../../../train_gpt.py")
+    branch(repo, "pr-symlink", symlinked_script)
     return repo
 
 
@@ -213,6 +219,20 @@ def test_folder_missing_submission_json(repo, tmp_path):
     assert "golf-eval/required-files" in {r["ruleId"] for r in sarif_results(sarif, "claims")}
     rows = assert_summary_structure(summary, verdict)
     assert "no submission.json" in next(r for r in rows if "submission-layout" in r[0])[2]
+
+
+def test_symlink_in_record_is_a_finding_and_not_followed(repo, tmp_path):
+    code = run_ci(repo, tmp_path, "pr-symlink")
+    sarif, summary, verdict = outputs(tmp_path)
+    assert code == ExitCode.FINDINGS
+    assert validate_sarif(sarif) == []
+    link = f"{TRACK}/2026-04-01_Link/helper.py"
+    assert [f["location"]["path"] for f in verdict["layout"]] == [link]
+    assert "symbolic link" in verdict["layout"][0]["message"]
+    assert verdict["not_audited"][0]["path"] == link  # not copied: the audit never reads the root script
+    assert f"`{link}`: not a regular file" in summary
+    audited = {f["path"] for f in verdict["folders"][0]["audit"]["files"]}
+    assert "train_gpt.py" in audited and "helper.py" not in audited
 
 
 def test_significance_gates_when_a_record_is_given(repo, tmp_path):
@@ -362,3 +382,36 @@ def test_example_workflows_are_split():
     runs = " ".join(s.get("run", "") for s in job["steps"])
     assert not re.search(r"\b(python|pip|bash golf-audit-ci|sh golf-audit-ci|golf-audit ci)\b", runs)
     assert any(u.startswith("github/codeql-action/upload-sarif") for u in uses)
+
+
+def test_dynamic_results_get_their_own_sarif_category(repo, tmp_path, monkeypatch):
+    """Plumbing only (the real dynamic audit takes minutes; tests/test_dynamic_fixtures.py runs it):
+    with --dynamic the gate passes the folder to run_dynamic and reports its findings in the
+    `golf-audit/dynamic/` run and the checklist."""
+    import harness.dynamic.audit as dynamic_audit
+    from harness.findings import AuditResult, Confidence, Finding, Layer, Location
+
+    seen = []
+
+    def fake_run_dynamic(folder, options=None):
+        seen.append(Path(folder))
+        rule = rule_by_name("future-dependent-score")
+        f = Finding(rule.name, rule.id, rule.severity, Confidence.HIGH, Layer.PROBE,
+                    "score at position 5 changed when token 9 changed", Location("train_gpt.py", 12),
+                    evidence=["probe: replaced token 9, score 5 moved by 0.3 nats"])
+        return AuditResult(target=str(folder), findings=[f], layers_run=["trace", "probe"])
+
+    monkeypatch.setattr(dynamic_audit, "run_dynamic", fake_run_dynamic)
+    code = run_ci(repo, tmp_path, "pr-legal", "--dynamic")
+    sarif, summary, verdict = outputs(tmp_path)
+    assert code == ExitCode.FINDINGS and len(seen) == 1 and seen[0].name == "2026-04-01_LegalTTT"
+    assert (seen[0] / "train_gpt.py").is_file() is False  # the scratch copy is removed afterwards
+    assert validate_sarif(sarif) == []
+    dyn = sarif_results(sarif, "dynamic")
+    assert [r["ruleId"] for r in dyn] == [rule_by_name("future-dependent-score").id]
+    assert dyn[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == \
+        f"{TRACK}/2026-04-01_LegalTTT/train_gpt.py"
+    assert not sarif_results(sarif, "static")
+    row = next(r for r in assert_summary_structure(summary, verdict) if "`future-dependent-score`" in r[0])
+    assert row[1] == "❌ 1 finding(s)" and "token 9" in row[2]
+    assert verdict["dynamic"] is True

@@ -79,7 +79,7 @@ def changed_files(repo: Path, base: str, head: str) -> list[Change]:
     changes = []
     i = 0
     while i + 1 < len(fields):
-        meta, path = fields[i].decode("utf-8", "replace"), fields[i + 1].decode("utf-8", "surrogateescape")
+        meta, path = fields[i].decode("utf-8", "replace"), fields[i + 1].decode("utf-8", "replace")
         i += 2
         if not meta.startswith(":"):
             continue
@@ -100,7 +100,7 @@ def tree_files(repo: Path, commit: str, folder: str = "") -> list[TreeFile]:
             continue
         meta, path = entry.split(b"\t", 1)
         mode, _kind, _sha, size = meta.decode().split()
-        files.append(TreeFile(path.decode("utf-8", "surrogateescape"), mode,
+        files.append(TreeFile(path.decode("utf-8", "replace"), mode,
                               int(size) if size.isdigit() else None))
     return files
 
@@ -118,8 +118,8 @@ def record_folders(repo: Path, commit: str) -> set[str]:
 
 def materialize(repo: Path, commit: str, folder: str, dest_root: Path) -> tuple[Path, list[str]]:
     """Write the regular files of `folder` at `commit` under dest_root (same relative layout).
-    Symlinks and submodules are not written (a record must be self-contained); they are
-    returned as skipped paths."""
+    Symlinks, submodules and unreadable names are not written (a record must be self-contained);
+    they are returned as skipped paths."""
     skipped = []
     for f in tree_files(repo, commit, folder):
         if f.mode in (SYMLINK_MODE, SUBMODULE_MODE) or not f.mode.startswith("100"):
@@ -129,7 +129,12 @@ def materialize(repo: Path, commit: str, folder: str, dest_root: Path) -> tuple[
         if ".." in rel.parts or rel.is_absolute():  # git forbids these; be sure anyway
             skipped.append(f.path)
             continue
+        try:  # a name that is not UTF-8 was decoded with replacement characters and cannot be read back
+            blob = git(repo, "cat-file", "blob", f"{commit}:{f.path}", binary=True)
+        except GitError:
+            skipped.append(f.path)
+            continue
         target = dest_root.joinpath(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(git(repo, "cat-file", "blob", f"{commit}:{f.path}", binary=True))
+        target.write_bytes(blob)
     return dest_root.joinpath(*PurePosixPath(folder).parts), skipped

@@ -194,7 +194,6 @@ def _not_audited(gate: "GateResult") -> list[str]:
             names = [r.name for r in compliance_rules() if not (r.has_static() and Layer.STATIC in r.layers)]
             lines.append(f"- `{fo.folder}` (dynamic): not requested; trace/probe-only rules not audited: "
                          + ", ".join(f"`{n}`" for n in names))
-        lines += [f"- `{p}`: symlink or submodule, not copied or audited" for p in fo.skipped]
     return (["### What could not be audited", ""] + lines + [""]) if lines else []
 
 
