@@ -152,17 +152,18 @@ def ngram_cache_transform(tokens, vocab_size: int, mix: float):
     """BROKEN (improper-distribution): a bigram cache over the stream, mixed into the model's
     probability of the realised token -- but each position's count is added *before* that
     position is scored, so the cache always "hits" and the implied distribution over the
-    vocabulary sums to more than one."""
+    vocabulary sums to more than one. The counts live in numpy; the blend is done in torch, as
+    contest n-gram caches do it for speed."""
     def transform(positions, nll):
         counts = np.zeros((vocab_size, vocab_size), dtype=np.int64)
         row_totals = np.zeros(vocab_size, dtype=np.int64)
         tok = tokens.numpy()
-        out = np.empty(len(positions), dtype=np.float64)
-        for i, (p, v) in enumerate(zip(positions.tolist(), nll.double().tolist())):
+        p_cache = np.empty(len(positions), dtype=np.float64)
+        for i, p in enumerate(positions.tolist()):
             prev, target = tok[p - 1], tok[p]
             counts[prev, target] += 1  # BROKEN: updated with the target before it is scored
             row_totals[prev] += 1
-            p_cache = counts[prev, target] / row_totals[prev]
-            out[i] = -math.log((1 - mix) * math.exp(-v) + mix * p_cache)
-        return torch.from_numpy(out)
+            p_cache[i] = counts[prev, target] / row_totals[prev]
+        p_model = torch.exp(-nll.double())
+        return -torch.log((1 - mix) * p_model + mix * torch.from_numpy(p_cache))
     return transform

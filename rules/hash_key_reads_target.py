@@ -118,12 +118,24 @@ def _shift_bindings(ctx: ModuleContext, fn) -> dict[str, int]:
     return out
 
 
+def _trace_example(leaks: bool, note: str):
+    from harness.dynamic.judging import SyntheticRun, TraceExample
+
+    run = SyntheticRun(n=65)
+    if leaks:
+        run.target_read("forward", 31, [(1, 65)], loss_function="forward", loss_line=40)
+    run.score("eval_val", 250, [(1, 65)], nll=0.1 if leaks else 3.0)
+    run.end()
+    return TraceExample(events=tuple(run.events), note=note, function="forward" if leaks else None,
+                        line=31 if leaks else None)
+
+
 class HashKeyReadsTarget(Rule):
     id = "GA003"
     name = "hash-key-reads-target"
     severity = Severity.HIGH
     confidence = Confidence.MEDIUM
-    layers = (Layer.STATIC,)
+    layers = (Layer.STATIC, Layer.TRACE)
     summary = "Finds hashed n-gram keys that, aligned to the output position, read the token being predicted."
     why = ("The prediction at position i may use tokens up to i, never token i+1, which is its target. A bigram "
            "or trigram hash whose key at i mixes in t[i+1] hands the model the answer: the loss drops while the "
@@ -149,6 +161,25 @@ class HashKeyReadsTarget(Rule):
         Invalid(_ROLL, line=5, function="pair_key", note="torch.roll(-1) key"),
         Invalid(_PAD, line=5, function="pair_key", note="F.pad shift"),
     ]
+
+    TRACE_VALID = [_trace_example(False, "key on (t[i-1], t[i]): inputs one position before their targets")]
+    TRACE_INVALID = [_trace_example(True, "a lookup keyed on the scored target's own token")]
+
+    def judge(self, trace):
+        """The tracer's TargetRead events: a lookup whose index carried, element for element, the
+        positions a later loss scored as targets."""
+        from harness.dynamic import judging as J
+        from harness.dynamic.trace import TargetRead
+
+        for e in trace.of(TargetRead):
+            evidence = [f"the lookup at {J.where(e.frame)} was indexed, element for element, by the tokens "
+                        f"at the positions that the loss at {J.where(e.loss_frame)} scores as targets",
+                        f"target positions that keyed their own prediction: {J.describe_positions(J.positions_array(e.positions))}",
+                        "a causal model's input for target p is built from tokens before p only"]
+            yield self.finding(Layer.TRACE, f"the prediction for each scored token was keyed on that token itself "
+                               f"(lookup at line {e.frame.line if e.frame else 0})",
+                               J.location(trace, e.frame), evidence=evidence,
+                               related=[J.location(trace, e.loss_frame)], confidence=Confidence.HIGH)
 
     def check_static(self, ctx: ModuleContext):
         for q, fn in ctx.functions.items():

@@ -12,11 +12,15 @@ from harness.rule import Rule
 
 def _example(printed: float, nll=(1.0, 2.0, 3.0, 2.0), decimals: int = 8, rescore=None, note: str = "",
              line: int | None = None) -> TraceExample:
-    run = SyntheticRun(n=len(nll) + 1)
-    run.score("eval_val", 40, [(1, len(nll) + 1)], nll=list(nll))
-    if rescore is not None:  # trained on the positions, then scored them again in the same eval
-        run.update("eval_val", 44, [(1, len(nll) + 1)])
-        run.score("eval_val", 40, [(1, len(nll) + 1)], nll=list(rescore))
+    n, half = len(nll) + 1, len(nll) // 2 + 1
+    run = SyntheticRun(n=n)
+    if rescore is None:
+        run.score("eval_val", 40, [(1, n)], nll=list(nll))
+    else:  # two epochs of score-then-train over two chunks: each epoch scores every position
+        for scores in (nll, rescore):
+            for a, b in ((1, half), (half, n)):
+                run.score("eval_val", 40, [(a, b)], nll=list(scores[a - 1:b - 1]))
+                run.update("eval_val", 44, [(a - 1, b)])
     run.report("final_exact", printed, decimals=decimals)
     run.end()
     return TraceExample(events=tuple(run.events), note=note, line=line)

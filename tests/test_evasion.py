@@ -7,9 +7,9 @@ not count.
 
 - static: every variant, fast.
 - dynamic (slow): variants whose caught_by names trace/probe are run under the tracer (probes only
-  where caught_by names "probe", budget 3) on a shortened validation stream (~10k tokens). Default
-  CI runs a representative subset (CI_SUBSET: alias, storage swap, __del__ hook, bytes round trip,
-  double pack, pure-Python n-gram cache); `pytest -m evasion_full tests/test_evasion.py` runs all.
+  where caught_by names "probe", budget 3) on a validation stream cut to ~10k tokens: all 20 in
+  about 2.5 minutes on the 2-core dev machine (6-15 s each), so CI runs them all.
+  `pytest -m evasion_full tests/test_evasion.py` selects just these.
 
 `python tests/test_evasion.py --table` runs every layer (probes included) on every variant and
 prints the table (variant, caught by static?, by trace?, by probes?).
@@ -28,8 +28,6 @@ EVASION = ROOT / "submissions" / "evasion"
 VARIANTS = sorted(p.parent for p in EVASION.glob("*/expected.json"))
 IDS = [p.name for p in VARIANTS]
 LAYERS = ("static", "trace", "probe")
-CI_SUBSET = {"aliased_step", "vector_swap_update", "del_hook", "bytes_roundtrip", "packed_twice",
-             "ngram_cache_python"}
 SHORT_VAL_TOKENS = 12_000
 PROBE_BUDGET = 3
 
@@ -167,9 +165,7 @@ def _dynamic_params():
 
 
 @pytest.mark.parametrize("folder", _dynamic_params())
-def test_dynamic(folder: Path, short_toy_data, request):
-    if folder.name not in CI_SUBSET and "evasion_full" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("outside the CI subset: run with -m evasion_full")
+def test_dynamic(folder: Path, short_toy_data):
     exp = expected_of(folder)
     result = run_dynamic_for(folder, short_toy_data)
     items = exp["dynamic"]["must_report"]
@@ -217,5 +213,6 @@ def table(probes_everywhere: bool = True) -> str:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # this checkout's harness, not whichever one is installed
     if "--table" in sys.argv:
         print(table())

@@ -10,7 +10,7 @@ import pytest
 
 from harness.dynamic import judging as J
 from harness.dynamic.judging import SyntheticRun
-from harness.dynamic.trace import Trace
+from harness.dynamic.trace import Trace, Update
 from harness.findings import Layer
 from harness.rule import Rule
 
@@ -144,12 +144,28 @@ def test_score_every_epoch_is_rescoring_not_train_before_score():
 def test_rescoring_with_first_scores_printed_is_low():
     n = 9
     run = SyntheticRun(n)
-    run.score("eval_ttt", 40, [(1, n)], nll=2.0)
-    run.update("eval_ttt", 45, [(0, n)])
-    run.score("eval_ttt", 40, [(1, n)], nll=1.0)
+    for nll in (2.0, 1.0):  # score every epoch (chunk, then train on it), print the first
+        for a, b in ((1, 5), (5, n)):
+            run.score("eval_ttt", 40, [(a, b)], nll=nll)
+            run.update("eval_ttt", 45, [(a - 1, b)])
     run.report("final_exact", 2.0)
     fs = rescored(_trace(run))
     assert len(fs) == 1 and fs[0].severity.name == "LOW"
+
+
+def test_eval_then_training_block_then_same_eval_is_two_passes():
+    """Pre-quant TTT between two calls of one eval function: the second call's scores are the
+    final ones, taken after training on them (not a re-score inside one eval)."""
+    n = 9
+    run = SyntheticRun(n)
+    run.score("eval_val", 40, [(1, 5)], nll=3.0)
+    run.score("eval_val", 40, [(5, n)], nll=3.0)
+    run.update("train_on_val", 70, [(0, n)])
+    run.score("eval_val", 40, [(1, 5)], nll=2.0)
+    run.score("eval_val", 40, [(5, n)], nll=2.0)
+    t = _trace(run)
+    assert len(J.passes(t)) == 2, "false merge: a finished eval and a later one are one pass"
+    assert J.premature_positions(t, t.of(Update)[0]).positions.tolist() == list(range(1, n))
 
 
 def test_repeated_evals_without_training_are_separate_passes():

@@ -367,6 +367,52 @@ def test_i_calibration_statistics_written_into_weights():
     assert mask_from_ranges(u.positions) == mask_from_ranges([(0, 800)])
 
 
+def test_i2_calibrated_artifact_saved_is_an_update_legal_artifact_is_not():
+    """GPTQ-style: statistics from validation activations shape the quantized weights, which
+    reach the final eval only through torch.save -> bytes -> file -> load."""
+    import io
+
+    val = val_tokens()
+    model = make_model()
+    with Tracer(cfg_for(val)) as tr:
+        val_t = load_val(val)
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, io.BytesIO())  # LEGAL_SAVE
+        with torch.no_grad():
+            h = model.emb(val_t[:400].reshape(-1, SEQ))
+            flat = h.reshape(-1, h.shape[-1])
+            hessian = flat.T @ flat
+            scale = (model.mix.weight.abs() @ hessian.diag().sqrt()).clamp_min(1e-6)
+            q = torch.round(model.mix.weight / scale[:, None]).to(torch.int8)
+        torch.save({"mix.q": q, "mix.scale": scale}, io.BytesIO())  # SAVE_CALIBRATED
+    ups = [u for u in of(tr.events, Update) if u.target_kind == "artifact"]
+    assert len(ups) == 1, f"leak undetected or false leak: {[(u.frame.line, u.positions) for u in ups]}"
+    assert ups[0].frame.line == line_of("SAVE_CALIBRATED")
+    assert mask_from_ranges(ups[0].positions) == mask_from_ranges([(0, 400)])
+
+
+@pytest.mark.parametrize("keyed_on_target", [True, False])
+def test_hash_embedding_keyed_on_the_target_is_a_target_read(keyed_on_target):
+    """BigramHash keyed on (t[i], t[i+1]) -- the target -- versus the legal (t[i-1], t[i])."""
+    val = val_tokens()
+    model = make_model()
+    table = nn.Embedding(97, 16)
+    with Tracer(cfg_for(val)) as tr, torch.no_grad():
+        val_t = load_val(val)
+        x, y = val_t[:400].reshape(-1, SEQ), val_t[1:401].reshape(-1, SEQ)
+        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        key = (x * 31 + y * 7) % 97 if keyed_on_target else (prev * 31 + x * 7) % 97
+        h = model.emb(x) + table(key)  # HASH_LOOKUP
+        nll = F.cross_entropy(model.head(h).reshape(-1, V), y.reshape(-1), reduction="none")
+        float(nll.sum())
+    reads = [e for e in tr.events if type(e).__name__ == "TargetRead"]
+    if not keyed_on_target:
+        assert reads == [], "false leak: a key on the previous and current token reads no target"
+        return
+    assert len(reads) == 1, "leak undetected: a hash key built on the target"
+    assert reads[0].frame.line == line_of("HASH_LOOKUP")
+    assert mask_from_ranges(reads[0].positions) == mask_from_ranges([(1, 401)])
+
+
 # ---------------------------------------------------------------- (j) Python-float accumulation
 def test_j_scores_accumulated_in_python_floats():
     val = val_tokens()

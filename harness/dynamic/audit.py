@@ -114,9 +114,13 @@ def val_tokens_file(data: dict, override: np.ndarray | None = None) -> tuple[np.
 
 def _run(folder: Path, env: dict, data: dict, options: dict, *, trace: bool = True,
          tracer_options: dict | None = None, val_override: np.ndarray | None = None):
+    """`env` holds the submission's own flags (shrunk to toy scale by the runner) under
+    options["env"], the caller's explicit values (passed as given)."""
     from harness.dynamic.runner import run_submission
 
-    kwargs: dict[str, Any] = dict(env=env, toy_data=data, nproc=int(options["nproc"]), trace=trace,
+    explicit = {str(k): str(v) for k, v in (options.get("env") or {}).items()}
+    own = {k: v for k, v in env.items() if k not in explicit}
+    kwargs: dict[str, Any] = dict(env=explicit, submission_env=own, toy_data=data, nproc=int(options["nproc"]), trace=trace,
                                   tracer_options=tracer_options, val_override=val_override,
                                   timeout_s=int(options["timeout_s"]))
     if options.get("allow_network"):
@@ -230,17 +234,27 @@ def _fold_into_trace_finding(res: AuditResult, probe_finding) -> bool:
     scores positions after a TTT step) — the probe's evidence is added to that finding as
     confirmation instead of a second finding for one violation. Returns True when folded."""
     loc = probe_finding.location
-    for f in res.findings:
-        if f.layer is not Layer.TRACE:
-            continue
+    if not loc.function:
+        return False
+
+    def distance(f) -> int | None:
+        """0: the finding's own site is the probed scoring site; k: its k-th related site is
+        (related sites are the passes after its updates, nearest first); None: unrelated."""
         sites = [f.location] + list(f.related)
-        if any(s.path == loc.path and s.function == loc.function and loc.function for s in sites):
-            f.evidence.append(f"confirmed by the {probe_finding.rule} probe: {probe_finding.message}")
-            f.evidence.extend("  " + e for e in probe_finding.evidence[:3])
-            res.notes.append(f"{probe_finding.rule} ({probe_finding.location.function}) folded into "
-                             f"{f.rule} ({f.location.function}): same violation, seen by the probe")
-            return True
-    return False
+        hits = [i for i, s in enumerate(sites) if s.path == loc.path and s.function == loc.function]
+        return hits[0] if hits else None
+
+    # the nearest cause wins: a sliding eval after two TTT phases belongs to the later one
+    candidates = sorted((d, i) for i, f in enumerate(res.findings)
+                        if f.layer is Layer.TRACE and (d := distance(f)) is not None)
+    if not candidates:
+        return False
+    f = res.findings[candidates[0][1]]
+    f.evidence.append(f"confirmed by the {probe_finding.rule} probe: {probe_finding.message}")
+    f.evidence.extend("  " + e for e in probe_finding.evidence[:3])
+    res.notes.append(f"{probe_finding.rule} ({probe_finding.location.function}) folded into "
+                     f"{f.rule} ({f.location.function}): same violation, seen by the probe")
+    return True
 
 
 def _judge(rule, trace: Trace, res: AuditResult) -> list:

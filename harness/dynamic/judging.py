@@ -17,7 +17,9 @@ Passes. A run scores the validation stream several times (the training loop's la
 validation, the post-quantization roundtrip, a sliding-window or TTT eval). Scored events are
 split into *passes*: a new pass starts when a position that the current pass already scored is
 scored again, unless the model was trained on that position in between by the same scoring
-function (that is a re-score inside one eval: "score every epoch", "min-NLL epoch"). Inside a
+function *while the pass was in progress* (training interleaved with scoring, then a re-score:
+"score every epoch", "min-NLL epoch"). A finished eval followed by a block of training and the
+same eval again (pre-quant TTT between two calls of one eval function) is two passes. Inside a
 pass the first score of each position is its final score; what happens to later scores is the
 business of the rescoring rules.
 """
@@ -39,6 +41,7 @@ from harness.dynamic.trace import (
     RunEnd,
     RunStart,
     Scored,
+    TargetRead,
     Trace,
     Update,
     describe,
@@ -120,6 +123,13 @@ class SyntheticRun:
         ev = Update(seq=self._next(rank), rank=rank, target=target, target_kind=target_kind, via=via,
                     positions=list(positions), frame=self.frame(function, line),
                     step_frame=self.frame(function, line) if via == "optimizer-step" else None)
+        self.events.append(ev)
+        return ev
+
+    def target_read(self, function: str, line: int, positions: Ranges, loss_function: str = "forward",
+                    loss_line: int = 1, rank: int = 0) -> TargetRead:
+        ev = TargetRead(seq=self._next(rank), rank=rank, positions=list(positions),
+                        frame=self.frame(function, line), loss_frame=self.frame(loss_function, loss_line))
         self.events.append(ev)
         return ev
 
@@ -261,12 +271,16 @@ class Pass:
 
 def n_positions(trace: Trace) -> int:
     """Length of the validation stream (from RunStart, else one past the largest position)."""
+    cache = _cache(trace)
+    if cache.get("n_positions_events") == len(trace.events):
+        return cache["n_positions"]
     starts = trace.of(RunStart)
     n = max([s.val_tokens for s in starts] + [0])
     for e in trace.events:
         ranges = getattr(e, "positions", None)
         if ranges:
             n = max(n, ranges[-1][1])
+    cache["n_positions"], cache["n_positions_events"] = n, len(trace.events)
     return n
 
 
@@ -299,6 +313,7 @@ def passes(trace: Trace) -> list[Pass]:
     out: list[Pass] = []
     cur: Pass | None = None
     trained_since = 0  # positions of `cur` that an update used after they were scored
+    interleaved = False  # `cur` scored new positions after such an update (TTT inside the eval)
     scorer_of: dict[str, int] = {}  # function -> mask of positions it scored in `cur`
 
     def start() -> Pass:
@@ -336,14 +351,17 @@ def passes(trace: Trace) -> list[Pass]:
                 # restarting from the pass's first position (a window scored twice at the end
                 # of a sliding eval). Anything else is a new eval.
                 same_fn = bool(repeated & scorer_of.get(fn, 0))
-                trained = bool(repeated & trained_since)
+                trained = bool(repeated & trained_since) and interleaved
                 restart = cur.min_pos >= 0 and bool((m >> cur.min_pos) & 1)
                 if not (same_fn and (trained or not restart)):
                     cur = start()
                     trained_since = 0
+                    interleaved = False
                     scorer_of = {}
                 elif not trained:
                     cur.dup_mask |= repeated
+            elif trained_since:
+                interleaved = True
         cur.events.append(e)
         if fn not in cur.functions:
             cur.functions.append(fn)
@@ -706,6 +724,28 @@ def is_training(update: Update) -> bool:
     return update.via in TRAINING_VIAS
 
 
+def artifact_news(trace: Trace) -> dict[int, int]:
+    """For each Update of target_kind "artifact" (a torch.save of model state), the mask of its
+    validation positions that no earlier update of live state (parameters, buffers, optimizer
+    state) carried: the artifact's own contribution (GPTQ statistics from val). Positions the
+    weights already held came from an update that is judged itself (pre-quant TTT)."""
+    cache = _cache(trace)
+    if "artifact_news" in cache:
+        return cache["artifact_news"]
+    held = 0
+    out: dict[int, int] = {}
+    for e in timeline(trace).events:
+        if not isinstance(e, Update) or not e.positions:
+            continue
+        m = mask_from_ranges(e.positions)
+        if e.target_kind == "artifact":
+            out[id(e)] = m & ~held
+        else:
+            held |= m
+    cache["artifact_news"] = out
+    return out
+
+
 def first_score_key(trace: Trace) -> tuple[dict[int, int], int | None]:
     """Per rank, the seq of its first Scored event; and the smallest `passed` of any Scored."""
     cache = _cache(trace)
@@ -747,10 +787,24 @@ def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
     by the function of the update's step frame (else write frame), in timeline order."""
     groups: dict[str, UpdateGroup] = {}
     n = n_positions(trace)
-    for e in timeline(trace).events:
+    tl = timeline(trace)
+    # An update's premature positions depend only on its positions, its rank, the collectives
+    # it passed and the scores its rank made before it: updates alike in these (every parameter
+    # of one optimizer step) share one computation.
+    scored_on_rank: dict[int, int] = {}
+    memo: dict[tuple, Premature] = {}
+    for e in tl.events:
+        if isinstance(e, Scored):
+            scored_on_rank[e.rank] = scored_on_rank.get(e.rank, 0) + 1
+            continue
         if not isinstance(e, Update) or not e.positions or not select(e):
             continue
-        pm = premature_positions(trace, e)
+        key = (e.rank, tl.passed(e), scored_on_rank.get(e.rank, 0), tuple(map(tuple, e.positions)))
+        pm = memo.get(key)
+        if pm is None:
+            pm = memo[key] = premature_positions(trace, e)
+        else:
+            pm = Premature(update=e, positions=pm.positions, later_pass=pm.later_pass, never=pm.never)
         if not len(pm.positions):
             continue
         fn = _function(update_frame(e))
@@ -845,7 +899,11 @@ def judge_val_data_in_training(rule, trace: Trace):
     before their final score."""
     from harness.findings import Confidence, Layer
 
+    news = artifact_news(trace)
+
     def select(u: Update) -> bool:
+        if u.target_kind == "artifact" and not news.get(id(u)):
+            return False  # the saved weights hold what an update already put there (judged there)
         return before_any_score(trace, u) or not is_training(u)
 
     for g in premature_update_groups(trace, select):
@@ -854,6 +912,8 @@ def judge_val_data_in_training(rule, trace: Trace):
         ev, related = update_group_evidence(trace, g)
         early = before_any_score(trace, u)
         what = ("before any validation token was scored" if early
+                else "into the saved artifact (torch.save), before those tokens were scored"
+                if u.target_kind == "artifact"
                 else f"through a {u.via} write to a {u.target_kind}, before those tokens were scored")
         yield rule.finding(
             Layer.TRACE,

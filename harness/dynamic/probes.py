@@ -146,6 +146,8 @@ def choose(tokens: np.ndarray, scored: np.ndarray, bos: int | None, k: int, voca
     n = len(tokens)
     docs = documents(tokens, bos)
     docs.sort(key=lambda d: d[1] - d[0], reverse=True)
+    values, first_index = np.unique(tokens, return_index=True)
+    first_seen = dict(zip(values.tolist(), first_index.tolist()))
     for start, end in docs:
         if end - start < 4:
             continue
@@ -157,7 +159,12 @@ def choose(tokens: np.ndarray, scored: np.ndarray, bos: int | None, k: int, voca
         lo = start + 1 + (chunk_hint if chunk_hint and end - start > 2 * chunk_hint else 0)
         near = [p for p in range(max(lo, target - 32), min(end - 1, target + 32))] or list(range(start + 1, end - 1))
         seen = {p: int((tokens[:p] == tokens[p - 1]).sum()) for p in near}
-        order = sorted(near, key=lambda p: (seen[p], abs(p - target), p)) + \
+        # Best of all: a previous token that never occurred before (a cache keyed on it is empty,
+        # so a cache filled before scoring gives every candidate its full weight), anywhere in
+        # the document past the first chunk, nearest the target.
+        fresh = [p for p in range(max(lo, start + 2), end - 1) if first_seen[tokens[p - 1]] == p - 1]
+        fresh.sort(key=lambda p: (abs(p - target), p))
+        order = fresh[:64] + sorted(near, key=lambda p: (seen[p], abs(p - target), p)) + \
             sorted(range(start + 1, end - 1), key=lambda p: (abs(p - target), p))
         for p in order:
             if scored[p] and (bos is None or tokens[p] != bos):

@@ -296,7 +296,8 @@ _DTYPE_MISMATCH = ("expected scalar type", "same dtype", "expected m1 and m2", "
 
 
 def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy_data: dict,
-                   nproc: int = 1, trace: bool = True, tracer_options: dict | None = None,
+                   submission_env: dict[str, str] | None = None, nproc: int = 1, trace: bool = True,
+                   tracer_options: dict | None = None,
                    val_override: np.ndarray | None = None, timeout_s: float = 300,
                    scratch: str | Path | None = None, keep_scratch: bool = False,
                    toy_options: toy_env.ToyOptions | None = None,
@@ -309,7 +310,8 @@ def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy
     measured ~9x slower). A script that relies on autocast to mix dtypes (bf16 weights, fp32
     activations) then fails with a dtype mismatch that cannot happen on the GPU; such a run is
     repeated once with CPU bf16 autocast, and the notes say so."""
-    kwargs = dict(env=env, toy_data=toy_data, nproc=nproc, trace=trace, tracer_options=tracer_options,
+    kwargs = dict(env=env, toy_data=toy_data, submission_env=submission_env, nproc=nproc, trace=trace,
+                  tracer_options=tracer_options,
                   val_override=val_override, timeout_s=timeout_s, keep_scratch=keep_scratch,
                   toy_options=toy_options, limits=limits, allow_network=allow_network)
     shim_options = dict(shim_options or {})
@@ -328,7 +330,8 @@ def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy
 
 
 def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy_data: dict,
-                    nproc: int = 1, trace: bool = True, tracer_options: dict | None = None,
+                    submission_env: dict[str, str] | None = None, nproc: int = 1, trace: bool = True,
+                   tracer_options: dict | None = None,
                     val_override: np.ndarray | None = None, timeout_s: float = 300,
                     scratch: str | Path | None = None, keep_scratch: bool = False,
                     toy_options: toy_env.ToyOptions | None = None,
@@ -364,12 +367,17 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         if "fineweb_val_bytes" in sources or "val_bytes_" in sources:
             _write_byte_sidecar(data_path, val_tokens, tokenizer_path, notes)
 
-        # environment: toy profile, then the caller's (submission flags + user --env)
+        # environment: toy profile, then the submission's own flags shrunk to toy scale, then
+        # the caller's explicit values (user --env), which win as given
         toy, toy_notes = toy_env.toy_env(folder, data_path=str(data_path), tokenizer_path=str(tokenizer_path),
                                          run_id=f"golf_audit_{uuid.uuid4().hex[:8]}", opts=toy_options,
                                          source=sources)
         notes.extend(toy_notes)
         run_env = dict(toy)
+        if submission_env:
+            flags, flag_notes = toy_env.shrink_flags({k: str(v) for k, v in submission_env.items()}, toy_options)
+            run_env.update(flags)
+            notes.extend(flag_notes)
         run_env.update({k: str(v) for k, v in env.items()})
         if env:
             notes.append("env from caller: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items())))

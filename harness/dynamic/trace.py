@@ -183,6 +183,20 @@ class ProvenanceLost:
 
 
 @dataclass
+class TargetRead:
+    """An embedding/index lookup whose index tensor carried, element for element, the positions
+    that a later loss scored as targets: the input to the prediction for position p was
+    computed from the token at p (a hash key built on the target)."""
+
+    kind = "target_read"
+    seq: int
+    rank: int
+    positions: Ranges  # target positions whose own token keyed the lookup
+    frame: Frame | None = None  # the lookup
+    loss_frame: Frame | None = None  # the loss that scored those targets
+
+
+@dataclass
 class Reported:
     """A score the submission printed (parsed from its stdout by the runner)."""
 
@@ -211,9 +225,10 @@ class RunEnd:
     notes: list[str] = field(default_factory=list)
 
 
-Event = Union[RunStart, ValLoaded, Scored, LossComputed, Update, Collective, ProvenanceLost, Reported, RunEnd]
+Event = Union[RunStart, ValLoaded, Scored, LossComputed, Update, Collective, ProvenanceLost, TargetRead, Reported,
+              RunEnd]
 EVENT_TYPES = {cls.kind: cls for cls in (RunStart, ValLoaded, Scored, LossComputed, Update, Collective,
-                                         ProvenanceLost, Reported, RunEnd)}
+                                         ProvenanceLost, TargetRead, Reported, RunEnd)}
 
 
 def event_to_json(event: Event) -> str:
@@ -225,7 +240,7 @@ def event_to_json(event: Event) -> str:
 def event_from_dict(d: dict) -> Event:
     d = dict(d)
     cls = EVENT_TYPES[d.pop("kind")]
-    for key in ("frame", "step_frame"):
+    for key in ("frame", "step_frame", "loss_frame"):
         if d.get(key) is not None:
             d[key] = Frame(**d[key])
     for key in ("positions",):

@@ -24,9 +24,11 @@ Bootstrap uses `install()` / `finish(path)` around `runpy.run_path`. How it work
 """
 from __future__ import annotations
 
+import collections
 import functools
 import glob
 import itertools
+import math
 import linecache
 import os
 import sys
@@ -41,11 +43,15 @@ import torch
 
 from harness.dynamic import provenance as P
 from harness.dynamic import torch_compat as C
-from harness.dynamic.trace import (Collective, Frame, LossComputed, ProvenanceLost, RunStart, Scored, Trace,
-                                   Update, ValLoaded)
+from harness.dynamic.trace import (Collective, Frame, LossComputed, ProvenanceLost, RunStart, Scored, TargetRead,
+                                   Trace, Update, ValLoaded)
 
 Tensor = torch.Tensor
 _SEQ_STRIDE = 1024  # room after each event for the Scored events of a loss op (see _score_seq)
+
+
+# lookups whose index may be a hash key of tokens (see Tracer._check_target_read)
+_KEYED_LOOKUPS = frozenset({"aten::embedding", "aten::index_select"})
 
 
 # ---------------------------------------------------------------- config
@@ -143,7 +149,8 @@ class Info:
     (of `itemsize` bytes each); mask is the coarse position set; stag the coarse score tag
     {loss_op id: bitmask of its elements}; grad: derives from a backward pass."""
 
-    __slots__ = ("mask", "pmap", "smap", "stag", "grad", "mark", "itemsize", "gen", "cache", "ref", "__weakref__")
+    __slots__ = ("mask", "pmap", "smap", "stag", "grad", "mark", "itemsize", "gen", "cache", "ref", "pstate",
+                 "__weakref__")
 
     def __init__(self):
         self.mask = 0
@@ -156,6 +163,10 @@ class Info:
         self.gen = 0
         self.cache: dict | None = None
         self.ref = None
+        # what a score map's values are, for re-scoring a blend (see Tracer._score_state):
+        # None (the NLL or an unknown function of it), "neg" (-NLL), "prob" (exp(-NLL)),
+        # "blend" (that probability combined with other values)
+        self.pstate: str | None = None
 
 
 @dataclass
@@ -346,6 +357,9 @@ class Tracer:
         self._n_updates = 0
         self._collective_index = 0
         self._lost: dict[tuple, list] = {}
+        # recent lookups keyed by token positions (embedding / index_select): (flat map, frame)
+        self._lookups: "collections.deque" = collections.deque(maxlen=8)
+        self._target_read_sites: set = set()
         self._seen_modules: "weakref.WeakSet" = weakref.WeakSet()
         self._root_names: dict[str, int] = {}
         self._param_refs: list = []
@@ -680,6 +694,44 @@ class Tracer:
             self._on_write(func, name, rule, args, kwargs, ins, dests)
         if fresh:
             self._on_fresh(func, name, rule, args, kwargs, ins, fresh)
+        if name in _KEYED_LOOKUPS and not self.scores_only:
+            self._note_lookup(rule, args)
+
+    def _note_lookup(self, rule, args) -> None:
+        """Remember the position map of a lookup's index (a token embedding, a hash-bucket
+        embedding) so a later loss can check that no target keyed its own prediction."""
+        try:
+            idx = args[rule.index[0]]
+            if not isinstance(idx, Tensor) or idx.numel() < self.cfg.min_match:
+                return
+            m = self._pmap(idx, self.infos.get(id(idx.untyped_storage())))
+            if m is None:
+                return
+            self._lookups.append((m.reshape(-1).numpy().copy(), self.frames.find(4)))
+        except Exception as exc:
+            self._internal_error("lookup", exc)
+
+    def _check_target_read(self, pos: np.ndarray, loss_frame: Frame | None) -> None:
+        """A lookup whose index, element for element, carries the positions this loss scores as
+        targets: the prediction for each such target was keyed on the target's own token. A
+        causal model's inputs sit one position before their targets, never on them."""
+        valid = pos >= 0
+        n_valid = int(valid.sum())
+        if n_valid < 8:
+            return
+        for keyed, frame in self._lookups:
+            if len(keyed) != len(pos):
+                continue
+            same = valid & (keyed == pos)
+            k = int(same.sum())
+            if k < max(8, n_valid // 2):
+                continue
+            site = (frame.path, frame.line) if frame else None
+            if site in self._target_read_sites:
+                continue
+            self._target_read_sites.add(site)
+            self._emit(TargetRead, positions=P.ranges_from_sorted(np.unique(pos[same])), frame=frame,
+                       loss_frame=loss_frame)
 
     def _coarse_only(self, args, kwargs, out) -> bool:
         """Fast path for the bulk of traced ops (activations, logits, grads): every tagged input
@@ -767,6 +819,10 @@ class Tracer:
             if sm is not None:
                 info.smap = P.new_flat(o, C.storage_nelems(o), sm)
                 info.itemsize = o.element_size()
+                info.pstate = self._score_state(name, args, kwargs, ins)
+                if info.pstate == "rescore":
+                    info.pstate = None
+                    self._rescore(o, info)
                 rest = [(t, i) for _, t, i in tagged if i.smap is None and i.stag]
                 if rest:
                     info.stag = self._union_stags(self._stag_of(t, i) for t, i in rest)
@@ -1049,6 +1105,66 @@ class Tracer:
             self._internal_error(func, exc)
             return False
 
+    # A score blended in probability space after the loss op -- -log((1-w)*exp(-nll) + w*q),
+    # the eval-time n-gram caches of PR #1420 -- is a new score: the value that reaches the sum
+    # is the blend's, not the loss op's. The chain neg -> exp -> (mixing ops) -> log is followed
+    # on score maps; at the log a new loss op records the blended NLL for the same positions.
+    _SAME_STATE = frozenset({"aten::_to_copy", "aten::clone", "aten::contiguous", "aten::alias", "aten::detach",
+                             "aten::view", "aten::reshape", "aten::squeeze", "aten::unsqueeze", "aten::flatten",
+                             "aten::slice", "aten::select", "aten::expand", "aten::cat", "aten::stack",
+                             "aten::index", "aten::index_select", "aten::masked_select", "aten::lift_fresh"})
+    _MIXING = frozenset({"aten::add", "aten::sub", "aten::rsub", "aten::mul", "aten::div", "aten::where",
+                         "aten::addcmul", "aten::lerp", "aten::clamp", "aten::clamp_min"})
+
+    def _score_state(self, name: str, args, kwargs, ins) -> str | None:
+        src = next((i for _, _, i in ins if i is not None and i.smap is not None), None)
+        state = src.pstate if src is not None else None
+        if name in self._SAME_STATE:
+            return state
+        if name == "aten::neg":
+            return "neg" if state is None else (None if state == "neg" else "blend" if state else None)
+        if name == "aten::mul" and state in (None, "neg") and any(
+                isinstance(a, (int, float)) and float(a) == -1.0 for a in args[1:]):
+            return "neg" if state is None else None
+        if name == "aten::exp":
+            return "prob" if state == "neg" else None
+        if name in self._MIXING and state in ("prob", "blend"):
+            return "blend"
+        if name == "aten::log":
+            return "rescore" if state == "blend" else None
+        return None
+
+    def _rescore(self, o: Tensor, info: Info) -> None:
+        """`o` = log of a blended probability: a new loss op over the same target positions."""
+        try:
+            ids = info.smap.reshape(-1).numpy() if o.numel() == info.smap.numel() else None
+            if ids is None:
+                v = self._smap(o, info)
+                ids = v.reshape(-1).numpy() if v is not None else None
+            if ids is None:
+                return
+            pos = np.full(ids.size, -1, dtype=np.int64)
+            valid = ids >= 0
+            if valid.any():
+                which = np.searchsorted(self._loss_bases, ids[valid], "right") - 1
+                src_pos = np.empty(int(valid.sum()), dtype=np.int64)
+                for k in np.unique(which).tolist():
+                    sel = which == k
+                    op = self.loss_ops[k]
+                    src_pos[sel] = op.positions[ids[valid][sel] - op.base]
+                pos[valid] = src_pos
+            was, self.paused = self.paused, True  # our own read of the values is not a host read
+            try:
+                vals = o.detach().reshape(-1).to(torch.float64).numpy().copy()
+            finally:
+                self.paused = was
+            op = self._new_loss_op(pos, -vals, bool(torch.is_grad_enabled()))
+            new_ids = torch.arange(op.base, op.base + op.n, dtype=torch.int64)
+            new_ids[torch.from_numpy(~valid)] = -1
+            info.smap = P.new_flat(o, C.storage_nelems(o), new_ids.reshape(o.shape))
+        except Exception as exc:
+            self._internal_error("rescore", exc)
+
     def _new_loss_op(self, pos: np.ndarray, nll: np.ndarray, grad_enabled: bool) -> LossOp:
         if not self.scores_only:
             # A `p.data = other` swap made before this loss changed the weights it was computed
@@ -1062,6 +1178,8 @@ class Tracer:
                             grad_enabled=grad_enabled, frame=frame)
             op = LossOp(id=len(self.loss_ops), base=self._next_score_id, n=int(pos.size), positions=pos,
                         nll=nll, grad_enabled=grad_enabled, seq=ev.seq, frame=frame)
+            if self._lookups:
+                self._check_target_read(pos, frame)
             self._next_score_id += max(op.n, 1)
             self.loss_ops.append(op)
             self._loss_bases = np.append(self._loss_bases, op.base)
@@ -1346,7 +1464,50 @@ class Tracer:
             return wrapper
 
         patch(torch, "frombuffer", frombuffer)
+
+        def save(real):
+            @functools.wraps(real)
+            def wrapper(obj, *a, **k):
+                if not tr.paused and tr.installed and not tr.scores_only:
+                    tr.paused = True
+                    try:
+                        tr._serialized(obj)
+                    except Exception as exc:
+                        tr._internal_error("torch.save", exc)
+                    finally:
+                        tr.paused = False
+                return real(obj, *a, **k)
+            return wrapper
+
+        patch(torch, "save", save)
         self._install_collectives(patch)
+
+    def _serialized(self, obj) -> None:
+        """torch.save of model state: the artifact is persistent state the final eval loads
+        back (through bytes and files provenance cannot follow), so values derived from
+        validation tokens in it (GPTQ statistics from val, pre-quant TTT weights) are an Update
+        of target_kind "artifact". Raw token tensors (a position map) are not model state."""
+        mask = 0
+        seen: set[int] = set()
+        stack = [obj]
+        while stack:
+            x = stack.pop()
+            if id(x) in seen:
+                continue
+            seen.add(id(x))
+            if isinstance(x, Tensor):
+                info = self.infos.get(id(x.untyped_storage()))
+                if info is not None and info.pmap is None:
+                    mask |= self._mask_of(x, info)
+            elif isinstance(x, dict):
+                stack.extend(x.values())
+            elif isinstance(x, (list, tuple)):
+                stack.extend(x)
+            elif hasattr(x, "state_dict") and callable(x.state_dict):  # a whole module
+                stack.append(x.state_dict())
+        if mask:
+            self._emit(Update, target="torch.save(...)", target_kind="artifact", via="direct",
+                       positions=self._ranges(mask), frame=self.frames.find(3), step_frame=None)
 
     def _install_collectives(self, patch) -> None:
         if not torch.distributed.is_available():
