@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from harness.engine import Function, ModuleContext, Stmt, base_name, dotted, walk
+from harness.engine import Function, ModuleContext, Stmt, base_name, dotted, target_names, walk
+from harness.project import project_of
 
 # ------------------------------------------------------------------ API tables
 VAL_NAME = re.compile(r"(^|_)val(_|$)|^val[A-Z]|validation", re.I)  # parameter / variable names
@@ -85,66 +86,141 @@ def _call_arg_names(call: cst.Call) -> list[set[str]]:
 
 def val_taint(ctx: ModuleContext) -> dict[str, set[str]]:
     """Per function, the names that carry validation data. Seeds: names assigned from validation
-    loaders, parameters named like validation data, and parameters that callers pass validation
-    data into (propagated through the module's call graph to a fixed point)."""
-    if "val_taint" in ctx.analysis:
-        return ctx.analysis["val_taint"]
-    seeds: dict[str, set[str]] = {q: set() for q in ctx.functions}
-    for q, fn in ctx.functions.items():
-        seeds[q] |= {p for p in fn.params if VAL_NAME.search(p)}
-        for st in fn.stmts:
-            if st.writes and (any(VAL_LOADER_CALL.search(c) for c in st.call_names())
-                              or any(VAL_STRING.search(s) for s in st.strings)):
-                seeds[q] |= set(st.writes)
-            # `args.val_files`-style attribute reads are validation sources too
-            if st.writes and isinstance(st.node, cst.Assign) and st.attrs & VAL_ATTRS:
-                seeds[q] |= set(st.writes)
-    by_name = {fn.name: fn for fn in ctx.functions.values()}
+    loaders, parameters named like validation data, results of functions that return validation
+    data they loaded themselves (`val_tokens, luts = load_eval_data(h)`), and parameters that
+    callers pass validation data into — across the project's files, through dispatch tables and
+    `*args` tuples (harness/project.py), to a fixed point."""
+    if "val_taint" not in ctx.analysis:
+        _project_val_taint(project_of(ctx))
+    return ctx.analysis["val_taint"]
+
+
+def _own_seeds(fn: Function) -> set[str]:
+    """Names `fn` binds from a validation source itself (not from its parameters)."""
+    out: set[str] = set()
+    for st in fn.stmts:
+        if st.writes and (any(VAL_LOADER_CALL.search(c) for c in st.call_names())
+                          or any(VAL_STRING.search(s) for s in st.strings)):
+            out |= set(st.writes)
+        # `args.val_files`-style attribute reads are validation sources too
+        if st.writes and isinstance(st.node, cst.Assign) and st.attrs & VAL_ATTRS:
+            out |= set(st.writes)
+    return out
+
+
+def _callees_or_same_file(project, ctx: ModuleContext, fn: Function, call: cst.Call, by_name: dict):
+    """Resolved callees; failing that, a function of this file with the call's last name (the
+    historical, looser match, kept so that method calls inside one file still carry taint)."""
+    hits = project.callees(ctx, fn, call)
+    if hits:
+        return hits
+    callee = by_name.get(dotted(call.func).split(".")[-1])
+    return [(ctx, callee)] if callee is not None else []
+
+
+def _returned_positions(ctx: ModuleContext, fn: Function, names: set[str]) -> tuple[bool, set[int] | None]:
+    """Does `fn` return any of `names`, and at which tuple positions (None: the whole value)."""
+    hit, positions, whole = False, set(), False
+    for st in fn.stmts:
+        if not isinstance(st.node, cst.Return) or st.node.value is None or not set(st.reads) & names:
+            continue
+        hit = True
+        value = st.node.value
+        if isinstance(value, cst.Tuple) and not any(isinstance(e, cst.StarredElement) for e in value.elements):
+            for i, el in enumerate(value.elements):
+                if {n.value for n in _names(el.value)} & names:
+                    positions.add(i)
+        else:
+            whole = True
+    return hit, (None if whole else positions)
+
+
+def _source_writes(st: Stmt, positions: set[int] | None) -> set[str]:
+    """The names `x, y = source()` binds to the tainted positions of what `source` returns."""
+    node = st.node
+    if positions is not None and isinstance(node, cst.Assign) and len(node.targets) == 1 \
+            and isinstance(node.targets[0].target, cst.Tuple):
+        out: set[str] = set()
+        for i, el in enumerate(node.targets[0].target.elements):
+            if i in positions:
+                out |= target_names(el.value)
+        return out
+    return set(st.writes)
+
+
+def _project_val_taint(project) -> None:
+    fns = list(project.functions())
+    own = {id(fn): _own_seeds(fn) for _, fn in fns}
+    seeds = {id(fn): own[id(fn)] | {p for p in fn.params if VAL_NAME.search(p)} for _, fn in fns}
+    by_name = {id(ctx): {fn.name: fn for fn in ctx.functions.values()} for ctx in project.contexts}
     # module functions start out "clean" (their results carry no val data) and lose that when
     # one of their return statements reads a tainted name: an optimistic fixed point
-    clean = {q for q in ctx.functions if "." not in q and q != "<module>"}
-    returns = {q: set().union(*[st.reads for st in ctx.functions[q].stmts if isinstance(st.node, cst.Return)])
-               for q in clean}
-    result = {q: tainted_names(ctx, fn, seeds[q], clean) for q, fn in ctx.functions.items()}
+    clean = {id(fn) for ctx, fn in fns if "." not in fn.qualname and fn.qualname != "<module>"}
+    # functions that return validation data they load themselves, with the tuple positions
+    sources: dict[int, set[int] | None] = {}
+    checked: dict[int, int] = {}
+
+    def clean_names(ctx: ModuleContext) -> set[str]:
+        names = {q for q, fn in ctx.functions.items() if id(fn) in clean}
+        for alias in ctx.imports:
+            hit = project.resolve_import(ctx, alias)
+            if hit is not None and hit[1] and id(hit[0].functions.get(hit[1])) in clean:
+                names.add(alias)
+        return names
+
+    def solve() -> dict[int, set[str]]:
+        names = {id(ctx): clean_names(ctx) for ctx in project.contexts}
+        return {id(fn): tainted_names(ctx, fn, seeds[id(fn)], names[id(ctx)]) for ctx, fn in fns}
+
+    result = solve()
+    # the resolved calls of every statement, and the names in each bound argument: computed once
+    calls = [(ctx, fn, st, call, callee, [(p, {n.value for n in _names(e)})
+                                          for p, e in project.bind(ctx, fn, call, callee).items()])
+             for ctx, fn in fns for st in fn.stmts for call in st.calls
+             for _, callee in _callees_or_same_file(project, ctx, fn, call, by_name[id(ctx)])]
     for _ in range(8):  # interprocedural: pass tainted arguments into callee parameters
         changed = False
-        for q in list(clean):
-            if returns[q] & result[q]:
-                clean.discard(q)
+        for ctx, fn in fns:
+            if id(fn) in clean and _returned_positions(ctx, fn, result[id(fn)])[0]:
+                clean.discard(id(fn))
                 changed = True
-        for q, fn in ctx.functions.items():
-            for st in fn.stmts:
-                for call in st.calls:
-                    callee = by_name.get(dotted(call.func).split(".")[-1])
-                    if callee is None:
-                        continue
-                    params = [p for p in callee.params if p not in ("self", "cls")]
-                    for i, arg in enumerate(call.args):
-                        names = {n.value for n in _names(arg.value)}
-                        if not names & result[q]:
-                            continue
-                        if arg.keyword is not None:
-                            pname = arg.keyword.value
-                        elif i < len(params):
-                            pname = params[i]
-                        else:
-                            continue
-                        if pname in callee.params and pname not in seeds[callee.qualname]:
-                            seeds[callee.qualname].add(pname)
-                            changed = True
+            if id(fn) not in sources and fn.qualname != "<module>" and own[id(fn)] \
+                    and checked.get(id(fn)) != len(own[id(fn)]):
+                checked[id(fn)] = len(own[id(fn)])  # own seeds only grow: look again when they do
+                mine = tainted_names(ctx, fn, own[id(fn)])
+                scores = tainted_names(ctx, fn, set(loss_names(ctx, fn)))
+                hit, positions = _returned_positions(ctx, fn, mine - scores)
+                if hit:
+                    sources[id(fn)] = positions
+                    changed = True
+        for ctx, fn, st, call, callee, bound in calls:
+            if id(callee) in sources and isinstance(st.node, cst.Assign) and st.node.value is call:
+                new = _source_writes(st, sources[id(callee)]) - own[id(fn)]
+                if new:
+                    own[id(fn)] |= new
+                    seeds[id(fn)] |= new
+                    changed = True
+            tainted = result[id(fn)]
+            for pname, names in bound:
+                if pname in seeds[id(callee)] or not names & tainted:
+                    continue
+                seeds[id(callee)].add(pname)
+                changed = True
         if not changed:
             break
-        result = {q: tainted_names(ctx, fn, seeds[q], clean) for q, fn in ctx.functions.items()}
-    ctx.analysis["val_taint"] = result
-    return result
+        result = solve()
+    for ctx in project.contexts:
+        ctx.analysis["val_taint"] = {q: result[id(fn)] for q, fn in ctx.functions.items()}
 
 
 # ------------------------------------------------------------------ events
 @dataclass
 class TrainEvent:
     stmt: Stmt
-    what: str  # "optimizer step" / "manual parameter update" / "backward"
+    what: str  # "optimizer step" / "manual parameter update" / "call to f(), which trains on ..."
     code: str
+    callee: Function | None = None  # for a call: the function that trains (harness/summaries.py)
+    data: frozenset[str] = frozenset()  # for a call: the caller's names bound to what the callee trains on
 
 
 @dataclass
@@ -153,6 +229,7 @@ class ScoreEvent:
     accumulator: str
     code: str
     value_order: int  # statement order where the accumulated value was computed (<= stmt.order)
+    callee: Function | None = None  # for a call: the function that adds the scores into `accumulator`
 
 
 def optimizer_names(ctx: ModuleContext, fn: Function) -> set[str]:
@@ -170,7 +247,31 @@ def optimizer_names(ctx: ModuleContext, fn: Function) -> set[str]:
     return names
 
 
-def train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
+def train_events(ctx: ModuleContext, fn: Function, summaries=None) -> list[TrainEvent]:
+    """Training steps in `fn`, in statement order: optimizer steps and manual parameter updates
+    here, and calls of functions that train on what they are handed (their summaries)."""
+    from harness.summaries import call_train_events, summaries_of
+
+    events = _direct_train_events(ctx, fn)
+    events += call_train_events(ctx, fn, summaries if summaries is not None else summaries_of(ctx))
+    events.sort(key=lambda t: t.stmt.order)
+    return events
+
+
+def trains_on(ctx: ModuleContext, fn: Function, t: TrainEvent, names: set[str]) -> bool:
+    """Does training event `t` learn from data held in `names`? A call: when those names are
+    bound to what the callee trains on. A step here: when a loss backpropagated in the same
+    stretch (the enclosing outermost loop, else the function) was computed from them."""
+    if t.callee is not None:
+        return bool(t.data & names)
+    outer = t.stmt.loops[0] if t.stmt.loops else None
+    stretch = fn.loop_body(outer) if outer is not None else fn.stmts
+    if backward_tainted(ctx, fn, names, stretch):
+        return True
+    return t.what == "manual parameter update" and bool(set(t.stmt.reads) & names)
+
+
+def _direct_train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
     opts = optimizer_names(ctx, fn)
     events = []
     for st in fn.stmts:
@@ -214,9 +315,13 @@ def loss_names(ctx: ModuleContext, fn: Function) -> dict[str, int]:
     return out
 
 
-def score_events(ctx: ModuleContext, fn: Function, tainted: set[str]) -> list[ScoreEvent]:
+def score_events(ctx: ModuleContext, fn: Function, tainted: set[str], summaries=None) -> list[ScoreEvent]:
     """Validation losses accumulated into a running score: `acc += f(loss)`, `acc.append(...)`,
-    `acc.add_(...)`, `acc = acc + ...`."""
+    `acc.add_(...)`, `acc = acc + ...`, and calls of functions that add the scores of the data
+    they are handed into an accumulator they are handed (`score_chunk(model, tokens, totals)`)."""
+    from harness.summaries import call_score_events, summaries_of
+
+    summaries = summaries if summaries is not None else summaries_of(ctx)
     losses = loss_names(ctx, fn)
     events = []
     for st in fn.stmts:
@@ -238,9 +343,11 @@ def score_events(ctx: ModuleContext, fn: Function, tainted: set[str]) -> list[Sc
             acc = base_name(node.value.func.value)
             value_names = {n.value for n in _names(node.value)} - {acc}
         if acc is None:
-            helper = _scoring_helper_call(ctx, st, set(losses))
+            helper = _scoring_helper_call(ctx, fn, st, set(losses), summaries)
             if helper is not None:
                 events.append(ScoreEvent(st, helper[0], ctx.code(node)[:160], helper[1]))
+            else:
+                events += call_score_events(ctx, fn, st, tainted, summaries)
             continue
         if acc in losses and not LOSS_NAME.search(acc):
             continue
@@ -253,12 +360,9 @@ def score_events(ctx: ModuleContext, fn: Function, tainted: set[str]) -> list[Sc
     return events
 
 
-def _accumulating_params(ctx: ModuleContext, fn: Function) -> set[int]:
-    """Indices of `fn`'s parameters that it accumulates into in place (`acc += ...`, `acc.add_(...)`)."""
-    key = ("acc_params", fn.qualname)
-    if key in ctx.analysis:
-        return ctx.analysis[key]
-    out: set[int] = set()
+def accumulating_params(fn: Function) -> set[str]:
+    """`fn`'s parameters that it accumulates into in place (`acc += ...`, `acc.add_(...)`)."""
+    out: set[str] = set()
     params = [p for p in fn.params if p not in ("self", "cls")]
     for st in fn.stmts:
         node = st.node
@@ -269,25 +373,26 @@ def _accumulating_params(ctx: ModuleContext, fn: Function) -> set[int]:
             if isinstance(call.func, cst.Attribute) and call.func.attr.value in ("add_", "index_add_", "append"):
                 target = base_name(call.func.value)
         if target in params:
-            out.add(params.index(target))
-    ctx.analysis[key] = out
+            out.add(target)
     return out
 
 
-def _scoring_helper_call(ctx: ModuleContext, st: Stmt, losses: set[str]) -> tuple[str, int] | None:
+def _scoring_helper_call(ctx: ModuleContext, fn: Function, st: Stmt, losses: set[str],
+                         summaries) -> tuple[str, int] | None:
     """`_accumulate_bpb(per_tok_loss, ..., loss_sum, ...)`: a call that hands a loss and an accumulator
-    to a module function that adds into that accumulator. Returns (accumulator, order)."""
+    to a function that adds into that accumulator. Returns (accumulator, order)."""
+    project = project_of(ctx)
     by_name = {f.name: f for f in ctx.functions.values()}
     for call in st.calls:
-        callee = by_name.get(dotted(call.func).split(".")[-1])
-        if callee is None:
-            continue
         arg_names = [{n.value for n in _names(a.value)} for a in call.args]
         if not any(a & losses for a in arg_names):
             continue
-        for i in _accumulating_params(ctx, callee):
-            if i < len(call.args) and call.args[i].keyword is None and isinstance(call.args[i].value, cst.Name):
-                return call.args[i].value.value, st.order
+        for _, callee in _callees_or_same_file(project, ctx, fn, call, by_name):
+            bound = project.bind(ctx, fn, call, callee)
+            for pname in sorted(summaries.accumulates.get(id(callee), ())):
+                value = bound.get(pname)
+                if isinstance(value, cst.Name):
+                    return value.value, st.order
     return None
 
 

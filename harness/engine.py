@@ -219,6 +219,7 @@ class ModuleContext:
     packed_line: int | None = None
     analysis: dict = field(default_factory=dict)  # per-file results shared between rules (e.g. taint)
     codes: CodeCache | None = None
+    project: "object | None" = None  # harness.project.Project: the folder's other files, for calls across them
 
     def location(self, line: int, function: str | None = None) -> Location:
         text = self.lines[line - 1].strip() if 0 < line <= len(self.lines) else ""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.engine import ModuleContext, ParseError, build_context
 from harness.findings import AuditResult, FileReport, Finding, Layer, Location, NotAudited, Severity
+from harness.project import Project
 from harness.reachability import Reachability, submission_flags
 from harness.rule import Rule, all_rules
 from harness.source import LoadedSource, load_source
@@ -57,11 +59,14 @@ def audit_folder_static(folder: str | Path, env: dict[str, str] | None = None,
     result.env_flags = dict(run_env)
     imports: dict[str, set[str]] = {}
     texts: dict[str, str] = {}
+    built: list[_Built] = []
     for path in files:
         rel = path.relative_to(base).as_posix()
         loaded = load_source(path, rel)
-        imports[rel] = _audit_loaded(loaded, path, rel, run_env, log_text, rules, result)
+        built.append(_build_file(loaded, rel, run_env, log_text, result))
+        imports[rel] = built[-1].imported
         texts[rel] = loaded.text
+    _audit_built(built, rules, result)
     if folder.is_dir():
         _settle_files(result, run_files(imports, texts))
     return result
@@ -139,19 +144,32 @@ def audit_source(code: str, path: str = "train_gpt.py", env: dict[str, str] | No
             pass
     except RecursionError:
         loaded.error = "expression nesting too deep to parse"
-    _audit_loaded(loaded, None, path, dict(env or {}), "", rules, result)
+    _audit_built([_build_file(loaded, path, dict(env or {}), "", result)], rules, result)
     return result
 
 
-def _audit_loaded(loaded: LoadedSource, path: Path | None, rel: str, env: dict[str, str], log_text: str,
-                  rules: list[Rule], result: AuditResult) -> set[str]:
-    """Audit one loaded file into `result`; returns the modules it imports (for `run_files`)."""
-    imported: set[str] = set()
+@dataclass
+class _Built:
+    """One file, parsed and indexed, waiting for the rules: its contexts (the file itself, or
+    the outer stub and the unpacked code of a packed file)."""
+
+    loaded: LoadedSource
+    rel: str
+    report: FileReport | None
+    contexts: list[ModuleContext] = field(default_factory=list)
+    imported: set[str] = field(default_factory=set)  # modules it imports (for `run_files`)
+
+
+def _build_file(loaded: LoadedSource, rel: str, env: dict[str, str], log_text: str, result: AuditResult) -> _Built:
+    """Parse and index one loaded file (no rule runs yet: the project's other files must be
+    indexed first, so that calls across files resolve)."""
     if loaded.error:
         result.not_audited.append(NotAudited(rel, loaded.error))
-        return imported
-    result.files.append(FileReport(rel, hashlib.sha256(loaded.outer_text.encode()).hexdigest(),
-                                   loaded.text.count("\n") + 1, packed_layers=len(loaded.layers)))
+        return _Built(loaded, rel, None)
+    report = FileReport(rel, hashlib.sha256(loaded.outer_text.encode()).hexdigest(),
+                        loaded.text.count("\n") + 1, packed_layers=len(loaded.layers))
+    result.files.append(report)
+    built = _Built(loaded, rel, report)
     texts = [(loaded.outer_text, None)] if not loaded.layers else [(loaded.outer_text, "outer"), (loaded.text, "inner")]
     for text, role in texts:
         try:
@@ -163,9 +181,9 @@ def _audit_loaded(loaded: LoadedSource, path: Path | None, rel: str, env: dict[s
         except Exception as exc:  # noqa: BLE001 - an analyzer bug must not pass silently
             result.not_audited.append(NotAudited(rel, f"analyzer error: {type(exc).__name__}: {exc}"))
             continue
-        imported |= set(ctx.imports.values())
+        built.imported |= set(ctx.imports.values())
         if ctx.analysis.get("rewrites"):
-            result.files[-1].rewrites.extend(ctx.analysis["rewrites"])
+            report.rewrites.extend(ctx.analysis["rewrites"])
         if role == "inner":
             ctx.packed_in, ctx.packed_line = rel, loaded.layers[0].line
         ctx.analysis["pack"] = {"role": role, "layers": loaded.layers, "error": loaded.pack_error,
@@ -177,25 +195,36 @@ def _audit_loaded(loaded: LoadedSource, path: Path | None, rel: str, env: dict[s
         ctx.reach = reach
         for k, v in ctx.env.items():
             result.env_flags.setdefault(k, v)
-        for rule in rules:
-            try:
-                found = list(rule.check_static(ctx))
-            except RecursionError:
-                result.not_audited.append(NotAudited(rel, f"{rule.name}: nesting too deep to analyse"))
-                continue
-            except Exception as exc:  # noqa: BLE001
-                result.not_audited.append(NotAudited(rel, f"{rule.name}: analyzer error: {type(exc).__name__}: {exc}"))
-                continue
-            for f in found:
-                _settle_reachability(f, ctx)
-                result.findings.append(f)
+        built.contexts.append(ctx)
         if role == "inner":
-            result.files[-1].rewrites.append(f"unpacked {len(loaded.layers)} layer(s): "
-                                             + ", ".join(p.how for p in loaded.layers))
-    if loaded.pack_error:
-        result.not_audited.append(NotAudited(rel, f"packed source cannot be unpacked: {loaded.pack_error}"))
-    apply_suppressions(result, rel, loaded.text if loaded.layers else loaded.outer_text)
-    return imported
+            report.rewrites.append(f"unpacked {len(loaded.layers)} layer(s): "
+                                   + ", ".join(p.how for p in loaded.layers))
+    return built
+
+
+def _audit_built(built: list[_Built], rules: list[Rule], result: AuditResult) -> None:
+    """Run every rule on every indexed file. The files form one project: a rule may follow a
+    call from one file into another (harness/project.py)."""
+    Project([ctx for b in built for ctx in b.contexts])
+    for b in built:
+        for ctx in b.contexts:
+            for rule in rules:
+                try:
+                    found = list(rule.check_static(ctx))
+                except RecursionError:
+                    result.not_audited.append(NotAudited(b.rel, f"{rule.name}: nesting too deep to analyse"))
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    result.not_audited.append(NotAudited(b.rel, f"{rule.name}: analyzer error: "
+                                                                f"{type(exc).__name__}: {exc}"))
+                    continue
+                for f in found:
+                    _settle_reachability(f, ctx)
+                    result.findings.append(f)
+        if b.loaded.pack_error:
+            result.not_audited.append(NotAudited(b.rel, f"packed source cannot be unpacked: {b.loaded.pack_error}"))
+        if b.report is not None:
+            apply_suppressions(result, b.rel, b.loaded.text if b.loaded.layers else b.loaded.outer_text)
 
 
 def _settle_reachability(f: Finding, ctx: ModuleContext) -> None:

@@ -2,9 +2,13 @@
 position, include that position's target (the next token)."""
 from __future__ import annotations
 
+import re
+
 import libcst as cst
 
-from harness.engine import ModuleContext, dotted, walk
+from harness import dataflow as D
+from harness.engine import ModuleContext, base_name, dotted, walk
+from harness.project import CallSite, project_of
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 
@@ -47,6 +51,52 @@ import torch.nn.functional as F
 def pair_key(t, mod):
     nxt = F.pad(t[..., 1:], (0, 1))
     return (t * 1000003 + nxt * 8191) % mod
+'''
+
+
+# the loss target handed to a hashed embedding layer (keyed on (t[i], t[i+1]))
+_LAYER_GETS_TARGET = '''
+import torch.nn.functional as F
+from torch import nn
+
+class PairHash(nn.Module):
+    def __init__(self, buckets, dim):
+        super().__init__()
+        self.buckets = buckets
+        self.embed = nn.Embedding(buckets, dim)
+
+    def forward(self, first, second):
+        key = (first * 1_000_003 + second * 7_919) % self.buckets
+        return self.embed(key)
+
+class LM(nn.Module):
+    def __init__(self, vocab, dim, buckets):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pair = PairHash(buckets, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, input_ids, target_ids):
+        x = self.tok(input_ids) + self.pair(input_ids, target_ids)
+        logits = self.head(x)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1))
+'''
+
+_LAYER_GETS_PREVIOUS = _LAYER_GETS_TARGET.replace(
+    "self.pair(input_ids, target_ids)", "self.pair(F.pad(input_ids[:, :-1], (1, 0)), input_ids)")
+
+# hashed targets as the labels of an auxiliary loss: read by the loss, never fed to the model
+_HASHED_LABELS = '''
+import torch.nn.functional as F
+
+def aux_loss(aux_logits, target_ids, buckets):
+    labels = (target_ids * 1_000_003) % buckets
+    return F.cross_entropy(aux_logits.reshape(-1, buckets), labels.reshape(-1))
+
+def forward(model, input_ids, target_ids, buckets):
+    logits, aux_logits = model(input_ids)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1))
+    return loss + 0.1 * aux_loss(aux_logits, target_ids, buckets)
 '''
 
 
@@ -130,6 +180,80 @@ def _trace_example(leaks: bool, note: str):
                         line=31 if leaks else None)
 
 
+LOSS_TARGET_CALL = re.compile(r"(^|\.)(cross_entropy|nll_loss|binary_cross_entropy\w*|multi_margin_loss)$")
+LOOKUP_CALL = re.compile(r"emb|lookup|table|index_select|take", re.I)
+
+
+def _loss_targets(fn) -> set[str]:
+    """Names a loss is taken against in `fn`: `F.cross_entropy(logits, target_ids.reshape(-1))`
+    -> target_ids (and `targets` for `y = targets.reshape(-1)`)."""
+    out: set[str] = set()
+    for st in fn.stmts:
+        for call in st.calls:
+            if not LOSS_TARGET_CALL.search(dotted(call.func)):
+                continue
+            expr = next((a.value for a in call.args if a.keyword is not None and a.keyword.value == "target"), None)
+            positional = [a for a in call.args if a.keyword is None and not a.star]
+            if expr is None and len(positional) >= 2:
+                expr = positional[1].value
+            name = base_name(expr) if expr is not None else None
+            if name:
+                out.add(name)
+    for st in fn.stmts:  # one step back over re-bindings of a single tensor
+        if isinstance(st.node, cst.Assign) and len(st.writes) == 1 and st.writes & out:
+            name = base_name(st.node.value)
+            if name:
+                out.add(name)
+    return out
+
+
+def _sites(project, ctx, fn, st):
+    """Resolved calls of a statement, layers included: `self.bigram(a, b)` -> BigramHash.forward."""
+    out = list(project.call_sites_in(ctx, fn, st))
+    for call in st.calls:
+        if isinstance(call.func, cst.Attribute) and not project.callees(ctx, fn, call):
+            for cctx, callee in project.instance_callees(ctx, fn, call.func):
+                out.append(CallSite(ctx, fn, st, call, cctx, callee, project.bind(ctx, fn, call, callee)))
+    return out
+
+
+def _lookup_keys(ctx, fn) -> list:
+    """Hashed keys that are looked up (an embedding, a table, an index): (statement, names the key
+    reads). A key used only as a label or written into (`counts[key] += 1`) is not a lookup."""
+    out = []
+    for st in fn.stmts:
+        node = st.node
+        value = node.value if isinstance(node, (cst.Assign, cst.Return)) else None
+        if value is None or not _hashy(value):
+            continue
+        reads = {n.value for n in walk(value) if isinstance(n, cst.Name)}
+        looked_up = any(LOOKUP_CALL.search(dotted(c.func).split(".")[-1]) for c in st.calls)
+        if not looked_up and st.writes:
+            keys = D.tainted_names(ctx, fn, set(st.writes))
+            for later in fn.stmts[st.order + 1:]:
+                for c in later.calls:
+                    if LOOKUP_CALL.search(dotted(c.func).split(".")[-1]) and \
+                            {n.value for a in c.args for n in walk(a.value) if isinstance(n, cst.Name)} & keys:
+                        looked_up = True
+        if looked_up:
+            out.append((st, reads))
+    return out
+
+
+def _hashed_params(ctx, fn) -> dict:
+    """Parameters of `fn` that its own code hashes into a looked-up key -> the key's statement."""
+    params = [p for p in fn.params if p not in ("self", "cls")]
+    keys = _lookup_keys(ctx, fn)
+    out = {}
+    for p in params:
+        derived = D.tainted_names(ctx, fn, {p}) if keys else set()
+        for st, reads in keys:
+            if reads & derived:
+                out[p] = st
+                break
+    return out
+
+
 class HashKeyReadsTarget(Rule):
     id = "GA003"
     name = "hash-key-reads-target"
@@ -146,7 +270,10 @@ class HashKeyReadsTarget(Rule):
     use_instead = _CLEAN
     known_problems = ("Offsets are worked out from literal slices, `torch.roll` and `F.pad` only; a key built "
                       "through an opaque helper or a computed shift is not seen statically — the properness and "
-                      "causality probes of `--dynamic` catch it by running the model.")
+                      "causality probes of `--dynamic` catch it by running the model. Keys fed the loss "
+                      "target are found by following the tensor passed as the target of cross_entropy/nll_loss "
+                      "into the functions and layers (`self.layer = Layer(...)`) it is handed to; a hashed key "
+                      "counts only when it is looked up (an embedding, a table), not when it is a label.")
     references = ("PR #713 (BigramHash/TrigramHash: clean)", "PR #1420 (n-gram expert gating read the target)",
                   "README: a prediction may depend only on earlier tokens")
     fix = ("Align the key with the position it feeds: write the pair hash of (t[i-1], t[i]) into out[..., 1:] "
@@ -155,11 +282,15 @@ class HashKeyReadsTarget(Rule):
     VALID = [Valid(_CLEAN, "PR #713 BigramHash"), Valid(_CLEAN_TRIGRAM, "PR #713 TrigramHash"),
              Valid(_ROLL.replace("shifts=-1", "shifts=1").replace("nxt", "prev"), "torch.roll(+1): the previous token"),
              Valid(_PAD.replace("F.pad(t[..., 1:], (0, 1))", "F.pad(t[..., :-1], (1, 0))").replace("nxt", "prev"),
-                   "F.pad on the left: the previous token")]
+                   "F.pad on the left: the previous token"),
+             Valid(_LAYER_GETS_PREVIOUS, "the hashed layer gets (t[i-1], t[i]): inputs only"),
+             Valid(_HASHED_LABELS, "hashed targets used as labels of an auxiliary loss, not as an input")]
     INVALID = [
         Invalid(_SHIFTED, line=7, function="bigram_hash", note="output shifted one step left"),
         Invalid(_ROLL, line=5, function="pair_key", note="torch.roll(-1) key"),
         Invalid(_PAD, line=5, function="pair_key", note="F.pad shift"),
+        Invalid(_LAYER_GETS_TARGET, line=23, function="LM.forward", message_contains="target_ids",
+                note="self.pair(input_ids, target_ids): the hashing layer is handed the loss target"),
     ]
 
     TRACE_VALID = [_trace_example(False, "key on (t[i-1], t[i]): inputs one position before their targets")]
@@ -172,8 +303,8 @@ class HashKeyReadsTarget(Rule):
         from harness.dynamic.trace import TargetRead
 
         for e in trace.of(TargetRead):
-            evidence = [f"the lookup at {J.where(e.frame)} was indexed, element for element, by the tokens "
-                        f"at the positions that the loss at {J.where(e.loss_frame)} scores as targets",
+            evidence = [f"the lookup at {J.where(e.frame)} was indexed, element for element, by tokens at "
+                        f"(or after) the positions that the loss at {J.where(e.loss_frame)} scores as targets",
                         f"target positions that keyed their own prediction: {J.describe_positions(J.positions_array(e.positions))}",
                         "a causal model's input for target p is built from tokens before p only"]
             yield self.finding(Layer.TRACE, f"the prediction for each scored token was keyed on that token itself "
@@ -182,6 +313,90 @@ class HashKeyReadsTarget(Rule):
                                related=[J.location(trace, e.loss_frame)], confidence=Confidence.HIGH)
 
     def check_static(self, ctx: ModuleContext):
+        project = project_of(ctx)
+        plan = project.analysis.get(self.name)
+        if plan is None:
+            plan = project.analysis[self.name] = self._target_plan(project)
+        seen = set()
+        for f in plan.get(id(ctx), []):
+            seen.add(f.location.line)
+            yield f
+        for f in self._offset_findings(ctx):
+            if f.location.line not in seen:
+                yield f
+
+    # ------------------------------------------------------------------ keys fed the loss target
+    def _target_plan(self, project) -> dict[int, list]:
+        """Keys built from the tensor the loss is taken against: `F.cross_entropy(logits, target_ids)`
+        marks `target_ids`; it is followed into the functions it is passed to (`self.logits(x,
+        target_ids)` -> `self.bigram(x, target_ids)` -> `BigramHash.forward(first, second)`). A
+        hashed key that reads it, looked up in a table or embedding, reads token i+1 at position i."""
+        functions = list(project.functions())
+        targets = {id(fn): _loss_targets(fn) for _, fn in functions}
+        own = {k: set(v) for k, v in targets.items()}
+        for _ in range(8):  # into callees, to a fixed point
+            changed = False
+            for ctx, fn in functions:
+                if not targets[id(fn)]:
+                    continue
+                derived = D.tainted_names(ctx, fn, targets[id(fn)])
+                for st in fn.stmts:
+                    for site in _sites(project, ctx, fn, st):
+                        for pname, expr in site.bound.items():
+                            if base_name(expr) in derived and pname not in targets[id(site.callee)]:
+                                targets[id(site.callee)].add(pname)
+                                changed = True
+            if not changed:
+                break
+        hashed: dict[int, dict] = {}  # filled for the callees a target reaches (few)
+        plan: dict[int, list] = {}
+        for ctx, fn in functions:
+            if not targets[id(fn)]:
+                continue
+            derived = D.tainted_names(ctx, fn, targets[id(fn)])
+            mine = D.tainted_names(ctx, fn, own[id(fn)]) if own[id(fn)] else set()
+            for st, reads in _lookup_keys(ctx, fn):  # a key built here from this function's own target
+                if reads & mine:
+                    name = sorted(reads & mine)[0]
+                    plan.setdefault(id(ctx), []).append(self._target_finding(
+                        ctx, fn, st, name, f"{fn.qualname}() builds a hashed lookup key from `{name}`",
+                        f"`{ctx.code(st.node)[:160]}`"))
+            for st in fn.stmts:  # a target handed to a function that hashes that parameter
+                for site in _sites(project, ctx, fn, st):
+                    if not any(base_name(e) in derived for e in site.bound.values()):
+                        continue
+                    if id(site.callee) not in hashed:
+                        hashed[id(site.callee)] = _hashed_params(site.callee_ctx, site.callee)
+                    for pname, key_stmt in hashed[id(site.callee)].items():
+                        expr = site.bound.get(pname)
+                        if expr is None or base_name(expr) not in derived:
+                            continue
+                        evidence = (f"{site.callee.qualname}() hashes its `{pname}` argument into a lookup key at "
+                                    f"line {key_stmt.line} of {site.callee_ctx.path}: "
+                                    f"`{site.callee_ctx.code(key_stmt.node)[:140]}`")
+                        name = base_name(expr)
+                        plan.setdefault(id(ctx), []).append(self._target_finding(
+                            ctx, fn, st, name, f"{fn.qualname}() passes `{name}` into the hashed lookup key of "
+                                               f"{site.callee.qualname}()",
+                            evidence, site.callee_ctx.location(key_stmt.line, site.callee.qualname)))
+        return plan
+
+    def _target_finding(self, ctx, fn, st, name: str, what: str, evidence: str, related=None):
+        return self.finding(
+            Layer.STATIC,
+            f"{what}; `{name}` is the tensor the loss is scored against, so the key for position i reads "
+            "token i+1, the target",
+            ctx.location(st.line, fn.qualname),
+            [evidence, f"`{name}` is the loss target (t[i+1] at position i): the loss in this function or a "
+                       "caller is taken against it"],
+            fix="Build hashed keys from input tokens only (t[i], t[i-1], ...); never feed the targets into a "
+                "feature of the position that predicts them.",
+            related=[related] if related is not None else [],
+            **ctx.reach_fields(fn.qualname, st),
+        )
+
+    # ------------------------------------------------------------------ literal offsets
+    def _offset_findings(self, ctx: ModuleContext):
         for q, fn in ctx.functions.items():
             shifts = _shift_bindings(ctx, fn)
             for st in fn.stmts:

@@ -87,6 +87,44 @@ def ttt_eval(model, val_tokens, opt, epochs, chunks):
 '''
 
 
+# scores kept per position across epochs through a scoring helper, the lowest one reported
+_HELPER_MIN_PER_POSITION = '''
+import math
+import torch
+def score_chunk(model, tokens, start, end, totals):
+    with torch.inference_mode():
+        nll = model(tokens[start:end], tokens[start + 1:end + 1])
+    totals += nll.sum()
+    return torch.arange(start + 1, end + 1), nll
+
+def train_chunk(model, opt, tokens, start, end):
+    loss = model(tokens[start:end], tokens[start + 1:end + 1]).mean()
+    loss.backward()
+    opt.step()
+
+def ttt_eval(model, val_tokens, opt, chunks, epochs):
+    best = {}
+    for epoch in range(epochs):
+        epoch_totals = torch.zeros(())
+        for s, e in chunks:
+            positions, nll = score_chunk(model, val_tokens, s, e, epoch_totals)
+            for p, v in zip(positions.tolist(), nll.tolist()):
+                best[p] = min(v, best.get(p, math.inf))
+            train_chunk(model, opt, val_tokens, s, e)
+        print(f"epoch {epoch} val_loss:{epoch_totals.item()}")
+    return sum(best.values())
+'''
+
+_HELPER_SCORED_ONCE = _HELPER_MIN_PER_POSITION.split("def ttt_eval")[0] + '''def ttt_eval(model, val_tokens, opt, chunks, epochs):
+    totals = torch.zeros(())
+    for s, e in chunks:
+        positions, nll = score_chunk(model, val_tokens, s, e, totals)
+        for epoch in range(epochs):
+            train_chunk(model, opt, val_tokens, s, e)
+    return totals
+'''
+
+
 class RescoredTokens(Rule):
     id = "GA002"
     name = "rescored-tokens"
@@ -106,11 +144,14 @@ class RescoredTokens(Rule):
     fix = "Record each token's score once, in the first pass, and report the sum of those first scores."
 
     VALID = [Valid(_LEGAL, "one pass, each token scored once"),
-             Valid(_FIRST_PASS_ONLY, "multi-epoch TTT on already-scored chunks, scored once in the first pass")]
+             Valid(_FIRST_PASS_ONLY, "multi-epoch TTT on already-scored chunks, scored once in the first pass"),
+             Valid(_HELPER_SCORED_ONCE, "scoring helper called once per chunk, then several epochs on the scored chunk")]
     INVALID = [
         Invalid(_EVERY_EPOCH, line=10, function="ttt_eval", note="accumulator reset every epoch: last epoch reported"),
         Invalid(_MIN_SELECT, line=14, function="ttt_eval", message_contains="min", note="min over epochs"),
         Invalid(_BEST_SO_FAR, line=13, function="ttt_eval", message_contains="min", note="running best over epochs"),
+        Invalid(_HELPER_MIN_PER_POSITION, line=22, function="ttt_eval", message_contains="min",
+                note="helpers score every epoch; each position keeps its lowest NLL"),
     ]
 
     def check_static(self, ctx: ModuleContext):
@@ -169,6 +210,8 @@ class RescoredTokens(Rule):
         """`min(per_pass_losses)` over a list filled once per pass, or `best = min(best, loss)`."""
         loop = fn.loops[loop_id]
         losses = set(D.loss_names(ctx, fn))
+        # values read out of a pass's scores: `for p, v in zip(positions, nll.tolist())`
+        from_losses = D.tainted_names(ctx, fn, losses)
         per_pass = set()
         for st in fn.loop_body(loop_id):
             for call in st.calls:
@@ -185,6 +228,10 @@ class RescoredTokens(Rule):
                 if any(a & per_pass for a in args):
                     return st
                 if len(args) == 2 and all(a & losses for a in args) and st.writes & (args[0] | args[1]):
+                    return st
+                # a running selection kept per position: `best[p] = min(v, best.get(p, inf))`
+                mentioned = set().union(*args) if args else set()
+                if st.loops and loop_id in st.loops and st.writes & mentioned and mentioned & from_losses - st.writes:
                     return st
         return None
 

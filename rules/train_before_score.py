@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import libcst as cst
 
+from dataclasses import dataclass, field
+
 from harness import dataflow as D
 from harness.engine import Function, ModuleContext, dotted
+from harness.project import project_of
+from harness.summaries import summaries_of
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 from harness.dynamic.judging import shared_trace_examples
@@ -143,6 +147,101 @@ def ttt(model, val_tokens, chunks):
 '''
 
 
+@dataclass
+class _Judged:
+    """A function with training steps on validation data that no earlier score covers."""
+
+    ctx: ModuleContext
+    fn: Function
+    missing: list  # the uncovered steps (TrainEvent), in order
+    scores: list  # its scores (ScoreEvent)
+    tainted: set[str]
+    sites: list = field(default_factory=list)  # (CallSite, caller scored first, caller judges the call)
+
+
+# The order lives in one function, the steps and the scores in helpers it calls.
+_HELPERS = '''
+import torch
+def train_chunk(model, opt, tokens, start, end):
+    for i in range(start, end - 64, 64):
+        loss = model(tokens[i:i + 64], tokens[i + 1:i + 65])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+def score_chunk(model, tokens, start, end, totals):
+    with torch.inference_mode():
+        nll = model(tokens[start:end], tokens[start + 1:end + 1])
+    totals += nll.sum()
+'''
+
+_HELPERS_SCORE_FIRST = _HELPERS + '''
+def eval_val_ttt(model, val_tokens, opt, chunks):
+    totals = torch.zeros(())
+    for k, (s, e) in enumerate(chunks):
+        score_chunk(model, val_tokens, s, e, totals)
+        if k < len(chunks) - 1:
+            train_chunk(model, opt, val_tokens, s, e)
+    return totals
+'''
+
+_HELPERS_TRAIN_FIRST = _HELPERS + '''
+def eval_val_ttt(model, val_tokens, opt, chunks):
+    totals = torch.zeros(())
+    for s, e in chunks:
+        train_chunk(model, opt, val_tokens, s, e)
+        score_chunk(model, val_tokens, s, e, totals)
+    return totals
+'''
+
+_HELPERS_LAST_EPOCH = _HELPERS + '''
+def eval_val_ttt(model, val_tokens, opt, chunks, epochs):
+    totals = torch.zeros(())
+    for epoch in range(epochs):
+        for s, e in chunks:
+            if epoch == epochs - 1:
+                score_chunk(model, val_tokens, s, e, totals)
+            train_chunk(model, opt, val_tokens, s, e)
+    return totals
+'''
+
+# main() hands the validation stream to a fine-tuning helper, which uses the chunk trainer that the
+# legal score-first eval shares: the finding goes to the helper, not to the shared trainer.
+_HELPER_PRE_QUANT = _HELPERS_SCORE_FIRST + '''
+def finetune_on(model, tokens, epochs):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in range(epochs):
+        train_chunk(model, opt, tokens, 0, tokens.numel() - 1)
+
+def main(model, opt, chunks):
+    val_tokens = load_validation_tokens("fineweb_val_*.bin")
+    finetune_on(model, val_tokens, 2)
+    print(f"val_bpb:{eval_val_ttt(model, val_tokens, opt, chunks)}")
+'''
+
+# the eval is picked from a table and called with `*args`: the validation stream still reaches it
+_DISPATCH = _HELPERS + '''
+def ttt_legal(model, tokens, opt, chunks):
+    totals = torch.zeros(())
+    for s, e in chunks:
+        score_chunk(model, tokens, s, e, totals)
+        train_chunk(model, opt, tokens, s, e)
+    return totals
+
+def ttt_adapt_first(model, tokens, opt, chunks):
+    totals = torch.zeros(())
+    for s, e in chunks:
+        train_chunk(model, opt, tokens, s, e)
+        score_chunk(model, tokens, s, e, totals)
+    return totals
+
+def run_eval(mode, model, val_tokens, opt, chunks):
+    args = (model, val_tokens, opt, chunks)
+    ttt = {"adapt": ttt_adapt_first}.get(mode, ttt_legal)
+    return ttt(*args)
+'''
+
+
 class TrainBeforeScore(Rule):
     id = "GA001"
     name = "train-before-score"
@@ -163,7 +262,11 @@ class TrainBeforeScore(Rule):
     known_problems = ("Static analysis follows names, not values: a step hidden behind getattr of a "
                       "computed string, exec, or a hook may be missed — the dynamic layer (`--dynamic`) "
                       "proves the order from a traced run. A loss accumulated only for logging before a "
-                      "step is not taken as a score unless it reaches the returned or printed result.")
+                      "step is not taken as a score unless it reaches the returned or printed result. "
+                      "Helpers are followed through their summaries (harness/summaries.py: a function that "
+                      "trains on an argument, or scores an argument into an accumulator it is handed), "
+                      "across the folder's files; a call the analyzer cannot name (a callback held in an "
+                      "object, a method of an instance) is not followed.")
     references = ("README of openai/parameter-golf: test-time training rule",
                   "PR #518 (closed by a maintainer: adapt-then-score)",
                   "PR #713 (lora_ttt_eval final-epoch scoring; test_time_train pre-quant TTT)",
@@ -188,6 +291,9 @@ def train(model, opt, train_loader, steps):
         loss.backward()
         opt.step()
 ''', "ordinary training on training data"),
+        Valid(_HELPERS_SCORE_FIRST, "score-first TTT written with helpers: score_chunk, then train_chunk"),
+        Valid(_DISPATCH.replace('{"adapt": ttt_adapt_first}', '{}'),
+              "a dispatch table holding only the score-first eval"),
     ]
     INVALID = [
         Invalid(_ADAPT_THEN_SCORE, line=9, function="eval_ttt", note="PR #518: train the chunk, then score it"),
@@ -197,75 +303,129 @@ def train(model, opt, train_loader, steps):
         Invalid(_MANUAL, line=9, function="adapt", note="manual p.data update"),
         Invalid(_MANUAL_SUB, line=9, function="adapt", note="`p -= lr * p.grad` under no_grad"),
         Invalid(_ALIASED, line=11, function="ttt", note="aliased optimizer, chunk re-scored after the step"),
+        Invalid(_HELPERS_TRAIN_FIRST, line=18, function="eval_val_ttt", message_contains="adapt-then-score",
+                note="helpers: train_chunk (trains on its tokens) before score_chunk (scores into totals)"),
+        Invalid(_HELPERS_LAST_EPOCH, line=21, function="eval_val_ttt", message_contains="epoch == epochs - 1",
+                note="helpers: every epoch trains, only the last one scores"),
+        Invalid(_HELPER_PRE_QUANT, line=26, function="finetune_on",
+                note="main() hands val tokens to a fine-tuning helper; the shared chunk trainer is not blamed"),
+        Invalid(_DISPATCH, line=25, function="ttt_adapt_first",
+                note="eval chosen from a table, called with *args: the val stream reaches its `tokens`"),
     ]
 
     # ------------------------------------------------------------------ static
     def check_static(self, ctx: ModuleContext):
-        taint = D.val_taint(ctx)
-        # pass 1: each function on its own
-        uncovered: dict[str, tuple[D.TrainEvent, list]] = {}
-        for q, fn in ctx.functions.items():
-            tainted = taint.get(q, set())
+        """Judged once for the whole project (the order often lives in one file and the steps
+        in another); each file gets the findings located in it."""
+        project = project_of(ctx)
+        plan = project.analysis.get(self.name)
+        if plan is None:
+            plan = project.analysis[self.name] = self._plan(project)
+        yield from plan.get(id(ctx), [])
+
+    def _plan(self, project) -> dict[int, list]:
+        # pass 1: each function on its own: its training steps on validation data (its own, and
+        # calls of functions that train on what they are handed) that no earlier score covers
+        judged: dict[int, _Judged] = {}
+        for ctx, fn in project.functions():
+            tainted = D.val_taint(ctx).get(fn.qualname, set())
             if not tainted:
                 continue
             # a training loop fed by a loader over validation shards is val-data-in-training's
             batches = D.val_loader_batches(ctx, fn, tainted)
             from_loader = D.tainted_names(ctx, fn, set(batches)) if batches else set()
-            trains = [t for t in D.train_events(ctx, fn) if self._on_val(ctx, fn, t, tainted)
+            trains = [t for t in D.train_events(ctx, fn) if D.trains_on(ctx, fn, t, tainted)
                       and not self._discarded(ctx, fn, t)
-                      and not (from_loader and self._on_val(ctx, fn, t, from_loader))]
+                      and not (from_loader and D.trains_on(ctx, fn, t, from_loader))]
             if not trains:
                 continue
             scores = self._scores(ctx, fn, tainted)
-            miss = self._first_uncovered(trains, scores)
-            if miss is not None:
-                uncovered[q] = (miss, scores)
-        # pass 2: a function that trains on data it is handed (phased/global TTT) is judged at its
-        # call sites: legal when every caller recorded scores before handing the data over
-        trainers = set(uncovered)
-        by_name = {ctx.functions[q].name: q for q in trainers}
-        call_sites: dict[str, list[bool]] = {q: [] for q in trainers}
-        unscored_calls: dict[str, list] = {q: [] for q in trainers}
-        for q, fn in ctx.functions.items():
-            tainted = taint.get(q, set())
-            calls = []
-            for st in fn.stmts:
-                for call in st.calls:
-                    callee = by_name.get(dotted(call.func).split(".")[-1])
-                    if callee and callee != q and {n.value for a in call.args for n in D._names(a.value)} & tainted:
-                        calls.append((callee, D.TrainEvent(st, f"call to {ctx.functions[callee].name}(), which trains",
-                                                           ctx.code(call)[:120])))
-            if not calls:
+            missing = [t for t in trains if not any(self._covers(s, t) for s in scores)]
+            if missing:
+                judged[id(fn)] = _Judged(ctx, fn, missing, scores, tainted)
+        # pass 2: who carries each finding. A function that trains on data it is handed and
+        # scores none of it defers to its callers: their call is a training step in their own
+        # order. The caller with scores judges that order; a caller without scores that nobody
+        # calls with validation data (main() handing val_tokens to a fine-tuning helper) hands
+        # the finding to the helper it called, where the training loop is.
+        events: dict[int, tuple[list, list]] = {}  # id(caller) -> (its scores, its training steps)
+        for j in judged.values():
+            for site in project.sites(j.fn):
+                if site.fn is j.fn:
+                    continue
+                caller_taint = D.val_taint(site.ctx).get(site.fn.qualname, set())
+                if not any({n.value for n in D._names(e)} & caller_taint for e in site.bound.values()):
+                    continue
+                if id(site.fn) not in events:
+                    events[id(site.fn)] = (self._scores(site.ctx, site.fn, caller_taint),
+                                           D.train_events(site.ctx, site.fn))
+                caller_scores, caller_trains = events[id(site.fn)]
+                ev = D.TrainEvent(site.stmt, f"call to {j.fn.name}(), which trains", site.ctx.code(site.call)[:120])
+                covered = any(self._precedes(s, ev) for s in caller_scores)
+                handled = any(t.callee is j.fn and t.stmt is site.stmt
+                              and D.trains_on(site.ctx, site.fn, t, caller_taint) for t in caller_trains)
+                j.sites.append((site, covered, handled))
+        roots = {k for k, j in judged.items() if not j.scores and not any(h for _, _, h in j.sites)}
+        delegated_to: dict[int, list] = {}  # callee -> call sites of scoreless roots handing it the finding
+        for k in roots:
+            j = judged[k]
+            keep = []
+            for t in j.missing:
+                if t.callee is not None and id(t.callee) in judged and not judged[id(t.callee)].scores:
+                    target, chain = self._descend(judged, judged[id(t.callee)])
+                    delegated_to.setdefault(id(target.fn), []).extend(
+                        [j.ctx.location(t.stmt.line, j.fn.qualname)] + chain)
+                else:
+                    keep.append(t)
+            j.missing = keep
+        plan: dict[int, list] = {}
+        for k, j in judged.items():
+            if not j.missing:
                 continue
-            scores = self._scores(ctx, fn, tainted)
-            for callee, ev in calls:
-                # the caller chooses the data (e.g. "scored_docs"): it must have recorded scores
-                # earlier in the same loop iteration; their guards may differ from the call's
-                covered = any(self._precedes(s, ev) for s in scores)
-                call_sites[callee].append(covered)
-                if not covered:
-                    # the callee's own finding stands; the call site is listed with it, not twice
-                    unscored_calls[callee].append(ctx.location(ev.stmt.line, q))
-        for q, (t, scores) in uncovered.items():
-            sites = call_sites.get(q)
-            if sites and all(sites):
-                continue  # every caller scores first: legal score-first (phased) TTT
-            f = self._finding(ctx, ctx.functions[q], t, scores, taint.get(q, set()))
-            for loc in unscored_calls.get(q, [])[:5]:
+            related = delegated_to.get(k, [])
+            if not j.scores:
+                if any(h for _, _, h in j.sites) and not related:
+                    continue  # every caller judges the call in its own order
+                if j.sites and all(c for _, c, _ in j.sites) and not related:
+                    continue  # every caller scores first: legal score-first (phased) TTT
+            elif j.sites and all(c for _, c, _ in j.sites):
+                continue
+            unscored = related + [site.ctx.location(site.stmt.line, site.fn.qualname)
+                                  for site, covered, handled in j.sites if not covered and not handled]
+            f = self._finding(j.ctx, j.fn, j.missing[0], j.scores, j.tainted)
+            for loc in unscored[:5]:
                 f.related.append(loc)
                 f.evidence.append(f"called at line {loc.line} in {loc.function}() with validation data "
                                   "that the caller has not scored")
-            yield f
+            plan.setdefault(id(j.ctx), []).append(f)
+        return plan
+
+    @staticmethod
+    def _descend(judged: dict[int, "_Judged"], j: "_Judged") -> tuple["_Judged", list]:
+        """From a helper a scoreless caller hands validation data to, down the chain of helpers
+        that only pass it on, to the one whose own code trains: stop at a helper that other
+        functions call too (a shared `train_chunk` that a legal score-first eval also uses)."""
+        seen = {id(j.fn)}
+        chain = []  # the calls passed through on the way down
+        while all(t.callee is not None for t in j.missing):
+            callees = {id(t.callee) for t in j.missing}
+            if len(callees) != 1:
+                break
+            nxt = judged.get(next(iter(callees)))
+            if nxt is None or nxt.scores or id(nxt.fn) in seen:
+                break
+            if {id(site.fn) for site, _, handled in nxt.sites if handled} != {id(j.fn)}:
+                break
+            seen.add(id(nxt.fn))
+            chain.append(j.ctx.location(j.missing[0].stmt.line, j.fn.qualname))
+            j = nxt
+        return j, chain
 
     def _scores(self, ctx: ModuleContext, fn: Function, tainted: set[str]) -> list:
-        reported = D.reported_names(ctx, fn)
+        """Scores that count: added to what the function reports, or to an accumulator its caller
+        handed it (`score_chunk(..., totals)`)."""
+        reported = D.reported_names(ctx, fn) | summaries_of(ctx).accumulates.get(id(fn), set())
         return [s for s in D.score_events(ctx, fn, tainted) if s.accumulator in reported]
-
-    def _first_uncovered(self, trains, scores):
-        for t in trains:
-            if not any(self._covers(s, t) for s in scores):
-                return t
-        return None
 
     @staticmethod
     def _precedes(s: D.ScoreEvent, t: D.TrainEvent) -> bool:
@@ -311,14 +471,6 @@ def train(model, opt, train_loader, steps):
                     isinstance(tg.target, (cst.Attribute, cst.Subscript)) for tg in st.node.targets):
                 return False  # stored somewhere that outlives the loop
         return True
-
-    @staticmethod
-    def _on_val(ctx: ModuleContext, fn: Function, t: D.TrainEvent, tainted: set[str]) -> bool:
-        outer = t.stmt.loops[0] if t.stmt.loops else None
-        stretch = fn.loop_body(outer) if outer is not None else fn.stmts
-        if D.backward_tainted(ctx, fn, tainted, stretch):
-            return True
-        return t.what == "manual parameter update" and bool(set(t.stmt.reads) & tainted)
 
     @staticmethod
     def _covers(s: D.ScoreEvent, t: D.TrainEvent) -> bool:

@@ -8,6 +8,7 @@ import libcst as cst
 
 from harness import dataflow as D
 from harness.engine import ModuleContext, dotted
+from harness.project import project_of
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 from harness.dynamic.judging import shared_trace_examples
@@ -57,6 +58,24 @@ def finalize(args, model, ema):
 '''
 
 
+# the quantizer only receives what the calibration on val tokens returned: reported once, where the
+# validation tokens go in
+_HESSIANS_HANDED_ON = '''
+def quantize_state(state, hessians):
+    out = {}
+    for name, w in state.items():
+        h = hessians.get(name)
+        out[name] = quantize_matrix(w, h)
+    return out
+
+def main(args, model):
+    val_tokens = load_validation_tokens(args.val_files, 1024)
+    hessians = collect_hessians(model, val_tokens[:131072])
+    state = quantize_state(model.state_dict(), hessians)
+    return eval_val(model, val_tokens)
+'''
+
+
 class ValDataInTraining(Rule):
     id = "GA004"
     name = "val-data-in-training"
@@ -82,19 +101,30 @@ class ValDataInTraining(Rule):
     INVALID = [Invalid(_GPTQ_ON_VAL, line=4, function="main", note="GPTQ Hessians on val_tokens"),
                Invalid(_TRAIN_LOOP, line=10, function="main", message_contains="loader",
                        note="training loader built over the validation shards"),
-               Invalid(_EMA_ON_VAL, line=5, function="finalize", note="EMA/SWA statistics updated on val_tokens")]
+               Invalid(_EMA_ON_VAL, line=5, function="finalize", note="EMA/SWA statistics updated on val_tokens"),
+               Invalid(_HESSIANS_HANDED_ON, line=11, function="main",
+                       note="Hessians from val tokens handed to the quantizer: reported at the calibration")]
 
     def check_static(self, ctx: ModuleContext):
-        taint = D.val_taint(ctx)
-        reported: set[str] = set()
-        for q, fn in ctx.functions.items():
-            tainted = taint.get(q, set())
+        """Judged once for the whole project: a function that only receives the *results* of a
+        calibration on validation data (Hessians handed on to the quantizer) is downstream of the
+        finding, not a second one."""
+        project = project_of(ctx)
+        plan = project.analysis.get(self.name)
+        if plan is None:
+            plan = project.analysis[self.name] = self._plan(project)
+        yield from plan.get(id(ctx), [])
+
+    def _plan(self, project) -> dict[int, list]:
+        plan: dict[int, list] = {}
+        candidates: list[tuple] = []  # (ctx, fn, stmt, callee name, names of validation data)
+        for ctx, fn in project.functions():
+            tainted = D.val_taint(ctx).get(fn.qualname, set())
             if not tainted:
                 continue
             loop_hit = self._training_loop(ctx, fn, tainted)
             if loop_hit is not None:
-                reported.add(q)
-                yield loop_hit
+                plan.setdefault(id(ctx), []).append(loop_hit)
                 continue
             for st in fn.stmts:
                 for call in st.calls:
@@ -103,18 +133,42 @@ class ValDataInTraining(Rule):
                         continue
                     args = {n.value for a in call.args for n in D._names(a.value)}
                     hit = args & tainted
-                    if not hit or not self._direct_val(call, hit, fn, ctx):
+                    if not hit or not self._direct_val(call, hit, fn, ctx) or self._eval_time_state(fn, st):
                         continue
-                    if q in reported or self._eval_time_state(fn, st):
-                        continue
-                    reported.add(q)
-                    yield self.finding(
-                        Layer.STATIC,
-                        f"{q}() passes validation data ({', '.join(sorted(hit))}) to {name}() before the final eval",
-                        ctx.location(st.line, q),
-                        [f"`{ctx.code(st.node)[:160]}`"],
-                        **ctx.reach_fields(q, st),
-                    )
+                    candidates.append((ctx, fn, st, name, hit))
+        # id(fn) -> names holding what its calibration calls returned (and values computed from them)
+        returned: dict[int, tuple] = {}
+        for ctx, fn, st, _, _ in candidates:
+            returned.setdefault(id(fn), (ctx, fn, set()))[2].update(st.writes)
+        results = {k: D.tainted_names(ctx, fn, names) for k, (ctx, fn, names) in returned.items()}
+        reported: set[int] = set()
+        for ctx, fn, st, name, hit in candidates:
+            if id(fn) in reported or self._downstream(project, ctx, fn, hit, results):
+                continue
+            reported.add(id(fn))
+            plan.setdefault(id(ctx), []).append(self.finding(
+                Layer.STATIC,
+                f"{fn.qualname}() passes validation data ({', '.join(sorted(hit))}) to {name}() before the final eval",
+                ctx.location(st.line, fn.qualname),
+                [f"`{ctx.code(st.node)[:160]}`"],
+                **ctx.reach_fields(fn.qualname, st),
+            ))
+        return plan
+
+    @staticmethod
+    def _downstream(project, ctx: ModuleContext, fn, hit: set[str], results: dict[int, set[str]]) -> bool:
+        """The validation-derived names reach `fn` only through parameters, and every caller that
+        passes such data passes what one of its own calibration calls returned."""
+        own = D._own_seeds(fn) | {p for p in fn.params if D.VAL_NAME.search(p)}
+        if hit & D.tainted_names(ctx, fn, own):
+            return False
+        sites = []
+        for site in project.sites(fn):
+            taint = D.val_taint(site.ctx).get(site.fn.qualname, set())
+            passed = {n.value for e in site.bound.values() for n in D._names(e)} & taint
+            if passed:
+                sites.append(passed <= results.get(id(site.fn), set()))
+        return bool(sites) and all(sites)
 
     def _training_loop(self, ctx: ModuleContext, fn, tainted: set[str]):
         """A training loop whose batches come from a loader built over validation data."""

@@ -228,7 +228,8 @@ def test_markdown_review(tmp_path):
     row = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in rows}
     assert row["`train-before-score` (GA001)"] == "❌ 3 finding(s)"  # the suppressed one is not counted
     assert row["`future-dependent-score` (GA010)"] == "❌ 1 finding(s)"
-    assert row["`hash-key-reads-target` (GA003)"] == "✅ clean"
+    assert row["`network-at-eval` (GA005)"] == "✅ clean"  # static only, no finding
+    assert row["`hash-key-reads-target` (GA003)"] == "⚠️ not audited"  # clean statically, its trace layer timed out
     assert row["`incomplete-scoring` (GA007)"] == "⚠️ not audited"  # its layer (trace) timed out
     assert "toy run timed out" in [ln for ln in rows if "GA007" in ln][0]
     for section in ("#### Findings", "#### Not audited", "#### Suppressed", "#### Unused suppressions", "Notes"):

@@ -1,0 +1,193 @@
+"""What a function does with what it is handed, stated once so that its callers can use it.
+
+Real evals rarely step the optimizer or add to the loss sum in the loop that decides the order:
+`for k: score_chunk(model, tokens, windows, totals); train_chunk(model, opt, tokens, ...)`. The
+order is the caller's, the effects are the callees'. Each function gets a summary:
+
+- accumulates: the parameters it adds into in place (`totals += ...`), directly or by handing
+  them to a function that does;
+- scores_into: for such an accumulator parameter, the parameters whose data it scores there
+  (`score_chunk` scores `tokens` into `totals`);
+- trains: the parameters whose data it trains on without recording a score of that data itself
+  (`train_chunk` trains on `tokens`). A function that both trains on and scores the same data is
+  not summarised as a trainer: the order inside it is judged where it stands.
+
+A call then counts, in the caller, as the training step or the score its callee performs, on the
+caller's arguments. Summaries are about parameters, not about validation data: whether the
+caller's argument carries validation data is the caller's own taint (dataflow.val_taint).
+Resolution of calls across files: harness/project.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from harness import dataflow as D
+from harness.engine import Function, ModuleContext, Stmt, base_name, walk
+from harness.project import SELF_NAMES, project_of
+
+ROUNDS = 8  # call chains deeper than this are not followed (real scripts nest two or three)
+
+
+@dataclass
+class Summaries:
+    accumulates: dict[int, set[str]] = field(default_factory=dict)  # id(fn) -> accumulator parameters
+    scores_into: dict[int, dict[str, set[str]]] = field(default_factory=dict)  # id(fn) -> acc -> scored params
+    trains: dict[int, dict[str, D.TrainEvent]] = field(default_factory=dict)  # id(fn) -> param -> first step
+
+
+def summaries_of(ctx: ModuleContext) -> Summaries:
+    project = project_of(ctx)
+    found = project.analysis.get("summaries")
+    if found is None:
+        found = project.analysis["summaries"] = _solve(project)
+    return found
+
+
+def _params(fn: Function) -> list[str]:
+    return [p for p in fn.params if p not in SELF_NAMES]
+
+
+def _data_params(fn: Function) -> list[str]:
+    """Parameters that hold data, as opposed to a configuration object read only through its
+    fields (`h.train_seq_len`) or a model that is only called (`model(x, y)`, `model.train()`):
+    a loss is computed "from" those too, but training on them is not training on their data."""
+    uses: dict[str, set[str]] = {p: set() for p in _params(fn)}
+    if fn.node is None:
+        return list(uses)
+    callee_ids: set[int] = set()
+    attr_ids: dict[int, bool] = {}  # id(Name) -> the attribute is called (a method)
+    for n in walk(fn.node.body):
+        if isinstance(n, cst.Call):
+            if isinstance(n.func, cst.Name):
+                callee_ids.add(id(n.func))
+            elif isinstance(n.func, cst.Attribute) and isinstance(n.func.value, cst.Name):
+                attr_ids[id(n.func.value)] = True
+        elif isinstance(n, cst.Attribute) and isinstance(n.value, cst.Name):
+            attr_ids.setdefault(id(n.value), False)
+    for n in walk(fn.node.body):
+        if isinstance(n, cst.Name) and n.value in uses:
+            if id(n) in callee_ids:
+                uses[n.value].add("called")
+            elif id(n) in attr_ids:
+                uses[n.value].add("method" if attr_ids[id(n)] else "field")
+            else:
+                uses[n.value].add("value")
+    return [p for p, kinds in uses.items() if "called" not in kinds and kinds - {"field"}]
+
+
+def _names(node: cst.CSTNode | None) -> set[str]:
+    return {n.value for n in D._names(node)} if node is not None else set()
+
+
+def _solve(project) -> Summaries:
+    summ = Summaries()
+    # an empty placeholder while solving: events computed below must not ask for the summaries
+    # being built (train_events/score_events fall back to summaries_of when given None)
+    project.analysis["summaries"] = summ
+    fns = [(ctx, fn) for ctx, fn in project.functions() if fn.qualname != "<module>" and _params(fn)]
+    for _, fn in fns:
+        summ.accumulates[id(fn)] = D.accumulating_params(fn)
+    # 1. accumulators handed on: `score_document_starts(..., totals)` -> score_chunk(..., totals)
+    for _ in range(ROUNDS):
+        changed = False
+        for ctx, fn in fns:
+            params = set(_params(fn))
+            for st in fn.stmts:
+                for site in project.call_sites_in(ctx, fn, st):
+                    for pname in summ.accumulates.get(id(site.callee), ()):
+                        value = site.bound.get(pname)
+                        if isinstance(value, cst.Name) and value.value in params \
+                                and value.value not in summ.accumulates[id(fn)]:
+                            summ.accumulates[id(fn)].add(value.value)
+                            changed = True
+        if not changed:
+            break
+    # 2. what each accumulator receives the scores of
+    for _ in range(ROUNDS):
+        changed = False
+        for ctx, fn in fns:
+            acc = summ.accumulates[id(fn)]
+            if not acc:
+                continue
+            into = summ.scores_into.setdefault(id(fn), {})
+            for p in _params(fn):
+                derived = D.tainted_names(ctx, fn, {p})
+                for s in D.score_events(ctx, fn, derived, summ):
+                    if s.accumulator in acc and p not in into.setdefault(s.accumulator, set()):
+                        into[s.accumulator].add(p)
+                        changed = True
+        if not changed:
+            break
+    # 3. what each function trains on without scoring it (scores_into is final by now)
+    for _ in range(ROUNDS):
+        changed = False
+        for ctx, fn in fns:
+            trains = D.train_events(ctx, fn, summ)
+            if not trains:
+                continue
+            reported = D.reported_names(ctx, fn) | summ.accumulates[id(fn)]
+            mine = summ.trains.setdefault(id(fn), {})
+            for p in _data_params(fn):
+                if p in mine:
+                    continue
+                derived = D.tainted_names(ctx, fn, {p})
+                on = [t for t in trains if D.trains_on(ctx, fn, t, derived)]
+                if not on:
+                    continue
+                if any(s.accumulator in reported for s in D.score_events(ctx, fn, derived, summ)):
+                    continue  # it scores that data too: judged inside, not handed to callers
+                mine[p] = on[0]
+                changed = True
+        if not changed:
+            break
+    return summ
+
+
+def call_train_events(ctx: ModuleContext, fn: Function, summ: Summaries) -> list[D.TrainEvent]:
+    """Calls in `fn` of functions that train on what they are handed."""
+    project = project_of(ctx)
+    out = []
+    for st in fn.stmts:
+        if not st.calls:
+            continue
+        for site in project.call_sites_in(ctx, fn, st):
+            trained = summ.trains.get(id(site.callee))
+            if not trained:
+                continue
+            params = [p for p in trained if p in site.bound]
+            data: set[str] = set()
+            for p in params:
+                data |= _names(site.bound[p])
+            if not data:
+                continue
+            first = trained[params[0]]
+            out.append(D.TrainEvent(
+                st, f"call to {site.callee.name}(), which trains on its `{params[0]}` argument "
+                    f"(line {first.stmt.line} of {site.callee_ctx.path})",
+                ctx.code(site.call)[:160], callee=site.callee, data=frozenset(data)))
+    return out
+
+
+def call_score_events(ctx: ModuleContext, fn: Function, st: Stmt, tainted: set[str],
+                      summ: Summaries) -> list[D.ScoreEvent]:
+    """Calls in statement `st` of functions that score data from `tainted` into an accumulator
+    the caller hands them."""
+    out = []
+    for site in project_of(ctx).call_sites_in(ctx, fn, st):
+        for acc_param, scored in summ.scores_into.get(id(site.callee), {}).items():
+            acc = base_name(site.bound.get(acc_param)) if site.bound.get(acc_param) is not None else None
+            if acc is None:
+                continue
+            names: set[str] = set()
+            for p in scored:
+                names |= _names(site.bound.get(p))
+            if names & tainted:
+                out.append(D.ScoreEvent(st, acc, ctx.code(site.call)[:160], st.order, callee=site.callee))
+    return out
+
+
+def trainer_of(ctx: ModuleContext, fn: Function) -> dict[str, D.TrainEvent]:
+    """The parameters `fn` trains on without scoring them (empty when none)."""
+    return summaries_of(ctx).trains.get(id(fn), {})
