@@ -429,13 +429,31 @@ class Premature:
     never: np.ndarray  # positions never scored at all
 
 
+def boundary_mask(trace: Trace) -> np.ndarray | None:
+    """True at document-boundary (BOS) positions, when tokens and BOS id are known. Boundaries
+    are structure, not content: the accepted per-document TTT of PR #77 splits the stream at
+    every BOS before scoring and feeds a document's BOS to its own adapters as context, while
+    the previous document -- whose last target that BOS is -- may be scored later. Training on
+    a boundary token reveals only where a document starts, which the split already used."""
+    cache = _cache(trace)
+    if "boundary_mask" not in cache:
+        bos, tokens = bos_id(trace), tokens_for(trace)
+        cache["boundary_mask"] = (tokens == bos) if (bos is not None and tokens is not None) else None
+    return cache["boundary_mask"]
+
+
 def premature_positions(trace: Trace, update: Update) -> Premature:
     """Positions in `update` for which some pass takes its (final) score after the update, or
-    which no pass ever scores. Position 0 is context only (never a target) and is ignored."""
+    which no pass ever scores. Position 0 is context only (never a target) and is ignored, and
+    so are document-boundary tokens (see `boundary_mask`)."""
     tl = timeline(trace)
     n = n_positions(trace)
     pos = positions_array(update.positions)
     pos = pos[(pos >= 1) & (pos < n)]
+    boundary = boundary_mask(trace)
+    if boundary is not None and len(pos):
+        inside = pos < len(boundary)
+        pos = pos[~(inside & boundary[np.minimum(pos, len(boundary) - 1)])]
     bad = np.zeros(n, dtype=bool)
     later: dict[int, np.ndarray] = {}
     ever = np.zeros(n, dtype=bool)
@@ -598,13 +616,9 @@ def val_stream(trace: Trace) -> np.ndarray | None:
 
 
 def read_shard(path: str | Path) -> np.ndarray:
-    """A challenge data shard: 256 int32 header (magic 20240520, version 1, n_tokens), then
-    n_tokens uint16."""
-    header = np.fromfile(path, dtype="<i4", count=256)
-    if header.size != 256 or int(header[0]) != 20240520:
-        raise ValueError(f"not a data shard: {path}")
-    n = int(header[2])
-    return np.fromfile(path, dtype="<u2", count=n, offset=256 * 4)
+    from reference_model.data import read_shard as read  # the one reader of the shard format
+
+    return read(path)
 
 
 def byte_tables(tokenizer_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

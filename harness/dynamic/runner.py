@@ -28,10 +28,8 @@ import numpy as np
 from harness import sandbox
 from harness.dynamic import logparse, toy_env
 from harness.dynamic.trace import Reported, RunEnd, Trace
+from reference_model.data import read_shard, write_shard  # the one reader/writer of the shard format
 
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-HEADER_INTS = 256
 STATE_DIR = ".golf_audit"
 _SKIP_DIRS = {STATE_DIR, "home", "__pycache__"}
 
@@ -60,26 +58,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- shards and bytes
-def read_shard(path: str | Path) -> np.ndarray:
-    """Tokens of one challenge shard (256 int32 header, then uint16 tokens)."""
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    if header.size != HEADER_INTS or int(header[0]) != SHARD_MAGIC:
-        raise ValueError(f"{path}: not a challenge shard (bad magic)")
-    n = int(header[2])
-    return np.fromfile(path, dtype="<u2", count=n, offset=HEADER_INTS * 4)
-
-
-def write_shard(path: str | Path, tokens: np.ndarray) -> None:
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 1 << 16):
-        raise ValueError("tokens must fit in uint16")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, tokens.size
-    with open(path, "wb") as fh:
-        fh.write(header.tobytes())
-        fh.write(tokens.astype("<u2").tobytes())
-
-
 def val_bytes_utf8(tokens: np.ndarray, tokenizer_path: str | Path) -> tuple[int, int]:
     """(decoded bytes, LUT bytes) of the scored targets, positions 1..N-1.
 

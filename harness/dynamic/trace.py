@@ -184,9 +184,9 @@ class ProvenanceLost:
 
 @dataclass
 class TargetRead:
-    """An embedding/index lookup whose index tensor carried, element for element, the positions
-    that a later loss scored as targets: the input to the prediction for position p was
-    computed from the token at p (a hash key built on the target)."""
+    """An embedding/index lookup whose index tensor carried, element for element, the position
+    that a later loss scored as the target there, or a later one: the input to the prediction
+    for position p was computed from the token at p or after (a hash key built on the target)."""
 
     kind = "target_read"
     seq: int

@@ -71,12 +71,14 @@ class TracerConfig:
 
 
 def read_shard(path: str | Path) -> np.ndarray:
-    """Challenge shard: 256 int32 header (magic 20240520, version 1, n_tokens), uint16 tokens."""
-    header = np.fromfile(path, dtype="<i4", count=256)
-    if header.size == 256 and int(header[0]) == 20240520:
-        n = int(header[2])
-        return np.fromfile(path, dtype="<u2", count=n, offset=256 * 4).astype(np.int64)
-    return np.fromfile(path, dtype="<u2").astype(np.int64)
+    """A challenge shard's tokens as int64; a file without the shard header as raw uint16 (what a
+    submission may have written itself)."""
+    from reference_model.data import read_shard as read  # the one reader of the shard format
+
+    try:
+        return read(path).astype(np.int64)
+    except ValueError:
+        return np.fromfile(path, dtype="<u2").astype(np.int64)
 
 
 def _discover_val_files() -> list[str]:
@@ -712,9 +714,9 @@ class Tracer:
             self._internal_error("lookup", exc)
 
     def _check_target_read(self, pos: np.ndarray, loss_frame: Frame | None) -> None:
-        """A lookup whose index, element for element, carries the positions this loss scores as
-        targets: the prediction for each such target was keyed on the target's own token. A
-        causal model's inputs sit one position before their targets, never on them."""
+        """A lookup whose index, element for element, carries the position this loss scores as
+        the target there, or a later one: the prediction for that target was keyed on the
+        target's own token (or beyond). A causal model's inputs sit before their targets."""
         valid = pos >= 0
         n_valid = int(valid.sum())
         if n_valid < 8:
@@ -722,7 +724,7 @@ class Tracer:
         for keyed, frame in self._lookups:
             if len(keyed) != len(pos):
                 continue
-            same = valid & (keyed == pos)
+            same = valid & (keyed >= pos)  # the input for target p holds token p or a later one
             k = int(same.sum())
             if k < max(8, n_valid // 2):
                 continue
@@ -1180,6 +1182,9 @@ class Tracer:
                         nll=nll, grad_enabled=grad_enabled, seq=ev.seq, frame=frame)
             if self._lookups:
                 self._check_target_read(pos, frame)
+                # only lookups of this forward pass feed this loss: a later forward starts afresh
+                # (windows of another batch would compare positions that are not aligned)
+                self._lookups.clear()
             self._next_score_id += max(op.n, 1)
             self.loss_ops.append(op)
             self._loss_bases = np.append(self._loss_bases, op.base)
