@@ -53,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", type=Path, help="dataset folder (DATA_PATH)")
     r.add_argument("--tokenizer", type=Path, help="tokenizer model (TOKENIZER_PATH)")
     r.add_argument("--toy", action="store_true",
-                   help="CPU run with toy data and the dynamic harness's shims (gloo, 2 processes)")
+                   help="CPU run with toy data and the dynamic harness's shims (gloo, 2 processes); shows the "
+                        "pipeline works, cannot verify 8xH100 claims: always exits 3")
     r.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the run (repeatable; wins over README/log values)")
     r.add_argument("--script", help="entry script in the folder (default: detected train*.py)")
-    r.add_argument("--timeout", type=float, default=None, help="per-seed timeout in seconds")
+    r.add_argument("--timeout", type=float, default=None, help="per-seed timeout in seconds (--toy: 300)")
     r.add_argument("--scratch", type=Path, help="where to make the scratch copies (default: a temp dir)")
     r.add_argument("--keep", action="store_true", help="keep the scratch copies")
     r.add_argument("--no-live", action="store_true", help="no progress display / live log tail")

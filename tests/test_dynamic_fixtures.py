@@ -78,7 +78,10 @@ def test_legal_score_first_two_ranks_is_clean():
     # low: the contest's sliding-window tail re-scores its last few targets (a real, minor defect)
     serious = [f for f in result.active_findings if f.severity.value >= 2]
     assert serious == [], f"false leak across ranks: {[f.message for f in serious]}"
-    assert result.stats.get("coverage_pct") == pytest.approx(100.0)
+    # every target scored but the tail shorter than one sequence (the baseline loader's truncation)
+    tail = result.stats.get("unscored_tail", 0)
+    scored_share = 100.0 * (1 - tail / (result.stats["val_tokens"] - 1))
+    assert result.stats.get("coverage_pct") == pytest.approx(scored_share, abs=1e-3)
 
 
 # ---------------------------------------------------------------- the reference model

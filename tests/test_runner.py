@@ -344,3 +344,16 @@ def test_traced_run_yields_one_trace_with_reported_and_run_end(submission, toy_d
     (end,) = r.trace.of(RunEnd)
     assert end.exit_code == 0 and end.val_bytes_utf8 == r.val_bytes_utf8 > 0
     assert r.trace.submission_dir == str(submission.resolve())
+
+
+def test_submission_flags_are_shrunk_to_toy_scale():
+    from harness.dynamic import toy_env
+
+    flags, notes = toy_env.shrink_flags({"TTT_ENABLED": "1", "TTT_EPOCHS": "3", "TTT_CHUNK_SIZE": "256",
+                                         "TRAIN_SEQ_LEN": "2048", "TTT_LR": "0.01"})
+    # switches and rates pass; epochs keep their multi-epoch shape (2); lengths go to toy scale
+    assert flags == {"TTT_ENABLED": "1", "TTT_EPOCHS": "2", "TTT_CHUNK_SIZE": "128",
+                     "TRAIN_SEQ_LEN": "128", "TTT_LR": "0.01"}
+    assert len(notes) == 3 and all("shrunk" in n for n in notes)
+    one_epoch, _ = toy_env.shrink_flags({"TTT_EPOCHS": "1"})
+    assert one_epoch == {"TTT_EPOCHS": "1"}  # never raised

@@ -573,6 +573,19 @@ def _install_distributed(state: ShimState) -> None:
 
     dist.barrier = barrier
 
+    # Tearing the default gloo group down races with DDP's destructor (the group's destructor
+    # waits for a gloo worker thread that waits for the GIL the freeing thread holds): about 3
+    # in 10 runs hung there. The bootstrap leaves with os._exit, so the group needs no teardown.
+    real_destroy = dist.destroy_process_group
+    _REAL.setdefault("dist.destroy_process_group", real_destroy)
+
+    def destroy_process_group(group: Any = None):
+        if group is not None:
+            return real_destroy(group)
+        state.note("destroy_process_group: deferred to process exit (gloo teardown race)")
+
+    dist.destroy_process_group = destroy_process_group
+
     from torch.nn.parallel import DistributedDataParallel as DDP
     real_ddp_init = DDP.__init__
     _REAL.setdefault("DDP.__init__", real_ddp_init)

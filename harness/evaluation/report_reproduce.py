@@ -28,7 +28,9 @@ def _side_by_side(rep: ReproduceReport) -> list[tuple[str, str, str, str, str]]:
     out = []
     for row in rep.rows:
         s = str(row["seed"])
-        out.append((s, "val_bpb", _f(row["val_bpb"]["claimed"], 4), _f(row["val_bpb"]["fresh_log"], 4), "—"))
+        v = row["val_bpb"]
+        out.append((s, f"val_bpb ({v['label']})" if v.get("label") else "val_bpb", _f(v["claimed"], 4),
+                    _f(v["fresh_log"], 4), "—"))
         t = row["train_s"]
         out.append((s, "train s", _f(t["claimed_log"]), _f(t["fresh_log"]),
                     f"{_f(t['measured_loop'])} loop / {_f(t['measured_from_start'])} from process start"))
@@ -50,10 +52,18 @@ def render_reproduce_text(rep: ReproduceReport, console: Console) -> None:
         if run.env_added:
             env = " ".join(f"{k}={v}" for k, v in sorted(run.env_added.items()))
             console.print(f"  env: {env}", markup=False, highlight=False, style="dim")
+        console.print(f"  train: measured {_f(run.measured_train_loop_s)} s first step → end of training, "
+                      f"{_f(run.measured_train_s)} s from launch; log {_f(run.logged.get('train_s'))} s",
+                      markup=False, highlight=False)
         for p in run.phases:
             logged = f"{p.logged_s:.1f} s logged" if p.logged_s is not None else "no time in log"
             console.print(f"  pass {p.label}: measured {p.measured_s:.1f} s ({logged})", markup=False,
                           highlight=False)
+        if run.model_file is not None:
+            code = ", ".join(run.code_files) if len(run.code_files) <= 3 else f"{len(run.code_files)} files"
+            console.print(f"  artifact: {run.model_file} {_f(run.model_bytes)} + code {_f(run.code_bytes)} ({code}) = "
+                          f"{_f(run.measured_artifact_bytes)} bytes measured; log {_f(run.logged.get('artifact_bytes'))}",
+                          markup=False, highlight=False)
     table = Table(title="claimed vs measured", show_header=True, header_style="bold")
     for col in ("seed", "quantity", "claimed (submission logs)", "fresh log", "measured by golf-eval"):
         table.add_column(col, overflow="fold")
@@ -71,7 +81,18 @@ def render_reproduce_text(rep: ReproduceReport, console: Console) -> None:
     for n in rep.notes:
         console.print(f"note: {n}", markup=False, highlight=False, style="dim")
     code = int(rep.exit_code())
-    console.print(Text(f"exit {code}: {EXIT_WORDS[code]}", style="bold " + ("green" if code == 0 else "red")))
+    console.print(Text(f"exit {code}: {_exit_words(rep)}", style="bold " + ("green" if code == 0 else "red")))
+
+
+def _exit_words(rep: ReproduceReport) -> str:
+    code = int(rep.exit_code())
+    if not rep.toy:
+        return EXIT_WORDS[code]
+    problems = rep.toy_problems()
+    if problems:
+        return "toy run incomplete: " + "; ".join(problems)
+    return (f"toy run complete ({len(rep.runs)} seed(s) ran; train, eval and artifact measured); the claims are "
+            "8×H100 numbers, not verified at toy scale")
 
 
 def reproduce_json(rep: ReproduceReport) -> str:
@@ -81,7 +102,7 @@ def reproduce_json(rep: ReproduceReport) -> str:
 def reproduce_markdown(rep: ReproduceReport) -> str:
     code = int(rep.exit_code())
     out = [f"## golf-eval reproduce `{rep.target}`" + (" (toy, CPU)" if rep.toy else ""), "",
-           f"**Result: exit {code} — {EXIT_WORDS[code]}.**", "",
+           f"**Result: exit {code} — {_exit_words(rep)}.**", "",
            "| seed | quantity | claimed (submission logs) | fresh log | measured by golf-eval |",
            "|---|---|---|---|---|"]
     out += [f"| {' | '.join(r)} |" for r in _side_by_side(rep)]
