@@ -355,5 +355,8 @@ def test_submission_flags_are_shrunk_to_toy_scale():
     assert flags == {"TTT_ENABLED": "1", "TTT_EPOCHS": "2", "TTT_CHUNK_SIZE": "128",
                      "TRAIN_SEQ_LEN": "128", "TTT_LR": "0.01"}
     assert len(notes) == 3 and all("shrunk" in n for n in notes)
+    paths, notes = toy_env.shrink_flags({"DATA_PATH": "/root/code/data", "TOKENIZER_PATH": "/x.model",
+                                         "NCCL_IB_DISABLE": "1"})
+    assert paths == {} and len(notes) == 3  # the toy run's own data, never the submission's paths
     one_epoch, _ = toy_env.shrink_flags({"TTT_EPOCHS": "1"})
     assert one_epoch == {"TTT_EPOCHS": "1"}  # never raised

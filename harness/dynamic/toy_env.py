@@ -209,6 +209,13 @@ def env_defaults_raw(source: str) -> dict[str, str]:
     return out
 
 
+# Paths, identity and process layout: the runner's, whatever the submission's command line said
+# (a README's DATA_PATH=/root/code/... would point the toy run at files that do not exist).
+RUNNER_OWNED = frozenset({"DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "DATA_DIR", "DATASETS_DIR", "OUT_DIR",
+                          "OMP_NUM_THREADS", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                          "PYTHONPATH", "PATH", "HOME", "HF_HOME"})
+
+
 def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None) -> tuple[dict[str, str], list[str]]:
     """The submission's own flags (README/logs command lines) at toy scale. A flag the profile
     also sets is shrunk like a script default: a clamp applies to the flag's value (TTT_EPOCHS=3
@@ -219,6 +226,9 @@ def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None) -> tuple
     out: dict[str, str] = {}
     notes: list[str] = []
     for name, value in flags.items():
+        if name in RUNNER_OWNED or name.startswith(("NCCL_", "TORCH_", "CUDA_")):
+            notes.append(f"submission flag {name}={value} not used: the toy run sets its own")
+            continue
         rule = rules.get(name)
         if rule is None:
             out[name] = value
