@@ -341,4 +341,14 @@ def project_of(ctx: ModuleContext) -> Project:
     return project
 
 
-__all__ = ["CallSite", "Project", "project_of"]
+def planned_findings(ctx: ModuleContext, rule, plan_fn=None) -> list:
+    """Findings of a rule judged once for the whole project (`plan_fn(project)`, default
+    `rule._plan`, returns {id(ctx): findings}), the ones located in this file."""
+    project = project_of(ctx)
+    plan = project.analysis.get(rule.name)
+    if plan is None:
+        plan = project.analysis[rule.name] = (plan_fn or rule._plan)(project)
+    return plan.get(id(ctx), [])
+
+
+__all__ = ["CallSite", "Project", "planned_findings", "project_of"]

@@ -8,7 +8,7 @@ import libcst as cst
 
 from harness import dataflow as D
 from harness.engine import ModuleContext, base_name, dotted, walk
-from harness.project import CallSite, project_of
+from harness.project import CallSite, planned_findings
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 
@@ -313,12 +313,8 @@ class HashKeyReadsTarget(Rule):
                                related=[J.location(trace, e.loss_frame)], confidence=Confidence.HIGH)
 
     def check_static(self, ctx: ModuleContext):
-        project = project_of(ctx)
-        plan = project.analysis.get(self.name)
-        if plan is None:
-            plan = project.analysis[self.name] = self._target_plan(project)
         seen = set()
-        for f in plan.get(id(ctx), []):
+        for f in planned_findings(ctx, self, self._target_plan):
             seen.add(f.location.line)
             yield f
         for f in self._offset_findings(ctx):

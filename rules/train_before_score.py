@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from harness import dataflow as D
 from harness.engine import Function, ModuleContext, dotted
-from harness.project import project_of
+from harness.project import planned_findings
 from harness.summaries import summaries_of
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
@@ -317,11 +317,7 @@ def train(model, opt, train_loader, steps):
     def check_static(self, ctx: ModuleContext):
         """Judged once for the whole project (the order often lives in one file and the steps
         in another); each file gets the findings located in it."""
-        project = project_of(ctx)
-        plan = project.analysis.get(self.name)
-        if plan is None:
-            plan = project.analysis[self.name] = self._plan(project)
-        yield from plan.get(id(ctx), [])
+        yield from planned_findings(ctx, self)
 
     def _plan(self, project) -> dict[int, list]:
         # pass 1: each function on its own: its training steps on validation data (its own, and

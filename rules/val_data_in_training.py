@@ -8,7 +8,7 @@ import libcst as cst
 
 from harness import dataflow as D
 from harness.engine import ModuleContext, dotted
-from harness.project import project_of
+from harness.project import planned_findings
 from harness.findings import Confidence, Layer, Severity
 from harness.rule import Invalid, Rule, Valid
 from harness.dynamic.judging import shared_trace_examples
@@ -109,11 +109,7 @@ class ValDataInTraining(Rule):
         """Judged once for the whole project: a function that only receives the *results* of a
         calibration on validation data (Hessians handed on to the quantizer) is downstream of the
         finding, not a second one."""
-        project = project_of(ctx)
-        plan = project.analysis.get(self.name)
-        if plan is None:
-            plan = project.analysis[self.name] = self._plan(project)
-        yield from plan.get(id(ctx), [])
+        yield from planned_findings(ctx, self)
 
     def _plan(self, project) -> dict[int, list]:
         plan: dict[int, list] = {}
