@@ -104,6 +104,10 @@ that target ("to match continuous-stream eval"), so skipping it changes the deno
                 J.location(trace, first.frame if first else None),
                 evidence=ev,
             )
-            if not len(cov.other):
+            claimed = J.is_claimed_pass(trace, p)
+            if claimed is False:
+                f.evidence.append(f"the submission's claimed score comes from '{trace.meta['claimed_label']}' "
+                                  "(its logs), not from this pass: a diagnostic number")
+            if not len(cov.other) or claimed is False:
                 f.severity = Severity.LOW
             yield f

@@ -79,6 +79,8 @@ reports and are not parsed as such.
             r = m.reported
             if m.which == "first" or (m.which == "all" and not m.pass_.rescored_mask):
                 continue  # the pass's own scores (double counting without training: rescored-tokens)
+            if any(v is not None and math.isnan(v) for v in (r.val_loss, r.val_bpb)):
+                continue  # a NaN print at toy scale says nothing about the scores (noted by the audit)
             frame = J.find_print_line(trace, r.label)
             if frame is None and m.pass_ is not None and m.pass_.events:
                 frame = m.pass_.events[0].frame

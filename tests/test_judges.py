@@ -300,3 +300,23 @@ def test_sliding_tail_scored_twice_is_one_pass_and_low():
     assert len(fs) == 1 and fs[0].severity.name == "LOW", "double counting not reported as low"
     from rules.reported_score_mismatch import ReportedScoreMismatch
     assert list(ReportedScoreMismatch().judge(t)) == [], "false mismatch on a duplicated tail"
+
+
+def test_incomplete_diagnostic_pass_is_low_when_the_claim_is_another_pass():
+    """A diagnostic eval that truncates to whole batches (the April records' eval_val) is a real
+    defect, but the claimed number comes from the TTT pass: low, not a failing finding."""
+    from harness.rule import rule_by_name
+
+    n = 41
+    run = SyntheticRun(n)
+    run.score("eval_val", 40, [(1, 11)], nll=3.0)
+    run.score("eval_val", 40, [(31, n)], nll=3.0)  # 11..30 never scored
+    run.report("diagnostic quantized", 3.0)
+    run.score("eval_val_ttt_lora", 90, [(1, n)], nll=2.0)
+    run.report("quantized_ttt_lora", 2.0)
+    rule = rule_by_name("incomplete-scoring")
+    unknown = list(rule.judge(_trace(run)))
+    assert [f.severity.name for f in unknown] == ["HIGH"]
+    claimed = list(rule.judge(_trace(run, claimed_label="quantized_ttt_lora")))
+    assert [f.severity.name for f in claimed] == ["LOW"]
+    assert any("claimed score comes from 'quantized_ttt_lora'" in e for e in claimed[0].evidence)

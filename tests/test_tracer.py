@@ -413,6 +413,22 @@ def test_hash_embedding_keyed_on_the_target_is_a_target_read(keyed_on_target):
     assert mask_from_ranges(reads[0].positions) == mask_from_ranges([(1, 401)])
 
 
+def test_where_padding_carries_only_the_selected_positions():
+    """Batched per-document TTT pads finished documents with where(valid, gathered, 0): the
+    padding rows must not carry the positions they gathered but did not select."""
+    val = val_tokens()
+    with Tracer(cfg_for(val)) as tr:
+        val_t = load_val(val)
+        gathered = torch.stack([val_t[500:551], val_t[0:51]])
+        valid = torch.tensor([[True] * SEQ, [False] * SEQ])
+        x = torch.where(valid, gathered[:, :-1], 0)
+        y = torch.where(valid, gathered[:, 1:], 0)
+        F.cross_entropy(make_model()(x).reshape(-1, V), y.reshape(-1), reduction="none")
+    losses = of(tr.events, LossComputed)
+    assert len(losses) == 1
+    assert mask_from_ranges(losses[0].positions) == mask_from_ranges([(501, 551)]), "false positions from padding"
+
+
 # ---------------------------------------------------------------- (j) Python-float accumulation
 def test_j_scores_accumulated_in_python_floats():
     val = val_tokens()

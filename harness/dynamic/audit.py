@@ -128,6 +128,17 @@ def _run(folder: Path, env: dict, data: dict, options: dict, *, trace: bool = Tr
     return run_submission(str(folder), **kwargs)
 
 
+def _claimed_label(folder: Path) -> str | None:
+    """The result line the submission's score comes from (golf-eval reads its logs and
+    submission.json), so judges can tell the claimed pass from diagnostic ones."""
+    try:
+        from harness.evaluation.claims import verify
+
+        return verify(folder).score_label
+    except Exception:  # noqa: BLE001 - no logs / no submission.json: unknown
+        return None
+
+
 def _failure(result) -> str | None:
     """One line saying why a run cannot be judged, or None."""
     if getattr(result, "error", None):
@@ -194,6 +205,7 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
         tokens_path = None
         res.notes.append("validation tokens unreadable: coverage by document, bytes and probes limited")
     trace = _result_trace(result, folder, env, data, tokens_path)
+    trace.meta["claimed_label"] = _claimed_label(folder)
     _shim_notes(res, trace)
     if not trace.of(Scored):
         res.not_audited.append(NotAudited(
@@ -316,6 +328,13 @@ def _trace_stats(res: AuditResult, trace: Trace) -> None:
                 entry["script_bytes"] = round(implied_bytes(entry["tokens"], r.val_loss, r.val_bpb), 2)
         reports.append({k.rstrip("_"): v for k, v in entry.items()})
     res.stats["reported"] = reports
+    nan = [r.label for r in trace.of(Reported)
+           if any(v is not None and v != v for v in (r.val_loss, r.val_bpb))]
+    if nan:
+        res.not_audited.append(NotAudited(
+            path=res.target, layer=Layer.TRACE,
+            reason="not audited: printed scores are NaN at toy scale (" + ", ".join(nan[:4]) + "): "
+                   "reported-score-mismatch and byte-accounting cannot compare them"))
     if reports and all(e.get("true_bytes") is None for e in reports if e.get("matches")):
         res.notes.append("byte accounting not audited: true bytes unknown (no tokenizer or shards in the trace)")
 

@@ -1077,6 +1077,20 @@ def judged_passes(trace: Trace) -> list[Pass]:
     return sorted(chosen, key=lambda p: p.index)
 
 
+def _base_label(label: str) -> str:
+    return label[:-len("_exact")] if label.endswith("_exact") else label
+
+
+def is_claimed_pass(trace: Trace, p: Pass) -> bool | None:
+    """Does a printed number of this pass carry the label the submission's claim comes from
+    (trace.meta["claimed_label"], from its real logs)? None when the claimed label is unknown."""
+    claimed = trace.meta.get("claimed_label")
+    if not claimed:
+        return None
+    return any(m.pass_ is p and _base_label(m.reported.label) == _base_label(claimed)
+               for m in match_reported(trace))
+
+
 def find_print_line(trace: Trace, label: str) -> Frame | None:
     """The source line in the submission that prints `label` (for report-level findings)."""
     if not trace.submission_dir or not label:

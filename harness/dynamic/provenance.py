@@ -244,6 +244,23 @@ def index_map(func: Any, rule: Rule, args: tuple, out: Tensor, map_of: MapOf) ->
     return None
 
 
+def where_map(args: tuple, out: Tensor, map_of: MapOf) -> Tensor | None:
+    """torch.where(cond, a, b): each element's positions come from the input it selected (and
+    from the condition, when that carries positions). Padding rows built as
+    where(valid, gathered_tokens, 0) then carry none, instead of every gathered position."""
+    cond, a, b = args[0], args[1], args[2]
+    maps = [map_of(x) if isinstance(x, Tensor) else None for x in (cond, a, b)]
+    if all(m is None for m in maps):
+        return None
+    none = torch.full(out.shape, -1, dtype=torch.int64)
+    ma = maps[1].expand(out.shape) if maps[1] is not None else none
+    mb = maps[2].expand(out.shape) if maps[2] is not None else none
+    m = torch.where(cond.expand(out.shape).bool(), ma, mb)
+    if maps[0] is not None:
+        m = torch.maximum(m, maps[0].expand(out.shape))
+    return m.clone()
+
+
 def pointwise_max(args: tuple, kwargs: dict, out: Tensor, map_of: MapOf) -> Tensor | None:
     """Elementwise max of the maps of all tensor arguments (broadcast to the output)."""
     acc = None

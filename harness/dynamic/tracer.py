@@ -861,6 +861,8 @@ class Tracer:
                         i = self.infos.get(id(a.untyped_storage()))
                         if i is not None and i.pmap is None and i.mask:
                             return None
+                if name == "aten::where" and len(args) == 3 and isinstance(args[0], Tensor):
+                    return P.where_map(args, o, map_of)
                 return P.pointwise_max(args, kwargs, o, map_of)
         except Exception as exc:
             self._internal_error(func, exc)
