@@ -137,18 +137,31 @@ def available_isolation() -> str | None:
     return None
 
 
-def _bwrap_argv(scratch: Path, extra_ro_binds: Sequence[str | Path]) -> list[str]:
+# Where bubblewrap mounts the scratch folder inside the sandbox. One fixed path for every run:
+# contest data loaders seed their sampling from the shard *paths* (the April records' loader),
+# so a random scratch name made two runs of the same script train on different batches.
+INNER_SCRATCH = "/tmp/golf-audit-run"
+
+
+def scratch_alias() -> str | None:
+    """The path the scratch folder has inside the sandbox when it differs from the real one
+    (bubblewrap), else None (unshare or no isolation: the real path)."""
+    return INNER_SCRATCH if available_isolation() == "bwrap" else None
+
+
+def _bwrap_argv(scratch: Path, extra_ro_binds: Sequence[str | Path], inner: str | None = None) -> list[str]:
+    inside = inner or str(scratch)
     argv = [shutil.which("bwrap") or "bwrap",
             "--ro-bind", "/", "/",
             "--dev", "/dev",
             "--proc", "/proc",
             "--tmpfs", "/tmp",  # private /tmp; scratch is bound after, so it may live in /tmp
-            "--tmpfs", "/dev/shm",
-            "--bind", str(scratch), str(scratch)]
+            "--tmpfs", "/dev/shm"]
     for p in extra_ro_binds:
         argv += ["--ro-bind", str(p), str(p)]
+    argv += ["--bind", str(scratch), inside]
     argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-             "--die-with-parent", "--new-session", "--chdir", str(scratch), "--"]
+             "--die-with-parent", "--new-session", "--chdir", inside, "--"]
     return argv
 
 
@@ -311,7 +324,7 @@ def _classify_failure(returncode: int, stderr: str, isolation: str) -> str | Non
 # ---------------------------------------------------------------- run
 def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | None = None,
         allow_network: bool = False, extra_ro_binds: Sequence[str | Path] = (),
-        timeout_s: float = 300.0) -> SandboxResult:
+        timeout_s: float = 300.0, inner_scratch: str | None = None) -> SandboxResult:
     """Run `cmd` confined to `scratch` (cwd). `env` is added to a minimal base environment and
     scrubbed of credentials. Never raises for anything the command does; raises
     SandboxUnavailable when no isolation works and allow_network is False."""
@@ -328,7 +341,7 @@ def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | 
                 "rerun with --unsafe-allow-network to run the submission unconfined")
         isolation = "none"
     if isolation == "bwrap":
-        prefix = _bwrap_argv(scratch, extra_ro_binds)
+        prefix = _bwrap_argv(scratch, extra_ro_binds, inner_scratch)
         if allow_network:
             prefix.remove("--unshare-net")
             notes.append("network allowed by the caller (--unsafe-allow-network)")

@@ -320,3 +320,22 @@ def test_incomplete_diagnostic_pass_is_low_when_the_claim_is_another_pass():
     claimed = list(rule.judge(_trace(run, claimed_label="quantized_ttt_lora")))
     assert [f.severity.name for f in claimed] == ["LOW"]
     assert any("claimed score comes from 'quantized_ttt_lora'" in e for e in claimed[0].evidence)
+
+
+def test_short_print_follows_its_exact_sibling_when_passes_are_near_equal():
+    """An untrained toy model gives every pass about the same mean NLL: `x` (4 decimals) must be
+    paired with the pass its `x_exact` line reproduces, not with whichever pass is closest."""
+    n = 9
+    run = SyntheticRun(n)
+    run.score("eval_val", 40, [(1, n)], nll=6.91930)  # pass 1
+    run.score("eval_val_sliding", 80, [(1, n)], nll=6.91934)  # pass 2
+    run.report("final_sliding_window_exact", 6.91934, decimals=8)
+    run.report("final_sliding_window", 6.9193, decimals=4)
+    ms = {m.reported.label: m for m in J.match_reported(_trace(run))}
+    assert ms["final_sliding_window_exact"].pass_.index == 1
+    assert ms["final_sliding_window"].pass_.index == 1 and not ms["final_sliding_window"].ambiguous
+    run2 = SyntheticRun(n)
+    run2.score("eval_val", 40, [(1, n)], nll=6.91930)
+    run2.score("eval_val_sliding", 80, [(1, n)], nll=6.91934)
+    run2.report("final_sliding_window", 6.9193, decimals=4)  # no exact line: cannot tell
+    assert J.match_reported(_trace(run2))[0].ambiguous

@@ -552,6 +552,9 @@ class Match:
     which: str | None  # "first" (proper), "last"/"min" (a re-score), None: nothing matched
     loss_delta: float | None  # reported - recomputed (the best candidate)
     bpb_delta: float | None
+    # another pass reproduces the number too (few printed decimals, near-equal passes), and no
+    # more precise line of the same label settled which: judges of byte counts hold back
+    ambiguous: bool = False
 
 
 def match_reported(trace: Trace) -> list[Match]:
@@ -562,13 +565,17 @@ def match_reported(trace: Trace) -> list[Match]:
     cache = _cache(trace)
     if "matches" in cache:
         return cache["matches"]
-    out = []
     numbers = [pass_numbers(trace, p) for p in passes(trace)]
-    for r in reported(trace):
+    reports = reported(trace)
+    settled: dict[str, Match] = {}  # base label -> the match of its most precise line
+    by_report: dict[int, Match] = {}
+    # most precise lines first: `x_exact` (8 decimals) settles which pass `x` (4 decimals) is
+    for r in sorted(reports, key=lambda r: -r.decimals):
         tol = tolerance(r.decimals)
         matched: Match | None = None
         closest: Match | None = None
         closest_err = math.inf
+        hits = 0
         for which in ("first", "all", "last", "min"):
             best_err = math.inf
             for num in numbers:
@@ -581,13 +588,28 @@ def match_reported(trace: Trace) -> list[Match]:
                 err = abs(dl) if dl is not None else (abs(db) if db is not None else math.nan)
                 if math.isnan(err):
                     continue
-                if err <= tol and err < best_err:
-                    matched, best_err = Match(r, num.pass_, which, dl, db), err
+                if err <= tol:
+                    hits += 1
+                    if err < best_err:
+                        matched, best_err = Match(r, num.pass_, which, dl, db), err
                 if err < closest_err:
                     closest, closest_err = Match(r, num.pass_, None, dl, db), err
             if matched is not None:
                 break
-        out.append(matched or closest or Match(r, None, None, None, None))
+        sibling = settled.get(_base_label(r.label))
+        if matched is not None and sibling is not None and sibling.pass_ is not matched.pass_:
+            num = next(x for x in numbers if x.pass_ is sibling.pass_)
+            dl = r.val_loss - num.loss[sibling.which] if r.val_loss is not None else None
+            if dl is not None and abs(dl) <= tol:
+                db = r.val_bpb - num.bpb[sibling.which] if (r.val_bpb is not None
+                                                            and sibling.which in num.bpb) else None
+                matched = Match(r, sibling.pass_, sibling.which, dl, db)
+                hits = 1
+        if matched is not None:
+            matched.ambiguous = hits > 1 and sibling is None
+            settled.setdefault(_base_label(r.label), matched)
+        by_report[id(r)] = matched or closest or Match(r, None, None, None, None)
+    out = [by_report[id(r)] for r in reports]
     cache["matches"] = out
     return out
 

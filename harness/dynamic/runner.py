@@ -345,9 +345,24 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         if "fineweb_val_bytes" in sources or "val_bytes_" in sources:
             _write_byte_sidecar(data_path, val_tokens, tokenizer_path, notes)
 
+        # paths as the submission sees them: bubblewrap mounts scratch at one fixed path
+        inner = sandbox.scratch_alias()
+
+        def inside(p: str | Path) -> str:
+            text = str(p)
+            if inner and (text == str(scratch_path) or text.startswith(str(scratch_path) + os.sep)):
+                return inner + text[len(str(scratch_path)):]
+            return text
+
+        def outside(p: str) -> str:
+            """A path the sandboxed run reported, as it is on this side."""
+            if inner and (p == inner or p.startswith(inner + os.sep)):
+                return str(scratch_path) + p[len(inner):]
+            return p
+
         # environment: toy profile, then the submission's own flags shrunk to toy scale, then
         # the caller's explicit values (user --env), which win as given
-        toy, toy_notes = toy_env.toy_env(folder, data_path=str(data_path), tokenizer_path=str(tokenizer_path),
+        toy, toy_notes = toy_env.toy_env(folder, data_path=inside(data_path), tokenizer_path=inside(tokenizer_path),
                                          run_id=f"golf_audit_{uuid.uuid4().hex[:8]}", opts=toy_options,
                                          source=sources)
         notes.extend(toy_notes)
@@ -369,23 +384,23 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
             "GLOO_SOCKET_IFNAME": "lo", "TP_SOCKET_IFNAME": "lo",
             "PYTHONPATH": os.pathsep.join([repo_root] + extra + ([run_env["PYTHONPATH"]] if run_env.get("PYTHONPATH") else [])),
-            "TORCHINDUCTOR_CACHE_DIR": str(state / "inductor"),
+            "TORCHINDUCTOR_CACHE_DIR": inside(state / "inductor"),
             "CUDA_VISIBLE_DEVICES": "",
         })
         cfg = {
-            "script": str(script), "argv": [], "submission_dir": str(scratch_path),
-            "state_dir": str(state), "trace": bool(trace), "tracer_options": tracer_options or {},
-            "val_files": [str(p) for p in sorted(data_path.glob("fineweb_val_[0-9]*.bin"))],
-            "shim_options": {"bin_dir": str(state / "bin"), **(shim_options or {})},
+            "script": inside(script), "argv": [], "submission_dir": inside(scratch_path),
+            "state_dir": inside(state), "trace": bool(trace), "tracer_options": tracer_options or {},
+            "val_files": [inside(p) for p in sorted(data_path.glob("fineweb_val_[0-9]*.bin"))],
+            "shim_options": {"bin_dir": inside(state / "bin"), **(shim_options or {})},
         }
         cfg_path = state / "config.json"
         cfg_path.write_text(json.dumps(cfg, indent=1))
         if nproc <= 1:
-            cmd = [sys.executable, "-m", "harness.dynamic.bootstrap", "--config", str(cfg_path)]
+            cmd = [sys.executable, "-m", "harness.dynamic.bootstrap", "--config", inside(cfg_path)]
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={int(nproc)}", "-m", "harness.dynamic.bootstrap",
-                   "--config", str(cfg_path)]
+                   "--config", inside(cfg_path)]
             run_env["MASTER_ADDR"] = "127.0.0.1"
             notes.append(f"torchrun --nproc_per_node={nproc} (gloo)")
         lim = limits or sandbox.Limits(cpu_s=int(timeout_s * max(nproc, 1) + 60))
@@ -402,7 +417,7 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         binds = sorted(binds)
         try:
             sres = sandbox.run(cmd, scratch=scratch_path, env=run_env, limits=lim,
-                               allow_network=allow_network, timeout_s=timeout_s,
+                               allow_network=allow_network, timeout_s=timeout_s, inner_scratch=inner,
                                extra_ro_binds=[b for b in binds if not b.startswith(str(scratch_path))])
         except sandbox.SandboxUnavailable as exc:
             return fail(f"not run: {exc}")
@@ -421,7 +436,7 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         trace_notes = sorted({r.get("trace_note", "") for r in records if r.get("trace_note")})
         notes.extend(trace_notes)
         notes.extend(sorted({f"rewrite: {w}" for r in records for w in r.get("rewrites", [])}))
-        exec_sources = {e["path"]: e["filename"] for r in records for e in r.get("exec_sources", [])}
+        exec_sources = {outside(e["path"]): e["filename"] for r in records for e in r.get("exec_sources", [])}
         if exec_sources:
             notes.append(f"exec'd sources saved: {len(exec_sources)} under {STATE_DIR}/exec_sources")
 
