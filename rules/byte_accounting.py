@@ -71,7 +71,7 @@ The comparison allows the rounding of the printed numbers only.
     def judge(self, trace):
         for m in J.match_reported(trace):
             r = m.reported
-            if m.pass_ is None or m.which is None or r.val_loss is None or not r.val_bpb:
+            if m.pass_ is None or m.which is None or r.val_loss is None or not r.val_bpb or m.ambiguous:
                 continue
             nums = J.pass_numbers(trace, m.pass_)
             true = nums.bytes_by.get(m.which)

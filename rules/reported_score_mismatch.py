@@ -102,7 +102,16 @@ reports and are not parsed as such.
                     ev.append("no pass's scores could be compared (bytes unknown for a bpb-only line)")
                     if r.val_loss is None:
                         continue  # nothing comparable: not evidence of a mismatch
+            if m.which is None:
+                ev.append("either the printed number is not the mean of per-token NLLs (an extra term such as "
+                          "a z-loss, another token count), or its eval computes the loss in a form the tracer "
+                          "does not recognise as scores")
+            claimed = trace.meta.get("claimed_label")
             f = self.finding(Layer.TRACE, msg, J.location(trace, frame), evidence=ev)
             if m.which is None and m.loss_delta is not None and not math.isnan(m.loss_delta):
                 f.confidence = Confidence.MEDIUM if r.decimals < 6 else Confidence.HIGH
+            if claimed and m.which is None and J.base_label(r.label) != J.base_label(claimed):
+                f.evidence.append(f"the submission's claimed score comes from '{claimed}' (its logs), "
+                                  "not from this line: a diagnostic number")
+                f.severity = Severity.LOW
             yield f

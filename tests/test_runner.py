@@ -360,3 +360,15 @@ def test_submission_flags_are_shrunk_to_toy_scale():
     assert paths == {} and len(notes) == 3  # the toy run's own data, never the submission's paths
     one_epoch, _ = toy_env.shrink_flags({"TTT_EPOCHS": "1"})
     assert one_epoch == {"TTT_EPOCHS": "1"}  # never raised
+
+
+def test_step_switches_move_inside_the_toy_run(tmp_path):
+    from harness.dynamic import toy_env
+
+    (tmp_path / "train_gpt.py").write_text(
+        "import os\nrecur_start = int(os.environ.get('RECUR_START_STEP', 3000))\n"
+        "swa = int(os.environ.get('SWA_START_STEP', 2))\nwarm = int(os.environ.get('MUON_MOMENTUM_WARMUP_STEPS', 1500))\n")
+    env, _ = toy_env.toy_env(tmp_path, data_path="/d/datasets/x", tokenizer_path="/t.model")
+    assert env["RECUR_START_STEP"] == "1"  # a switch a real run crosses happens in the toy run too
+    assert "SWA_START_STEP" not in env  # already inside the 3 toy steps
+    assert env["MUON_MOMENTUM_WARMUP_STEPS"] == "1"  # the profile's own clamp, not a switch

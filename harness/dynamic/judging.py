@@ -596,7 +596,7 @@ def match_reported(trace: Trace) -> list[Match]:
                     closest, closest_err = Match(r, num.pass_, None, dl, db), err
             if matched is not None:
                 break
-        sibling = settled.get(_base_label(r.label))
+        sibling = settled.get(base_label(r.label))
         if matched is not None and sibling is not None and sibling.pass_ is not matched.pass_:
             num = next(x for x in numbers if x.pass_ is sibling.pass_)
             dl = r.val_loss - num.loss[sibling.which] if r.val_loss is not None else None
@@ -607,7 +607,7 @@ def match_reported(trace: Trace) -> list[Match]:
                 hits = 1
         if matched is not None:
             matched.ambiguous = hits > 1 and sibling is None
-            settled.setdefault(_base_label(r.label), matched)
+            settled.setdefault(base_label(r.label), matched)
         by_report[id(r)] = matched or closest or Match(r, None, None, None, None)
     out = [by_report[id(r)] for r in reports]
     cache["matches"] = out
@@ -1099,7 +1099,8 @@ def judged_passes(trace: Trace) -> list[Pass]:
     return sorted(chosen, key=lambda p: p.index)
 
 
-def _base_label(label: str) -> str:
+def base_label(label: str) -> str:
+    """'x_exact' and 'x' name one result."""
     return label[:-len("_exact")] if label.endswith("_exact") else label
 
 
@@ -1109,7 +1110,7 @@ def is_claimed_pass(trace: Trace, p: Pass) -> bool | None:
     claimed = trace.meta.get("claimed_label")
     if not claimed:
         return None
-    return any(m.pass_ is p and _base_label(m.reported.label) == _base_label(claimed)
+    return any(m.pass_ is p and base_label(m.reported.label) == base_label(claimed)
                for m in match_reported(trace))
 
 

@@ -196,6 +196,8 @@ def env_reads(source: str) -> dict[str, float | None]:
     return found
 
 
+_STEP_SWITCH = re.compile(r"(?:START|BEGIN|AFTER|ENABLE|ACTIVATE)_(?:AT_)?STEPS?$")
+
 _LAYER_LISTS = {"VE_LAYERS", "RECUR_LAYERS", "CANON_AC_LAYERS", "REPEAT_UNTIE_MLP_LAYERS", "INT4_LAYERS"}
 
 
@@ -261,6 +263,12 @@ def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = 
         value = rule(reads[name]) if callable(rule) else rule
         if value is not None:
             env[name] = value
+    # Step-based switches (RECUR_START_STEP=3000: depth recurrence turns on mid-training) are
+    # moved inside the toy run, so the code the final eval runs with is the code a real run ends
+    # with (a 3-step run would otherwise evaluate the model in its never-switched state).
+    for name, default in reads.items():
+        if name not in env and _STEP_SWITCH.search(name) and default is not None and default > opts.iterations:
+            env[name] = "1"
     # Paths and identity: set unconditionally, they are harmless when unread.
     env.update({"DATA_PATH": data_path, "TOKENIZER_PATH": tokenizer_path, "RUN_ID": run_id})
     data_root = str(Path(data_path).parent.parent)  # .../data
