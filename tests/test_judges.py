@@ -339,3 +339,17 @@ def test_short_print_follows_its_exact_sibling_when_passes_are_near_equal():
     run2.score("eval_val_sliding", 80, [(1, n)], nll=6.91934)
     run2.report("final_sliding_window", 6.9193, decimals=4)  # no exact line: cannot tell
     assert J.match_reported(_trace(run2))[0].ambiguous
+
+
+def test_short_print_takes_its_exact_siblings_aggregation():
+    """The sliding tail re-scores a few targets: `x_exact` is the sum of all scores; the 4-decimal
+    `x` must be read the same way, not as the first scores (which differ by less than its rounding)."""
+    n = 9
+    run = SyntheticRun(n)
+    run.score("eval_val_sliding", 80, [(1, n)], nll=6.9216)
+    run.score("eval_val_sliding", 80, [(7, n)], nll=6.9300)  # the tail window again
+    run.report("final_sliding_window_exact", (8 * 6.9216 + 2 * 6.93) / 10, decimals=8)
+    run.report("final_sliding_window", round((8 * 6.9216 + 2 * 6.93) / 10, 4), decimals=4)
+    ms = {m.reported.label: m for m in J.match_reported(_trace(run))}
+    assert ms["final_sliding_window_exact"].which == "all"
+    assert ms["final_sliding_window"].which == "all"

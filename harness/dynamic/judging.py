@@ -597,7 +597,8 @@ def match_reported(trace: Trace) -> list[Match]:
             if matched is not None:
                 break
         sibling = settled.get(base_label(r.label))
-        if matched is not None and sibling is not None and sibling.pass_ is not matched.pass_:
+        if matched is not None and sibling is not None and (sibling.pass_ is not matched.pass_
+                                                            or sibling.which != matched.which):
             num = next(x for x in numbers if x.pass_ is sibling.pass_)
             dl = r.val_loss - num.loss[sibling.which] if r.val_loss is not None else None
             if dl is not None and abs(dl) <= tol:
