@@ -372,3 +372,5 @@ def test_step_switches_move_inside_the_toy_run(tmp_path):
     assert env["RECUR_START_STEP"] == "1"  # a switch a real run crosses happens in the toy run too
     assert "SWA_START_STEP" not in env  # already inside the 3 toy steps
     assert env["MUON_MOMENTUM_WARMUP_STEPS"] == "1"  # the profile's own clamp, not a switch
+    flags, _ = toy_env.shrink_flags({"RECUR_START_STEP": "3000"})  # the README's command line
+    assert flags == {"RECUR_START_STEP": "1"}

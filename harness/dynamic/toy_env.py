@@ -233,7 +233,12 @@ def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None) -> tuple
             continue
         rule = rules.get(name)
         if rule is None:
-            out[name] = value
+            number = _default_number(value)
+            if _STEP_SWITCH.search(name) and number is not None and number > (opts or ToyOptions()).iterations:
+                out[name] = "1"  # a step switch the real run crosses: crossed in the toy run too
+                notes.append(f"submission flag {name}={value} shrunk to 1 (toy scale)")
+            else:
+                out[name] = value
             continue
         if callable(rule):
             number = _default_number(value)
