@@ -257,8 +257,11 @@ def _fold_into_trace_finding(res: AuditResult, probe_finding) -> bool:
         return hits[0] if hits else None
 
     # the nearest cause wins: a sliding eval after two TTT phases belongs to the later one
+    # ... and only a cause at least as severe: a low tail re-score at the same site explains
+    # nothing about scores that moved with later tokens
     candidates = sorted((d, i) for i, f in enumerate(res.findings)
-                        if f.layer is Layer.TRACE and (d := distance(f)) is not None)
+                        if f.layer is Layer.TRACE and f.severity.value >= probe_finding.severity.value
+                        and (d := distance(f)) is not None)
     if not candidates:
         return False
     f = res.findings[candidates[0][1]]
