@@ -353,3 +353,18 @@ def test_short_print_takes_its_exact_siblings_aggregation():
     ms = {m.reported.label: m for m in J.match_reported(_trace(run))}
     assert ms["final_sliding_window_exact"].which == "all"
     assert ms["final_sliding_window"].which == "all"
+
+
+def test_printed_sum_with_a_doubled_tail_matches_all_scores_not_first():
+    """At the 1e-6 floor, a mean that counts a few tail targets twice can sit within tolerance
+    of the first scores as well: the closer aggregation ("all") is the one printed."""
+    n = 2001
+    run = SyntheticRun(n)
+    nll = [6.0 + (i % 7) * 0.1 for i in range(n - 1)]
+    run.score("eval_ttt", 80, [(1, n)], nll=nll)
+    run.score("eval_ttt", 80, [(n - 3, n)], nll=nll[-3:])  # the tail window again, no training
+    mean_all = (sum(nll) + sum(nll[-3:])) / (n - 1 + 3)
+    assert abs(mean_all - sum(nll) / (n - 1)) < 1e-6  # both within the floor
+    run.report("legal_ttt_exact", mean_all, decimals=8)
+    m = J.match_reported(_trace(run))[0]
+    assert m.which == "all"
