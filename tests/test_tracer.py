@@ -186,6 +186,41 @@ def test_b_adapt_then_score():
     assert first.seq < first_score
 
 
+@pytest.mark.parametrize("throwaway", [True, False])
+def test_b2_warmup_on_a_throwaway_copy_is_dead_but_on_the_scored_model_is_not(throwaway):
+    """The April records warm up torch.compile by training a LoRA on the first validation tokens
+    and deleting it: nothing scored reads that state. The same steps on the model that is
+    scored afterwards are adapt-then-score."""
+    from harness.dynamic import judging as J
+    from harness.rule import rule_by_name
+
+    val = val_tokens()
+    model = make_model()
+    with Tracer(cfg_for(val)) as tr:
+        val_t = load_val(val)
+        warm = copy.deepcopy(model) if throwaway else model
+        opt = torch.optim.AdamW(warm.parameters(), lr=0.01)
+        x, y = val_t[:SEQ].unsqueeze(0), val_t[1:SEQ + 1].unsqueeze(0)
+        for _ in range(2):
+            F.cross_entropy(warm(x).reshape(-1, V), y.reshape(-1)).backward()
+            opt.step()
+            opt.zero_grad()
+        del warm, opt
+        with torch.no_grad():  # then the eval: every position scored once
+            total = 0.0
+            for ci in range((N - 1) // SEQ):
+                xs, ys = val_t[ci * SEQ:(ci + 1) * SEQ], val_t[ci * SEQ + 1:(ci + 1) * SEQ + 1]
+                total += float(F.cross_entropy(model(xs.unsqueeze(0)).reshape(-1, V), ys, reduction="sum"))
+    trace = tr.trace()
+    findings = list(rule_by_name("train-before-score").judge(trace)) + \
+        list(rule_by_name("val-data-in-training").judge(trace))
+    if throwaway:
+        assert findings == [], f"false leak: a deleted warm-up copy: {[f.message for f in findings]}"
+        assert all(J.dead_write(trace, u) for u in of(trace.events, Update))
+    else:
+        assert findings, "leak undetected: warm-up steps on the model that is then scored"
+
+
 # ---------------------------------------------------------------- (c) PR #713 shape
 def test_c_multi_epoch_score_last_epoch_only():
     val = val_tokens()

@@ -820,6 +820,24 @@ class UpdateGroup:
     targets: list[str] = field(default_factory=list)
 
 
+def dead_write(trace: Trace, u: Update) -> bool:
+    """A write into state that no later scored loss read: a compile warm-up that trains a
+    throwaway LoRA on the first validation tokens and deletes it (the April records) changes
+    nothing that is scored. Known only for traces that say which state was watched."""
+    watched = trace.meta.get("watched")
+    if watched is None or u.target_kind not in ("parameter", "buffer", "optimizer-state"):
+        return False
+    # optimizer state ("p:exp_avg") acts only through later steps of its parameter
+    target = u.target.rsplit(":", 1)[0] if u.target_kind == "optimizer-state" else u.target
+    key = f"{u.rank}:{target}"
+    cache = _cache(trace)
+    if "watched_set" not in cache:
+        cache["watched_set"] = set(watched)
+    if key not in cache["watched_set"]:
+        return False
+    return int((trace.meta.get("last_read") or {}).get(key, -1)) < u.seq
+
+
 def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
     """Updates chosen by `select(update)` that used positions before their final score, grouped
     by the function of the update's step frame (else write frame), in timeline order."""
@@ -835,7 +853,7 @@ def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
         if isinstance(e, Scored):
             scored_on_rank[e.rank] = scored_on_rank.get(e.rank, 0) + 1
             continue
-        if not isinstance(e, Update) or not e.positions or not select(e):
+        if not isinstance(e, Update) or not e.positions or not select(e) or dead_write(trace, e):
             continue
         key = (e.rank, tl.passed(e), scored_on_rank.get(e.rank, 0), tuple(map(tuple, e.positions)))
         pm = memo.get(key)

@@ -283,7 +283,13 @@ class Trace:
         for path in paths:
             with open(path, encoding="utf-8") as fh:
                 header = json.loads(fh.readline() or "{}")
-                meta.update(header.get("meta", {}))
+                for key, value in header.get("meta", {}).items():
+                    if key == "last_read" and isinstance(value, dict):  # per rank: merge
+                        meta.setdefault(key, {}).update(value)
+                    elif key == "watched" and isinstance(value, list):
+                        meta[key] = sorted(set(meta.get(key, [])) | set(value))
+                    else:
+                        meta[key] = value
                 subdir = header.get("submission_dir", subdir)
                 for line in fh:
                     if line.strip():

@@ -183,6 +183,7 @@ class LossOp:
     frame: Frame | None
     recorded: int = 0  # bitmask of elements already Scored
     n_scored_events: int = 0
+    reads: frozenset = frozenset()  # written state its forward read (since the last optimizer step)
 
 
 @dataclass
@@ -279,6 +280,8 @@ class _Mode(C.TorchDispatchMode):
                     if i is None:
                         continue
                     hit = True
+                    if k in tr._watch and not tr._in_step:
+                        tr._reads.add(tr._watch[k])
                     if i.pmap is not None or i.smap is not None or i.stag or i.mark is not None:
                         rich = True
                     else:
@@ -359,6 +362,13 @@ class Tracer:
         self._n_updates = 0
         self._collective_index = 0
         self._lost: dict[tuple, list] = {}
+        # storages written with validation positions -> their name; the last time (seq) each
+        # name was read by an op outside an optimizer step (judges skip writes never read again)
+        self._watch: dict[int, str] = {}
+        self._last_read: dict[str, int] = {}  # name -> seq of the last *scored* loss op that read it
+        self._reads: set[str] = set()  # watched names read since the last optimizer step
+        self._watched_names: set[str] = set()  # every name ever watched (storages die, names stay)
+        self._seq_now = 0
         # recent lookups keyed by token positions (embedding / index_select): (flat map, frame)
         self._lookups: "collections.deque" = collections.deque(maxlen=8)
         self._target_read_sites: set = set()
@@ -420,7 +430,11 @@ class Tracer:
 
     def trace(self) -> Trace:
         meta = {"tracer_errors": self.errors[:50], "tracer_notes": list(self.cfg.notes),
-                "capture_scores_only": self.scores_only}
+                "capture_scores_only": self.scores_only,
+                # per state written with validation positions: the seq of the last scored loss
+                # whose forward read it (rank-local names); judges skip writes no score reads
+                "last_read": {f"{self.rank}:{k}": v for k, v in self._last_read.items()},
+                "watched": sorted(f"{self.rank}:{v}" for v in self._watched_names)}
         return Trace(events=sorted(self.events, key=lambda e: e.seq), submission_dir=self.cfg.submission_dir,
                      meta=meta)
 
@@ -431,6 +445,7 @@ class Tracer:
     def _emit(self, cls, seq: int | None = None, **fields):
         ev = cls(seq=seq if seq is not None else next(self._seq) * _SEQ_STRIDE, rank=self.rank, **fields)
         self.events.append(ev)
+        self._seq_now = max(self._seq_now, ev.seq)
         return ev
 
     def _frame(self) -> Frame | None:
@@ -949,7 +964,7 @@ class Tracer:
 
             # a write carrying validation positions into persistent state: an Update
             if reg is not None and src_mask:
-                self._update(reg, src_mask, src_grad)
+                self._update(reg, src_mask, src_grad, id(d.untyped_storage()))
 
             # accumulation of scores into a plain tensor: a score sink
             if src_stag and rule.accumulate and reg is None and not d.requires_grad:
@@ -1182,6 +1197,7 @@ class Tracer:
                             grad_enabled=grad_enabled, frame=frame)
             op = LossOp(id=len(self.loss_ops), base=self._next_score_id, n=int(pos.size), positions=pos,
                         nll=nll, grad_enabled=grad_enabled, seq=ev.seq, frame=frame)
+            op.reads = frozenset(self._reads)
             if self._lookups:
                 self._check_target_read(pos, frame)
                 # only lookups of this forward pass feed this loss: a later forward starts afresh
@@ -1213,6 +1229,9 @@ class Tracer:
             if not new:
                 continue
             op.recorded |= new
+            for name in op.reads:  # the state this score was computed with is live up to here
+                if self._last_read.get(name, -1) < op.seq:
+                    self._last_read[name] = op.seq
             idx = P.positions_from_mask(new)
             idx = idx[idx < op.n]
             pos = op.positions[idx]
@@ -1268,7 +1287,10 @@ class Tracer:
         self._lost.clear()
 
     # ------------------------------------------------------------ updates
-    def _update(self, reg: _Reg, mask: int, grad: bool) -> None:
+    def _update(self, reg: _Reg, mask: int, grad: bool, storage_id: int | None = None) -> None:
+        if storage_id is not None and reg.kind != "optimizer-state":
+            self._watch[storage_id] = reg.name
+            self._watched_names.add(reg.name)
         if self._n_updates >= self.cfg.max_update_events:
             return
         via = "optimizer-step" if self._in_step else ("gradient" if grad else "direct")
@@ -1304,12 +1326,13 @@ class Tracer:
                 not provisional and len(name) > len(cur.name) and name.endswith("." + cur.name))
             if not upgrade:
                 return
-        registry = self.registry
+        registry, watch = self.registry, self._watch
 
-        def gone(_ref, key=key, registry=registry):
+        def gone(_ref, key=key, registry=registry, watch=watch):
             c = registry.get(key)
             if c is not None and c.ref is _ref:
                 del registry[key]
+                watch.pop(key, None)  # the id may be reused by a new storage: not the same state
 
         self.registry[key] = _Reg(name=name, kind=kind, provisional=provisional, ref=weakref.ref(st, gone))
         if kind == "parameter":
@@ -1335,7 +1358,7 @@ class Tracer:
                 if info is not None and info.mask:
                     reg = self.registry.get(id(st))
                     if reg is not None:
-                        self._update(reg, info.mask, info.grad)
+                        self._update(reg, info.mask, info.grad, id(st))
                 alive.append((ref, id(st)))
             else:
                 alive.append((ref, key))
@@ -1368,6 +1391,7 @@ class Tracer:
             if self.paused:
                 return
             self._in_step += 1
+            self._reads = set()  # a new step: what the next forward reads starts afresh
             self._step_id += 1
             self._step_frame = self.frames.find(3)
             self._name_optimizer(optimizer)
@@ -1605,7 +1629,7 @@ class Tracer:
             if not mask and info is None:
                 continue
             if reg is not None and mask:
-                self._update(reg, mask, grad)
+                self._update(reg, mask, grad, id(t.untyped_storage()))
             info = info or self._info_for(t, create=True)
             info.mask |= mask
             info.grad = info.grad or grad
