@@ -118,6 +118,9 @@ class Run:
 
     def close(self) -> None:
         if self.distributed:
+            # every rank's collectives done before the group goes: tearing gloo down with work
+            # in flight aborted a rank ("terminate called without an active exception")
+            dist.barrier()
             dist.destroy_process_group()
 
 
