@@ -86,7 +86,7 @@ def gate(out: Path) -> None:
         git("add", "-A")
         git("commit", "-q", "-m", "pr")
         gate_out = Path(tmp) / "out"
-        rc, _ = run([sys.executable, "-m", "harness.cli", "ci", "--base", "main", "--head", "pr",
+        rc, _ = run([sys.executable, "-m", "harness.cli.audit", "ci", "--base", "main", "--head", "pr",
                      "--repo", str(repo), "--out", str(gate_out)])
         verdict = json.loads((gate_out / "verdict.json").read_text())
         (out / "gate_verdict.json").write_text(json.dumps({"exit": rc, "output": mask(verdict)}, indent=1, sort_keys=True))
@@ -95,11 +95,11 @@ def gate(out: Path) -> None:
 
 def capture(out: Path, dynamic: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    audit = [sys.executable, "-m", "harness.cli", "--no-cache"]
+    audit = [sys.executable, "-m", "harness.cli.audit", "--no-cache"]
     for fixture in ("pr713", "legal_score_first_ttt", "hash_leak", "packed", "unpackable"):
         write_json(out, f"static_{fixture}", *run(audit + ["--format", "json", f"submissions/{fixture}"]))
     write_json(out, "sarif_pr713", *run(audit + ["--format", "sarif", "submissions/pr713"]))
-    write_json(out, "verify_pr713", *run([sys.executable, "-m", "harness.eval_cli", "verify", "--format", "json",
+    write_json(out, "verify_pr713", *run([sys.executable, "-m", "harness.cli.eval", "verify", "--format", "json",
                                           "submissions/pr713"]))
     gate(out)
     if dynamic:

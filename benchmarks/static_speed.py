@@ -17,7 +17,7 @@ from pathlib import Path
 import libcst
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness.static_audit import audit_source  # noqa: E402
+from harness.static.audit import audit_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

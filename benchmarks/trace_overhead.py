@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.dynamic.tracer import Tracer, TracerConfig  # noqa: E402
+from harness.dynamic.trace.tracer import Tracer, TracerConfig  # noqa: E402
 
 
 def toy_model(vocab: int) -> tuple[nn.Module, int, int, int]:

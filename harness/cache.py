@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from harness import __version__
-from harness.findings import AuditResult
-from harness.serialize import result_from_dict, result_to_dict
+from harness.core.findings import AuditResult
+from harness.core.serialize import result_from_dict, result_to_dict
 
 SKIP_DIRS = {"__pycache__", ".git", ".golf-audit-cache"}
 

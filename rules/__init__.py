@@ -1,4 +1,4 @@
-"""One module per rule. Each holds a `harness.rule.Rule` subclass; `harness.rule.all_rules()`
+"""One module per rule. Each holds a `harness.core.rule.Rule` subclass; `harness.core.registry.all_rules()`
 finds them. Rule ids (GA0xx) are stable and never reused:
 
 GA001 train-before-score      GA002 rescored-tokens        GA003 hash-key-reads-target

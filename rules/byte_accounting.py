@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from harness.dynamic import judging as J
-from harness.dynamic.judging import SyntheticRun, TraceExample
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Rule
+from harness.dynamic.judge import helpers as J
+from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Rule
 
 
 def _example(script_bytes: float, true_bytes: int = 10, decimals: int = 8, note: str = "") -> TraceExample:

@@ -2,11 +2,11 @@
 after it were changed (causality probe). Dynamic only (probe layer)."""
 from __future__ import annotations
 
-from harness.dynamic import judging as J
-from harness.dynamic.judging import SyntheticRun, TraceExample
-from harness.dynamic.trace import Frame
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Rule
+from harness.dynamic.judge import helpers as J
+from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.dynamic.trace.events import Frame
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Rule
 
 
 def _example(max_delta: float, note: str = "", not_run: str | None = None) -> TraceExample:

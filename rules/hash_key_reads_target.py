@@ -6,11 +6,11 @@ import re
 
 import libcst as cst
 
-from harness import dataflow as D
-from harness.engine import ModuleContext, base_name, dotted, walk
-from harness.project import CallSite, planned_findings
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Invalid, Rule, Valid
+from harness.static import dataflow as D
+from harness.static.engine import ModuleContext, base_name, dotted, walk
+from harness.static.project import CallSite, planned_findings
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Invalid, Rule, Valid
 
 _CLEAN = '''
 import torch
@@ -169,7 +169,7 @@ def _shift_bindings(ctx: ModuleContext, fn) -> dict[str, int]:
 
 
 def _trace_example(leaks: bool, note: str):
-    from harness.dynamic.judging import SyntheticRun, TraceExample
+    from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
 
     run = SyntheticRun(n=65)
     if leaks:
@@ -299,8 +299,8 @@ class HashKeyReadsTarget(Rule):
     def judge(self, trace):
         """The tracer's TargetRead events: a lookup whose index carried, element for element, the
         positions a later loss scored as targets."""
-        from harness.dynamic import judging as J
-        from harness.dynamic.trace import TargetRead
+        from harness.dynamic.judge import helpers as J
+        from harness.dynamic.trace.events import TargetRead
 
         for e in trace.of(TargetRead):
             evidence = [f"the lookup at {J.where(e.frame)} was indexed, element for element, by tokens at "

@@ -8,13 +8,13 @@ import math
 
 import libcst as cst
 
-from harness import dataflow as D
-from harness.dynamic import judging as J
-from harness.dynamic.judging import SyntheticRun, TraceExample
-from harness.dynamic.trace import Frame
-from harness.engine import ModuleContext, dotted, walk
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Invalid, Rule, Valid
+from harness.static import dataflow as D
+from harness.dynamic.judge import helpers as J
+from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.dynamic.trace.events import Frame
+from harness.static.engine import ModuleContext, dotted, walk
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Invalid, Rule, Valid
 
 _COUNT_FIRST = '''
 import math

@@ -2,10 +2,10 @@
 the eval whose number the submission printed. Dynamic only (trace layer)."""
 from __future__ import annotations
 
-from harness.dynamic import judging as J
-from harness.dynamic.judging import SyntheticRun, TraceExample
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Rule
+from harness.dynamic.judge import helpers as J
+from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Rule
 
 
 def _example(scored: list, n: int = 12, val_tokens=None, env=None, note: str = "") -> TraceExample:

@@ -5,9 +5,9 @@ import re
 
 import libcst as cst
 
-from harness.engine import ModuleContext, collect, dotted
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Invalid, Rule, Valid
+from harness.static.engine import ModuleContext, collect, dotted
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Invalid, Rule, Valid
 
 NETWORK_MODULES = ("requests", "urllib.request", "urllib3", "http.client", "httpx", "aiohttp", "socket",
                    "huggingface_hub", "ftplib", "smtplib", "paramiko", "websocket", "wget", "boto3", "gdown")

@@ -6,9 +6,9 @@ import bz2
 import lzma
 import zlib
 
-from harness.engine import ModuleContext
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Invalid, Rule, Valid
+from harness.static.engine import ModuleContext
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Invalid, Rule, Valid
 
 _PAYLOAD = base64.b85encode(lzma.compress(b"print('hello')\n")).decode()
 

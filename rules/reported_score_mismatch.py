@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from harness.dynamic import judging as J
-from harness.dynamic.judging import SyntheticRun, TraceExample
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Rule
+from harness.dynamic.judge import helpers as J
+from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Rule
 
 
 def _example(printed: float, nll=(1.0, 2.0, 3.0, 2.0), decimals: int = 8, rescore=None, note: str = "",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import libcst as cst
 
-from harness import dataflow as D
-from harness.engine import Function, ModuleContext, dotted
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Invalid, Rule, Valid
-from harness.dynamic.judging import shared_trace_examples
+from harness.static import dataflow as D
+from harness.static.engine import Function, ModuleContext, dotted
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Invalid, Rule, Valid
+from harness.dynamic.judge.helpers import shared_trace_examples
 
 _EVERY_EPOCH = '''
 import torch
@@ -239,6 +239,6 @@ class RescoredTokens(Rule):
     TRACE_VALID, TRACE_INVALID = shared_trace_examples("rescored-tokens")
 
     def judge(self, trace):
-        from harness.dynamic.judging import judge_rescored_tokens
+        from harness.dynamic.judge.helpers import judge_rescored_tokens
 
         return judge_rescored_tokens(self, trace)

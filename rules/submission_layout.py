@@ -13,8 +13,8 @@ from pathlib import PurePosixPath
 from typing import Iterable
 
 from harness.ci.git_changes import SUBMODULE_MODE, SYMLINK_MODE, Change
-from harness.findings import Confidence, Finding, Layer, Location, Severity
-from harness.rule import Rule
+from harness.core.findings import Confidence, Finding, Layer, Location, Severity
+from harness.core.rule import Rule
 
 # What every record folder holds (challenge README, "Submission process").
 REQUIRED = (

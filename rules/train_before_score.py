@@ -5,13 +5,13 @@ import libcst as cst
 
 from dataclasses import dataclass, field
 
-from harness import dataflow as D
-from harness.engine import Function, ModuleContext, dotted
-from harness.project import planned_findings
-from harness.summaries import summaries_of
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Invalid, Rule, Valid
-from harness.dynamic.judging import shared_trace_examples
+from harness.static import dataflow as D
+from harness.static.engine import Function, ModuleContext, dotted
+from harness.static.project import planned_findings
+from harness.static.summaries import summaries_of
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Invalid, Rule, Valid
+from harness.dynamic.judge.helpers import shared_trace_examples
 
 _LEGAL_CHUNKED = '''
 import torch
@@ -263,7 +263,7 @@ class TrainBeforeScore(Rule):
                       "computed string, exec, or a hook may be missed — the dynamic layer (`--dynamic`) "
                       "proves the order from a traced run. A loss accumulated only for logging before a "
                       "step is not taken as a score unless it reaches the returned or printed result. "
-                      "Helpers are followed through their summaries (harness/summaries.py: a function that "
+                      "Helpers are followed through their summaries (harness/static/summaries.py: a function that "
                       "trains on an argument, or scores an argument into an accumulator it is handed), "
                       "across the folder's files; a call the analyzer cannot name (a callback held in an "
                       "object, a method of an instance) is not followed.")
@@ -537,6 +537,6 @@ def train(model, opt, train_loader, steps):
     TRACE_VALID, TRACE_INVALID = shared_trace_examples("train-before-score")
 
     def judge(self, trace):
-        from harness.dynamic.judging import judge_train_before_score
+        from harness.dynamic.judge.helpers import judge_train_before_score
 
         return judge_train_before_score(self, trace)

@@ -6,12 +6,12 @@ import re
 
 import libcst as cst
 
-from harness import dataflow as D
-from harness.engine import ModuleContext, dotted
-from harness.project import planned_findings
-from harness.findings import Confidence, Layer, Severity
-from harness.rule import Invalid, Rule, Valid
-from harness.dynamic.judging import shared_trace_examples
+from harness.static import dataflow as D
+from harness.static.engine import ModuleContext, dotted
+from harness.static.project import planned_findings
+from harness.core.findings import Confidence, Layer, Severity
+from harness.core.rule import Invalid, Rule, Valid
+from harness.dynamic.judge.helpers import shared_trace_examples
 
 CALIBRATION = re.compile(r"hessian|calibrat|gptq|awq|collect_stats|quantiz|ema|swa|train_step|train_loop|"
                          r"fit|prefill|build_cache|ngram", re.I)
@@ -214,6 +214,6 @@ class ValDataInTraining(Rule):
     TRACE_VALID, TRACE_INVALID = shared_trace_examples("val-data-in-training")
 
     def judge(self, trace):
-        from harness.dynamic.judging import judge_val_data_in_training
+        from harness.dynamic.judge.helpers import judge_val_data_in_training
 
         return judge_val_data_in_training(self, trace)

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from harness.ci.git_changes import Change
-from harness.cli import main as cli_main
-from harness.findings import ExitCode, Severity
+from harness.cli.audit import main as cli_main
+from harness.core.findings import ExitCode, Severity
 from harness.reports.sarif_check import validate_sarif
-from harness.rule import all_rules, rule_by_name
+from harness.core.registry import all_rules, rule_by_name
 from rules.submission_layout import check_pr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,9 +259,9 @@ def test_not_a_repository_is_a_usage_error(tmp_path, capsys):
 
 
 def test_console_script_runs_the_gate(repo, tmp_path):
-    """The real entry point, in a subprocess: `python -m harness.cli ci` from the checkout."""
+    """The real entry point, in a subprocess: `python -m harness.cli.audit ci` from the checkout."""
     env = {**ENV, "PYTHONPATH": str(ROOT) + os.pathsep + ENV.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "ci", "--base", "main", "--head", "pr-edits",
+    proc = subprocess.run([sys.executable, "-m", "harness.cli.audit", "ci", "--base", "main", "--head", "pr-edits",
                            "--out", str(tmp_path)], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -389,7 +389,7 @@ def test_dynamic_results_get_their_own_sarif_category(repo, tmp_path, monkeypatc
     with --dynamic the gate passes the folder to run_dynamic and reports its findings in the
     `golf-audit/dynamic/` run and the checklist."""
     import harness.dynamic.audit as dynamic_audit
-    from harness.findings import AuditResult, Confidence, Finding, Layer, Location
+    from harness.core.findings import AuditResult, Confidence, Finding, Layer, Location
 
     seen = []
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import audit_paths, main
-from harness.findings import ExitCode
+from harness.cli.audit import audit_paths, main
+from harness.core.findings import ExitCode
 from harness.reports.sarif_check import validate_sarif
-from harness.rule import all_rules
+from harness.core.registry import all_rules
 
 REPO = Path(__file__).resolve().parent.parent
 PR713 = REPO / "submissions" / "pr713"
@@ -37,7 +37,7 @@ def in_repo(monkeypatch):
 def test_console_script_process_exit_codes(tmp_path):
     # the real process: argparse errors, a missing path and a finding, each with its exit code
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "harness.cli.audit", *args], capture_output=True, text=True,
                               cwd=REPO, timeout=120)
 
     p = run("--no-cache", "--format", "yaml", str(PR713))
@@ -245,7 +245,7 @@ def test_cache_hit_is_identical_and_parallel_equals_serial(capsys, tmp_path, in_
         raise AssertionError("cache miss")
 
     with pytest.MonkeyPatch.context() as mp:  # every folder is now a hit: nothing is audited again
-        import harness.cli as cli_module
+        import harness.cli.audit as cli_module
         mp.setattr(cli_module, "audit_one", must_not_run)
         hits = audit_paths(folders, {"cache_dir": str(cache), "jobs": 1, "rules": [r.name for r in all_rules()]})
         assert [h.target for h in hits] == folders
@@ -259,7 +259,7 @@ def test_cache_hit_is_identical_and_parallel_equals_serial(capsys, tmp_path, in_
 
 
 def test_internal_errors_never_traceback(monkeypatch, capsys):
-    import harness.cli as cli_module
+    import harness.cli.audit as cli_module
 
     def boom(*a, **k):
         raise RuntimeError("kaput")
@@ -273,12 +273,12 @@ def test_internal_errors_never_traceback(monkeypatch, capsys):
 
 
 def test_crash_inside_one_audit_is_not_audited(monkeypatch):
-    import harness.static_audit
+    import harness.static.audit
 
     def boom(*a, **k):
         raise ValueError("engine bug")
 
-    monkeypatch.setattr(harness.static_audit, "audit_folder_static", boom)
+    monkeypatch.setattr(harness.static.audit, "audit_folder_static", boom)
     r = audit_paths([str(PR713)], {"jobs": 1})[0]
     assert r.exit_code() == ExitCode.NOT_AUDITABLE
     assert "internal error: ValueError: engine bug" in r.not_audited[0].reason

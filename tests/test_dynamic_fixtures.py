@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.dynamic_e2e]
 
 def _can_run() -> str | None:
     try:
-        import harness.dynamic.runner  # noqa: F401
-        import harness.dynamic.tracer  # noqa: F401
+        import harness.dynamic.run.runner  # noqa: F401
+        import harness.dynamic.trace.tracer  # noqa: F401
         import reference_model.toy_data  # noqa: F401
     except ImportError as exc:
         return f"dynamic harness incomplete: {exc}"
@@ -99,8 +99,8 @@ def _dynamic_rule_for(name: str) -> str | None:
     """The rule a broken variant breaks, when the dynamic layer can name it; hash-key-reads-target
     is a static rule: dynamically it shows as an improper distribution or a dependence on later
     tokens."""
-    from harness.findings import Layer
-    from harness.rule import rule_by_name
+    from harness.core.findings import Layer
+    from harness.core.registry import rule_by_name
     from reference_model import variants
 
     rule = rule_by_name(variants.EXPECTED_RULE[name])

@@ -38,7 +38,7 @@ def expected_of(folder: Path) -> dict:
 
 def caught(result, layer: str) -> list:
     """Active findings of `layer` that fail the audit (severity >= medium)."""
-    from harness.findings import Severity
+    from harness.core.findings import Severity
 
     return [f for f in result.active_findings if f.layer.value == layer and f.severity >= Severity.MEDIUM]
 
@@ -107,7 +107,7 @@ def test_variant_files(folder: Path):
 # ---------------------------------------------------------------- static layer
 @pytest.mark.parametrize("folder", VARIANTS, ids=IDS)
 def test_static(folder: Path):
-    from harness.static_audit import audit_folder_static
+    from harness.static.audit import audit_folder_static
 
     exp = expected_of(folder)
     result = audit_folder_static(folder, env=exp["env"])
@@ -128,7 +128,7 @@ def make_short_toy_data(out: Path) -> dict:
     SHORT_VAL_TOKENS tokens: the same code paths, a quarter of the run time."""
     import numpy as np
 
-    from harness.dynamic.runner import get_toy_data
+    from harness.dynamic.run.runner import get_toy_data
     from reference_model.data import BOS_ID, read_shard, write_shard
 
     data = dict(get_toy_data())
@@ -185,7 +185,7 @@ def table(probes_everywhere: bool = True) -> str:
     import tempfile
     import time
 
-    from harness.static_audit import audit_folder_static
+    from harness.static.audit import audit_folder_static
 
     data = make_short_toy_data(Path(tempfile.mkdtemp(prefix="evasion_val")))
     rows = ["| variant | static | trace | probes | required (caught_by) | rules | dynamic s |",

@@ -135,7 +135,7 @@ def _function_matches(found: str | None, wanted: str) -> bool:
 
 @pytest.mark.parametrize("folder", FIXTURES, ids=IDS)
 def test_static_audit_matches_expected(folder: Path):
-    static_audit = pytest.importorskip("harness.static_audit", reason="harness.static_audit not written yet")
+    static_audit = pytest.importorskip("harness.static.audit", reason="harness.static.audit not written yet")
     expected = load_expected(folder)
     want = expected["static"]
     result = static_audit.audit_folder_static(folder, env=dict(expected.get("env", {})))
@@ -164,7 +164,7 @@ def test_static_audit_matches_expected(folder: Path):
 
 def test_packed_finding_points_into_the_unpacked_code():
     """A finding inside a pack gets the unpacked code's own line and names the file it was packed in."""
-    static_audit = pytest.importorskip("harness.static_audit", reason="harness.static_audit not written yet")
+    static_audit = pytest.importorskip("harness.static.audit", reason="harness.static.audit not written yet")
     folder = SUBMISSIONS / "packed"
     result = static_audit.audit_folder_static(folder, env={"TTT_ENABLED": "1"})
     source_lines = (folder / "train_gpt_source.py.txt").read_text().splitlines()

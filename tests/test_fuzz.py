@@ -1,5 +1,5 @@
 """Fuzzing what golf-audit reads from a submission: Python source (static analyzer), packed
-scripts (the unpacker in harness.source) and training logs (harness.evaluation.logs).
+scripts (the unpacker in harness.static.source) and training logs (harness.evaluation.logs).
 
 The property is the same everywhere: any input gives a result — an AuditResult with findings or
 "not auditable" entries, a packing error (UnpackError), a parsed log with unknown lines — never
@@ -86,7 +86,7 @@ def _main_thread() -> bool:
 
 # ---------------------------------------------------------------- the checks (one per target)
 def check_result(result) -> None:
-    from harness.findings import AuditResult, ExitCode, Finding, NotAudited
+    from harness.core.findings import AuditResult, ExitCode, Finding, NotAudited
 
     assert isinstance(result, AuditResult), type(result)
     for f in result.findings:
@@ -102,7 +102,7 @@ def check_source(code: str):
     """audit_source on one text."""
     import warnings
 
-    from harness.static_audit import audit_source
+    from harness.static.audit import audit_source
 
     with time_bound(), warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)  # random code: "invalid decimal literal" etc.
@@ -114,9 +114,9 @@ def check_source(code: str):
 def check_folder(files: dict[str, bytes]):
     """audit_folder_static on a folder holding these files (names relative to it), and
     load_source on each file: neither may raise."""
-    from harness.findings import ExitCode
-    from harness.source import LoadedSource, load_source
-    from harness.static_audit import audit_folder_static
+    from harness.core.findings import ExitCode
+    from harness.static.source import LoadedSource, load_source
+    from harness.static.audit import audit_folder_static
 
     folder = Path(tempfile.mkdtemp(prefix="golf-fuzz-"))
     try:
@@ -139,8 +139,8 @@ def check_folder(files: dict[str, bytes]):
 
 
 def check_unpack(text: str):
-    """harness.source.unpack: returns the innermost source, or raises UnpackError."""
-    from harness.source import MAX_DEPTH, UnpackError, unpack
+    """harness.static.source.unpack: returns the innermost source, or raises UnpackError."""
+    from harness.static.source import MAX_DEPTH, UnpackError, unpack
 
     with time_bound():
         try:

@@ -24,7 +24,7 @@ from harness.evaluation.reproduce import (
     scratch_copy,
     time_phases,
 )
-from harness.findings import ExitCode
+from harness.core.findings import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_reproduce_usage_errors(tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_cli_json(tmp_path, capsys):
-    from harness.eval_cli import main
+    from harness.cli.eval import main
 
     sub = _fake_submission(tmp_path / "fake")
     code = main(["--format", "json", "reproduce", str(sub), "--seeds", "3", "--nproc", "1",
@@ -257,7 +257,7 @@ def test_passes_with_equal_scores_but_different_times_stay_apart():
 
 def _runner_available() -> bool:
     try:
-        from harness.dynamic import runner  # noqa: F401
+        from harness.dynamic.run import runner  # noqa: F401
     except ImportError:
         return False
     return True
@@ -270,7 +270,7 @@ TOY_FOLDERS = ["submissions/pr713", "reference_model"]
 def toy_report(request, tmp_path_factory):
     """One seed of `golf-eval reproduce --toy` (2 gloo processes on CPU), run once per folder."""
     if not _runner_available():
-        pytest.skip("harness.dynamic.runner not available")
+        pytest.skip("harness.dynamic.run.runner not available")
     opts = ReproduceOptions(seeds=[42], nproc=2, toy=True, timeout_s=90,
                             scratch=tmp_path_factory.mktemp("toy"))
     return request.param, reproduce(REPO / request.param, opts)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.eval_cli import main
+from harness.cli.eval import main
 from harness.evaluation.claims import FAIL, PASS, UNVERIFIED, VerifyOptions, verify
-from harness.findings import ExitCode
+from harness.core.findings import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
 

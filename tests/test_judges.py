@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from harness.dynamic import judging as J
-from harness.dynamic.judging import SyntheticRun
-from harness.dynamic.trace import Trace, Update
-from harness.findings import Layer
-from harness.rule import Rule
+from harness.dynamic.judge import helpers as J
+from harness.dynamic.judge.helpers import SyntheticRun
+from harness.dynamic.trace.events import Trace, Update
+from harness.core.findings import Layer
+from harness.core.rule import Rule
 
 
 class _Probe(Rule):
@@ -305,7 +305,7 @@ def test_sliding_tail_scored_twice_is_one_pass_and_low():
 def test_incomplete_diagnostic_pass_is_low_when_the_claim_is_another_pass():
     """A diagnostic eval that truncates to whole batches (the April records' eval_val) is a real
     defect, but the claimed number comes from the TTT pass: low, not a failing finding."""
-    from harness.rule import rule_by_name
+    from harness.core.registry import rule_by_name
 
     n = 41
     run = SyntheticRun(n)

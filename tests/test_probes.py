@@ -8,8 +8,8 @@ import math
 import numpy as np
 
 from harness.dynamic import probes as P
-from harness.dynamic.judging import SyntheticRun
-from harness.dynamic.trace import Trace
+from harness.dynamic.judge.helpers import SyntheticRun
+from harness.dynamic.trace.events import Trace
 from rules.future_dependent_score import FutureDependentScore
 from rules.improper_distribution import ImproperDistribution
 
@@ -212,7 +212,7 @@ def test_audit_probe_only_leak(monkeypatch, tmp_path):
 
 def test_audit_folds_probe_symptom_into_trace_cause(monkeypatch, tmp_path):
     res = _fake_audit(monkeypatch, tmp_path, adapts_on_document, ttt_leak=True)
-    from harness.rule import rule_by_name
+    from harness.core.registry import rule_by_name
 
     rules = {f.rule for f in res.findings}
     assert int(res.exit_code()) == 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.static_audit import audit_folder_static, audit_source
+from harness.static.audit import audit_folder_static, audit_source
 from reference_model import variants
 
 REFERENCE = Path(variants.folder())

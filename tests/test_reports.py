@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.findings import (AuditResult, ExitCode, FileReport, Finding, Layer, Location, NotAudited,
+from harness.core.findings import (AuditResult, ExitCode, FileReport, Finding, Layer, Location, NotAudited,
                               Severity, worst_exit)
 from harness.reports import json_report, markdown, sarif, text
 from harness.reports.sarif_check import validate_sarif
-from harness.rule import all_rules
-from harness.serialize import merge_results, result_from_dict, result_to_dict
+from harness.core.registry import all_rules
+from harness.core.serialize import merge_results, result_from_dict, result_to_dict
 
 RULES = all_rules()
 GA001 = next(r for r in RULES if r.id == "GA001")

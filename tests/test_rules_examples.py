@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.findings import Layer
-from harness.rule import all_rules
-from harness.static_audit import audit_source
+from harness.core.findings import Layer
+from harness.core.registry import all_rules
+from harness.static.audit import audit_source
 
 STATIC_RULES = [r for r in all_rules() if Layer.STATIC in r.layers and r.has_static()]
 

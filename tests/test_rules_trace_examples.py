@@ -1,13 +1,13 @@
 """Generated from the rules themselves: every rule with a trace or probe layer carries
-TRACE_VALID / TRACE_INVALID synthetic traces (`harness.dynamic.judging.TraceExample`), and its
+TRACE_VALID / TRACE_INVALID synthetic traces (`harness.dynamic.judge.helpers.TraceExample`), and its
 `judge()` must report nothing on each VALID trace and at least one finding on each INVALID one,
 at the pinned function/line/message when given. A dynamic rule without examples fails."""
 from __future__ import annotations
 
 import pytest
 
-from harness.findings import Layer
-from harness.rule import all_rules
+from harness.core.findings import Layer
+from harness.core.registry import all_rules
 
 
 def _dynamic_rules():

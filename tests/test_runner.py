@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import sandbox
-from harness.dynamic import runner
-from harness.dynamic.logparse import parse_reported
+from harness.dynamic.run import sandbox
+from harness.dynamic.run import runner
+from harness.challenge.results import parse_reported
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sandbox.available_isolation() is None, reason="no sandbox here")]
@@ -332,8 +332,8 @@ def test_logparse_keeps_decimals_and_labels():
 
 
 def test_traced_run_yields_one_trace_with_reported_and_run_end(submission, toy_data):
-    pytest.importorskip("harness.dynamic.tracer")
-    from harness.dynamic.trace import Reported, RunEnd, RunStart, Scored
+    pytest.importorskip("harness.dynamic.trace.tracer")
+    from harness.dynamic.trace.events import Reported, RunEnd, RunStart, Scored
 
     r = runner.run_submission(submission, env={}, toy_data=toy_data, trace=True, timeout_s=150)
     assert r.error is None, (r.error, r.stderr[-3000:])
@@ -347,7 +347,7 @@ def test_traced_run_yields_one_trace_with_reported_and_run_end(submission, toy_d
 
 
 def test_submission_flags_are_shrunk_to_toy_scale():
-    from harness.dynamic import toy_env
+    from harness.dynamic.cpu import toy_env
 
     flags, notes = toy_env.shrink_flags({"TTT_ENABLED": "1", "TTT_EPOCHS": "3", "TTT_CHUNK_SIZE": "256",
                                          "TRAIN_SEQ_LEN": "2048", "TTT_LR": "0.01"})
@@ -363,7 +363,7 @@ def test_submission_flags_are_shrunk_to_toy_scale():
 
 
 def test_step_switches_move_inside_the_toy_run(tmp_path):
-    from harness.dynamic import toy_env
+    from harness.dynamic.cpu import toy_env
 
     (tmp_path / "train_gpt.py").write_text(
         "import os\nrecur_start = int(os.environ.get('RECUR_START_STEP', 3000))\n"

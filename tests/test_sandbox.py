@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import sandbox
-from harness.sandbox import GiB, MiB, Limits
+from harness.dynamic.run import sandbox
+from harness.dynamic.run.sandbox import GiB, MiB, Limits
 
 pytestmark = pytest.mark.skipif(sandbox.available_isolation() is None,
                                 reason="no sandbox mechanism on this machine")

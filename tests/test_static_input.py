@@ -7,9 +7,9 @@ import lzma
 import zlib
 from pathlib import Path
 
-from harness.findings import ExitCode
-from harness.source import MAX_DEPTH, UnpackError, load_source, unpack
-from harness.static_audit import audit_folder_static, audit_source
+from harness.core.findings import ExitCode
+from harness.static.source import MAX_DEPTH, UnpackError, load_source, unpack
+from harness.static.audit import audit_folder_static, audit_source
 
 TTT_LEAK = '''import torch
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.findings import Severity
-from harness.reachability import submission_flags
-from harness.static_audit import audit_folder_static, audit_source
+from harness.core.findings import Severity
+from harness.static.reachability import submission_flags
+from harness.static.audit import audit_folder_static, audit_source
 
 SCRIPT = '''import os
 import torch

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.findings import Severity
-from harness.static_audit import audit_folder_static
+from harness.core.findings import Severity
+from harness.static.audit import audit_folder_static
 
 PR713 = Path("/tmp/pr713/records/track_10min_16mb/2026-03-25_10L_LoRA_TTT")
 RECORDS = sorted(Path(p) for p in glob.glob("/tmp/pg/records/track_10min_16mb/*/"))

@@ -2,8 +2,8 @@
 reason is required, suppressed hits stay listed, unused or reasonless suppressions are reported."""
 from __future__ import annotations
 
-from harness.findings import ExitCode
-from harness.static_audit import audit_source
+from harness.core.findings import ExitCode
+from harness.static.audit import audit_source
 
 CODE = '''import urllib.request{same}
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.dynamic.trace import (LossComputed, ProvenanceLost, Scored, Trace, Update, ValLoaded,
+from harness.dynamic.trace.events import (LossComputed, ProvenanceLost, Scored, Trace, Update, ValLoaded,
                                    mask_from_ranges, ranges_from_positions)
-from harness.dynamic.tracer import Tracer, TracerConfig
+from harness.dynamic.trace.tracer import Tracer, TracerConfig
 
 torch.set_num_threads(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -191,8 +191,8 @@ def test_b2_warmup_on_a_throwaway_copy_is_dead_but_on_the_scored_model_is_not(th
     """The April records warm up torch.compile by training a LoRA on the first validation tokens
     and deleting it: nothing scored reads that state. The same steps on the model that is
     scored afterwards are adapt-then-score."""
-    from harness.dynamic import judging as J
-    from harness.rule import rule_by_name
+    from harness.dynamic.judge import helpers as J
+    from harness.core.registry import rule_by_name
 
     val = val_tokens()
     model = make_model()
@@ -594,6 +594,6 @@ def test_uninstall_restores_torch():
     with Tracer(cfg_for(val)):
         assert torch.Tensor.numpy is not real_numpy
     assert torch.Tensor.numpy is real_numpy and torch.Tensor.tolist is real_tolist
-    from harness.dynamic import torch_compat
+    from harness.dynamic.trace import torch_compat
     assert not torch_compat.dispatch_mode_stack()
     assert math.isfinite(float(torch.ones(3).sum()))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness.dynamic.trace import Collective, Scored, Trace, Update, mask_from_ranges  # noqa: E402
+from harness.dynamic.trace.events import Collective, Scored, Trace, Update, mask_from_ranges  # noqa: E402
 
 WORLD = 2
 
@@ -23,7 +23,7 @@ WORLD = 2
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     import test_tracer as T
 
-    from harness.dynamic.tracer import Tracer, TracerConfig
+    from harness.dynamic.trace.tracer import Tracer, TracerConfig
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)

@@ -28,7 +28,7 @@ def folders_of(filenames: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.cli import main as cli_main
+    from harness.cli.audit import main as cli_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.findings import ExitCode, Finding, Layer
+from harness.core.findings import ExitCode, Finding, Layer
 from harness.reports.common import one_line, reason
-from harness.rule import Rule, all_rules
+from harness.core.rule import Rule
+from harness.core.registry import all_rules
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harness.ci_gate import FolderOutcome, GateResult
+    from harness.ci.gate import FolderOutcome, GateResult
 
 MARKER = "<!-- golf-audit-ci -->"  # lets the posting job find and update its own comment
 MAX_CHARS = 60_000  # GitHub rejects comments over 65,536 characters

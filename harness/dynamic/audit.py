@@ -9,7 +9,7 @@ the whole vocabulary), probe_budget (6 extra runs at most), probes (True), timeo
 run), allow_network (False), static_first (False: also add the flags static findings need),
 toy_data (a dict from `reference_model.toy_data.make_toy_data`, else built and cached).
 
-The engine knows no rule by name: judges come from `harness.rule.all_rules()`; trace judges run
+The engine knows no rule by name: judges come from `harness.core.registry.all_rules()`; trace judges run
 on the traced run, probe judges on the same trace once `trace.meta["probes"]` holds the probe
 record. Anything that could not be checked becomes a `NotAudited` entry (exit 3 unless a
 finding forces 1), never a silent pass.
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.dynamic import judging as J
+from harness.dynamic.judge import helpers as J
 from harness.dynamic import probes as P
-from harness.dynamic.trace import Reported, RunStart, Scored, Trace
-from harness.findings import AuditResult, Layer, NotAudited
-from harness.rule import all_rules
+from harness.dynamic.trace.events import Reported, RunStart, Scored, Trace
+from harness.core.findings import AuditResult, Layer, NotAudited
+from harness.core.registry import all_rules
 
 DEFAULTS: dict[str, Any] = {
     "env": {},
@@ -52,7 +52,7 @@ def submission_flags(folder: Path) -> dict[str, str]:
     """Env flags the submission says it ran with. Uses the static helper's reachability reader
     when present; else `KEY=VAL` prefixes of command lines in the README and logs."""
     try:
-        from harness.reachability import submission_flags as from_static  # type: ignore
+        from harness.static.reachability import submission_flags as from_static  # type: ignore
     except ImportError:
         from_static = None
     if from_static is not None:
@@ -84,7 +84,7 @@ def toy_data(options: dict) -> dict:
     """The toy dataset (tokenizer, shards): the caller's, else the runner's cached one."""
     if options.get("toy_data"):
         return options["toy_data"]
-    from harness.dynamic.runner import get_toy_data
+    from harness.dynamic.run.runner import get_toy_data
 
     return get_toy_data()
 
@@ -94,7 +94,7 @@ def val_tokens_file(data: dict, override: np.ndarray | None = None) -> tuple[np.
     that judges can read after the run's scratch folder is gone."""
     import hashlib
 
-    from harness.dynamic.judging import read_shard
+    from harness.dynamic.judge.helpers import read_shard
 
     if override is not None:
         tokens = np.asarray(override, dtype=np.int64)
@@ -116,7 +116,7 @@ def _run(folder: Path, env: dict, data: dict, options: dict, *, trace: bool = Tr
          tracer_options: dict | None = None, val_override: np.ndarray | None = None):
     """`env` holds the submission's own flags (shrunk to toy scale by the runner) under
     options["env"], the caller's explicit values (passed as given)."""
-    from harness.dynamic.runner import run_submission
+    from harness.dynamic.run.runner import run_submission
 
     explicit = {str(k): str(v) for k, v in (options.get("env") or {}).items()}
     own = {k: v for k, v in env.items() if k not in explicit}
@@ -161,7 +161,7 @@ def _result_trace(result, folder: Path, env: dict, data: dict, tokens_path: str 
     if tokens_path:
         trace.meta["val_tokens_path"] = tokens_path
     if not trace.of(Reported):  # the runner normally adds these; parse stdout if it did not
-        from harness.dynamic.logparse import parse_reported
+        from harness.challenge.results import parse_reported
 
         trace.events.extend(parse_reported(result.stdout or ""))
     return trace

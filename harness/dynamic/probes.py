@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from harness.dynamic import judging as J
-from harness.dynamic.trace import Frame, Scored, Trace, describe
+from harness.dynamic.judge import helpers as J
+from harness.dynamic.trace.events import Frame, Scored, Trace, describe
 
 RunFn = Callable[[np.ndarray, str], Trace]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.evaluation.logs import ParsedLog, ResultLine, parse_folder_logs
 from harness.evaluation.significance import TestResult, one_sample_one_sided, welch_one_sided
-from harness.findings import ExitCode
+from harness.core.findings import ExitCode
 
 PASS, FAIL, UNVERIFIED, INFO = "pass", "fail", "unverified", "info"
 REQUIRED_FIELDS = ("name", "github_id", "author", "val_bpb", "date", "bytes_total")

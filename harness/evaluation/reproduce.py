@@ -38,7 +38,7 @@ from harness.evaluation.claims import (
     verify,
 )
 from harness.evaluation.logs import ParsedLog, parse_log_text
-from harness.findings import ExitCode
+from harness.core.findings import ExitCode
 
 ENV_TOKEN = re.compile(r"(?:^|\s)(?:export\s+)?([A-Z][A-Z0-9_]*)=(\"[^\"]*\"|'[^']*'|[^\s;&|`]+)")
 RUN_LINE = re.compile(r"(torchrun|python3?\s|\bexport\s)")
@@ -378,9 +378,9 @@ def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float
 def _toy_runner():
     """The dynamic harness's runner, when it is installed (it is written separately)."""
     try:
-        from harness.dynamic import runner  # type: ignore
+        from harness.dynamic.run import runner  # type: ignore
     except ImportError as e:
-        raise UsageError(f"--toy needs harness.dynamic.runner, which is not available: {e}") from e
+        raise UsageError(f"--toy needs harness.dynamic.run.runner, which is not available: {e}") from e
     return runner
 
 
@@ -443,7 +443,7 @@ def run_seed(folder: Path, seed: int, opts: ReproduceOptions, work: Path, doc_en
 
 def _run_toy(run_dir: Path, script: Path, seed: int, opts: ReproduceOptions, added: dict[str, str],
              doc_env: dict[str, str], on_line: Callable[[float, str], None] | None):
-    """Run through harness.dynamic.runner (CPU shims, toy data, gloo): harness.evaluation.toy."""
+    """Run through harness.dynamic.run.runner (CPU shims, toy data, gloo): harness.evaluation.toy."""
     runner = _toy_runner()
     from harness.evaluation import toy
 

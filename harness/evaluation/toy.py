@@ -1,6 +1,6 @@
 """`golf-eval reproduce --toy`: run one seed through the dynamic harness's runner.
 
-The runner (harness.dynamic.runner.run_submission) owns the CPU shims, the toy data, the
+The runner (harness.dynamic.run.runner.run_submission) owns the CPU shims, the toy data, the
 toy-scale env and the gloo launch inside the sandbox. It returns the output in one piece, so
 to time lines with our own clock we tail the log file the script writes in the run's scratch
 folder (contest scripts print each line and append it to `logs/<RUN_ID>.txt`) while the run is
@@ -245,7 +245,7 @@ def run(runner: Any, run_dir: Path, script: Path, seed: int, opts: ReproduceOpti
     if opts.script and Path(opts.script).name != entry:
         notes.append(f"seed {seed}: the runner picks its own entry script and ran {entry}, not --script {opts.script}")
     as_run = scratch / entry
-    cmd = [f"harness.dynamic.runner.run_submission({run_dir.name}, nproc={opts.nproc}, toy data)",
+    cmd = [f"harness.dynamic.run.runner.run_submission({run_dir.name}, nproc={opts.nproc}, toy data)",
            "→ torchrun --standalone" if opts.nproc > 1 else "→ python", f"--nproc_per_node={opts.nproc}",
            entry, "(gloo, CPU shims, sandbox)"]
     files = {k: int(v) for k, v in (_field(result, "artifacts", default={}) or {}).items()}

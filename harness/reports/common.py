@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from harness.findings import NotAudited
+from harness.core.findings import NotAudited
 
 _PREFIX = re.compile(r"^\s*not audited:\s*", re.IGNORECASE)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 from harness import __version__
-from harness.findings import AuditResult, Severity, worst_exit
-from harness.rule import Rule
-from harness.serialize import SCHEMA, result_to_dict
+from harness.core.findings import AuditResult, Severity, worst_exit
+from harness.core.rule import Rule
+from harness.core.serialize import SCHEMA, result_to_dict
 
 
 def render(results: list[AuditResult], rules: list[Rule], fail_on: Severity = Severity.MEDIUM) -> str:

@@ -1,9 +1,9 @@
 """`--format markdown`: a PR-comment review, one line per check with verdict and evidence."""
 from __future__ import annotations
 
-from harness.findings import AuditResult, ExitCode, Finding, Severity
+from harness.core.findings import AuditResult, ExitCode, Finding, Severity
 from harness.reports.common import one_line, reason
-from harness.rule import Rule
+from harness.core.rule import Rule
 
 TITLE = {ExitCode.CLEAN: "✅ clean", ExitCode.FINDINGS: "❌ findings", ExitCode.NOT_AUDITABLE: "⚠️ not audited"}
 

@@ -10,9 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 from harness import __version__
-from harness.findings import AuditResult, Confidence, Finding, Layer, Location, Severity
+from harness.core.findings import AuditResult, Confidence, Finding, Layer, Location, Severity
 from harness.reports.common import one_line, reason
-from harness.rule import Rule
+from harness.core.rule import Rule
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFO_URI = "https://github.com/openai/parameter-golf"

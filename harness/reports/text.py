@@ -6,9 +6,9 @@ import io
 from rich.console import Console
 from rich.markup import escape
 
-from harness.findings import AuditResult, ExitCode, Finding, Severity
+from harness.core.findings import AuditResult, ExitCode, Finding, Severity
 from harness.reports.common import one_line, reason
-from harness.rule import Rule
+from harness.core.rule import Rule
 
 VERDICT = {ExitCode.CLEAN: ("CLEAN", "bold green"), ExitCode.FINDINGS: ("FINDINGS", "bold red"),
            ExitCode.NOT_AUDITABLE: ("NOT AUDITED", "bold yellow")}

@@ -1,6 +1,6 @@
 """Runtime shims that let CUDA-only contest scripts run eagerly on a CPU.
 
-Installed by `harness.dynamic.bootstrap` inside the sandboxed subprocess, before the
+Installed by `harness.dynamic.run.bootstrap` inside the sandboxed subprocess, before the
 submission runs. Every shim that fires is named in `ShimState.used` so reports can say what
 was changed ("ran eager: torch.compile shimmed", "autocast(cuda, bf16) ran in float32", ...).
 The list follows /work/shared/notes/real-scripts-on-cpu.md items 1-11.
@@ -455,14 +455,14 @@ class _StubKernel:
 
     def __getitem__(self, grid: Any):
         def launch(*args: Any, **kwargs: Any):
-            from harness.dynamic import kernels
+            from harness.dynamic.cpu import kernels
 
             if self.fn is not None and kernels.launch(self.fn, self.__name__, args, kwargs):
-                _STATE_NOTE(f"triton kernel {self.__name__} -> torch emulation (harness/dynamic/kernels.py)")
+                _STATE_NOTE(f"triton kernel {self.__name__} -> torch emulation (harness/dynamic/cpu/kernels.py)")
                 return None
             raise TritonUnavailable(
                 f"triton kernel {self.__name__!r} launched: no torch emulation for it and no triton "
-                "(golf-audit stub). Add one to harness/dynamic/kernels.py, or set "
+                "(golf-audit stub). Add one to harness/dynamic/cpu/kernels.py, or set "
                 "GOLF_AUDIT_TRITON_INTERPRET=1 with triton installed to try Triton's CPU interpreter.")
         return launch
 
@@ -537,7 +537,7 @@ def _install_triton(state: ShimState) -> None:
     td = types.ModuleType("triton.tools.tensor_descriptor")
 
     class TensorDescriptor:
-        """Keeps the tensor a kernel emulation reads and writes (harness/dynamic/kernels.py)."""
+        """Keeps the tensor a kernel emulation reads and writes (harness/dynamic/cpu/kernels.py)."""
 
         def __init__(self, base: Any = None, shape: Any = None, strides: Any = None, block_shape: Any = None):
             self.base, self.shape, self.strides, self.block_shape = base, shape, strides, block_shape

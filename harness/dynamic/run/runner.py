@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import sandbox
-from harness.dynamic import logparse, toy_env
-from harness.dynamic.trace import Reported, RunEnd, Trace
+from harness.dynamic.run import sandbox
+from harness.challenge import results as logparse
+from harness.dynamic.cpu import toy_env
+from harness.dynamic.trace.events import Reported, RunEnd, Trace
 from reference_model.data import read_shard, write_shard  # the one reader/writer of the shard format
 
 STATE_DIR = ".golf_audit"
@@ -396,10 +397,10 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         cfg_path = state / "config.json"
         cfg_path.write_text(json.dumps(cfg, indent=1))
         if nproc <= 1:
-            cmd = [sys.executable, "-m", "harness.dynamic.bootstrap", "--config", inside(cfg_path)]
+            cmd = [sys.executable, "-m", "harness.dynamic.run.bootstrap", "--config", inside(cfg_path)]
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={int(nproc)}", "-m", "harness.dynamic.bootstrap",
+                   f"--nproc_per_node={int(nproc)}", "-m", "harness.dynamic.run.bootstrap",
                    "--config", inside(cfg_path)]
             run_env["MASTER_ADDR"] = "127.0.0.1"
             notes.append(f"torchrun --nproc_per_node={nproc} (gloo)")

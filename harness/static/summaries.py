@@ -15,7 +15,7 @@ order is the caller's, the effects are the callees'. Each function gets a summar
 A call then counts, in the caller, as the training step or the score its callee performs, on the
 caller's arguments. Summaries are about parameters, not about validation data: whether the
 caller's argument carries validation data is the caller's own taint (dataflow.val_taint).
-Resolution of calls across files: harness/project.py.
+Resolution of calls across files: harness/static/project.py.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from harness import dataflow as D
-from harness.engine import Function, ModuleContext, Stmt, base_name, walk
-from harness.project import SELF_NAMES, project_of
+from harness.static import dataflow as D
+from harness.static.engine import Function, ModuleContext, Stmt, base_name, walk
+from harness.static.project import SELF_NAMES, project_of
 
 ROUNDS = 8  # call chains deeper than this are not followed (real scripts nest two or three)
 

@@ -1,6 +1,6 @@
 """Entry point inside the sandboxed subprocess (one per rank under torchrun):
 
-    python -m harness.dynamic.bootstrap --config CFG.json
+    python -m harness.dynamic.run.bootstrap --config CFG.json
 
 Installs the CPU shims, then the provenance tracer (if present and asked for), then runs the
 submission's script as `__main__` with `runpy.run_path`, `sys.argv` set and cwd = scratch.
@@ -30,14 +30,14 @@ def _rank() -> int:
 def _last_submission_frame(tb, submission_dir: str) -> dict | None:
     """The innermost traceback frame that belongs to the submission (its folder, or code it
     exec'd from a string)."""
-    from harness.dynamic import shims
+    from harness.dynamic.cpu import shims
 
     best = None
     for frame in traceback.extract_tb(tb):
         fn = frame.filename
         inside = fn.startswith(submission_dir) or not (fn.startswith(shims._lib_prefixes())
                                                         or fn.startswith("<frozen "))
-        if inside and "harness/dynamic/bootstrap.py" not in fn:
+        if inside and "harness/dynamic/run/bootstrap.py" not in fn:
             best = frame
     if best is None:
         return None
@@ -50,7 +50,7 @@ def _last_submission_frame(tb, submission_dir: str) -> dict | None:
 def _check_syntax(script: Path, record: dict) -> str | None:
     """None when the interpreter can compile the script (after rewriting Python 3.12-only
     f-strings in place, in the scratch copy); else the SyntaxError as one line."""
-    from harness.dynamic import py312
+    from harness.static import py312
 
     source = script.read_bytes()
     try:
@@ -84,7 +84,8 @@ def _install_exec_hook(state_dir: Path, record: dict) -> None:
     __future__ flags are passed through, as the builtins would inherit them."""
     import builtins
 
-    from harness.dynamic import py312, shims
+    from harness.static import py312
+    from harness.dynamic.cpu import shims
 
     real_exec, real_compile = builtins.exec, builtins.compile
     saved: dict[int, str] = {}
@@ -144,7 +145,7 @@ def _install_exec_hook(state_dir: Path, record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="harness.dynamic.bootstrap")
+    ap = argparse.ArgumentParser(prog="harness.dynamic.run.bootstrap")
     ap.add_argument("--config", required=True)
     args = ap.parse_args(argv)
     cfg: dict[str, Any] = json.loads(Path(args.config).read_text())
@@ -172,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"golf-audit bootstrap: {syntax}", file=sys.stderr)
         return 3
 
-    from harness.dynamic import shims
+    from harness.dynamic.cpu import shims
     shim_state = shims.install(shims.ShimOptions(**cfg.get("shim_options", {})))
     _install_exec_hook(state_dir, record)
 
     tracer = None
     if cfg.get("trace"):
         try:
-            from harness.dynamic import tracer as tracer_mod  # written by another helper
+            from harness.dynamic.trace import tracer as tracer_mod  # written by another helper
         except ImportError as exc:
             record["trace_note"] = f"not traced: tracer unavailable ({exc})"
         else:

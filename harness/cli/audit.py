@@ -3,7 +3,7 @@
     golf-audit [options] PATH...        audit folders (or single .py files)
     golf-audit rules                    list the rules
     golf-audit explain NAME|ID          print a rule's documentation
-    golf-audit ci --base REF ...        the pull-request gate (harness.ci_gate)
+    golf-audit ci --base REF ...        the pull-request gate (harness.ci.gate)
 
 Exit codes: 0 clean at --fail-on, 1 findings, 2 usage error, 3 not auditable (1 outranks 3).
 """
@@ -17,10 +17,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from harness import __version__, cache
-from harness.config import Config, ConfigError, load_config
-from harness.findings import AuditResult, ExitCode, Layer, NotAudited, Severity, worst_exit
-from harness.rule import Rule, all_rules, rule_by_name
-from harness.serialize import merge_results
+from harness.core.config import Config, ConfigError, load_config
+from harness.core.findings import AuditResult, ExitCode, Layer, NotAudited, Severity, worst_exit
+from harness.core.rule import Rule
+from harness.core.registry import all_rules, rule_by_name
+from harness.core.serialize import merge_results
 
 
 class UsageError(Exception):
@@ -122,7 +123,7 @@ def audit_one(target: str, options: dict) -> AuditResult:
     parts: list[AuditResult] = []
     try:
         if not options.get("no_static"):
-            from harness.static_audit import audit_folder_static
+            from harness.static.audit import audit_folder_static
             parts.append(audit_folder_static(path, env=options.get("env") or {}, rules=rules))
         if options.get("dynamic") or options.get("no_static"):
             parts.append(_dynamic(path, options, parts[0] if parts else None))
@@ -258,7 +259,7 @@ def cmd_explain(argv: list[str]) -> int:
 
 def cmd_ci(argv: list[str]) -> int:
     try:
-        from harness.ci_gate import main_ci
+        from harness.ci.gate import main_ci
     except ImportError as exc:
         print(f"golf-audit ci: not available: {exc}", file=sys.stderr)
         return ExitCode.NOT_AUDITABLE

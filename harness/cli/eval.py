@@ -1,6 +1,6 @@
 """golf-eval: check a submission's claims against its logs (verify) or by re-running it (reproduce).
 
-Exit codes (harness.findings.ExitCode): 0 every claim holds, 1 a claim fails, 2 usage error,
+Exit codes (harness.core.findings.ExitCode): 0 every claim holds, 1 a claim fails, 2 usage error,
 3 something could not be verified (1 outranks 3).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.findings import ExitCode
+from harness.core.findings import ExitCode
 
 FORMATS = ("text", "json", "markdown")
 

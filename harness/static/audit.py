@@ -6,13 +6,14 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.engine import ModuleContext, ParseError, build_context
-from harness.findings import AuditResult, FileReport, Finding, Layer, Location, NotAudited, Severity
-from harness.project import Project
-from harness.reachability import Reachability, submission_flags
-from harness.rule import Rule, all_rules
-from harness.source import LoadedSource, load_source
-from harness.suppressions import apply_suppressions
+from harness.static.engine import ModuleContext, ParseError, build_context
+from harness.core.findings import AuditResult, FileReport, Finding, Layer, Location, NotAudited, Severity
+from harness.static.project import Project
+from harness.static.reachability import Reachability, submission_flags
+from harness.core.rule import Rule
+from harness.core.registry import all_rules
+from harness.static.source import LoadedSource, load_source
+from harness.core.suppressions import apply_suppressions
 
 SKIP_DIRS = {"__pycache__", ".git", ".golf-audit-cache", "node_modules", ".venv", "venv"}
 MAX_FILES = 200
@@ -121,7 +122,7 @@ def _settle_files(result: AuditResult, run: set[str] | None) -> None:
 def audit_source(code: str, path: str = "train_gpt.py", env: dict[str, str] | None = None,
                  rules: list[Rule] | None = None) -> AuditResult:
     """Audit one source text (tests, examples, the fuzz suite)."""
-    from harness.source import MAX_FILE_BYTES, UnpackError, unpack
+    from harness.static.source import MAX_FILE_BYTES, UnpackError, unpack
 
     result = AuditResult(target=path, layers_run=["static"])
     rules = [r for r in (rules if rules is not None else all_rules()) if r.has_static()]
@@ -135,7 +136,7 @@ def audit_source(code: str, path: str = "train_gpt.py", env: dict[str, str] | No
     except UnpackError as exc:
         import ast
 
-        from harness.source import find_exec
+        from harness.static.source import find_exec
         loaded.pack_error, loaded.pack_line = str(exc), 1
         try:
             call = find_exec(ast.parse(code))
@@ -204,7 +205,7 @@ def _build_file(loaded: LoadedSource, rel: str, env: dict[str, str], log_text: s
 
 def _audit_built(built: list[_Built], rules: list[Rule], result: AuditResult) -> None:
     """Run every rule on every indexed file. The files form one project: a rule may follow a
-    call from one file into another (harness/project.py)."""
+    call from one file into another (harness/static/project.py)."""
     Project([ctx for b in built for ctx in b.contexts])
     for b in built:
         for ctx in b.contexts:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from harness.findings import AuditResult, Location
+from harness.core.findings import AuditResult, Location
 
 PATTERN = re.compile(r"#\s*golf-audit:\s*ignore\[([^\]]*)\](?:\s*--\s*(.*))?")
 

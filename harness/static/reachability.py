@@ -12,7 +12,7 @@ from pathlib import Path
 
 import libcst as cst
 
-from harness.engine import ModuleContext, dotted
+from harness.static.engine import ModuleContext, dotted
 
 _FLAG = re.compile(r"(?:(?<=[\s;(])|^)([A-Z][A-Z0-9_]{1,40})=([^\s'\"`;)]+)")
 _IGNORED = {"CUDA_VISIBLE_DEVICES", "NCCL_DEBUG", "OMP_NUM_THREADS", "PYTHONPATH", "PATH", "RUN_ID", "SEED",

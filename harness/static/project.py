@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from harness.engine import Function, ModuleContext, Stmt, walk
+from harness.static.engine import Function, ModuleContext, Stmt, walk
 
 SELF_NAMES = ("self", "cls")
 

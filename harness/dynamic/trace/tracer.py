@@ -1,7 +1,7 @@
 """The provenance tracer: runs a submission's eval under a TorchDispatchMode and records which
-validation positions reach which scores and which updates (events of harness/dynamic/trace.py).
+validation positions reach which scores and which updates (events of harness/dynamic/trace/events.py).
 
-    from harness.dynamic.tracer import Tracer, TracerConfig
+    from harness.dynamic.trace.tracer import Tracer, TracerConfig
     with Tracer(TracerConfig(val_stream=tokens, submission_dir=folder)) as tr:
         ... run eval code ...
     tr.events; tr.save(path)
@@ -41,9 +41,9 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from harness.dynamic import provenance as P
-from harness.dynamic import torch_compat as C
-from harness.dynamic.trace import (Collective, Frame, LossComputed, ProvenanceLost, RunStart, Scored, TargetRead,
+from harness.dynamic.trace import provenance as P
+from harness.dynamic.trace import torch_compat as C
+from harness.dynamic.trace.events import (Collective, Frame, LossComputed, ProvenanceLost, RunStart, Scored, TargetRead,
                                    Trace, Update, ValLoaded)
 
 Tensor = torch.Tensor
@@ -1646,7 +1646,7 @@ class Tracer:
             return _Mode(tr)
 
         try:
-            from harness.dynamic import shims
+            from harness.dynamic.cpu import shims
 
             if shims.STATE is not None:
                 shims.register_thread_hook(hook)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from harness.dynamic.trace import Reported
+from harness.dynamic.trace.events import Reported
 
 _NUM = r"(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
 _LOSS = re.compile(r"\bval_loss\s*[:=]\s*" + _NUM)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from harness.engine import Function, ModuleContext, Stmt, base_name, dotted, target_names, walk
-from harness.project import project_of
+from harness.static.engine import Function, ModuleContext, Stmt, base_name, dotted, target_names, walk
+from harness.static.project import project_of
 
 # ------------------------------------------------------------------ API tables
 VAL_NAME = re.compile(r"(^|_)val(_|$)|^val[A-Z]|validation", re.I)  # parameter / variable names
@@ -89,7 +89,7 @@ def val_taint(ctx: ModuleContext) -> dict[str, set[str]]:
     loaders, parameters named like validation data, results of functions that return validation
     data they loaded themselves (`val_tokens, luts = load_eval_data(h)`), and parameters that
     callers pass validation data into — across the project's files, through dispatch tables and
-    `*args` tuples (harness/project.py), to a fixed point."""
+    `*args` tuples (harness/static/project.py), to a fixed point."""
     if "val_taint" not in ctx.analysis:
         _project_val_taint(project_of(ctx))
     return ctx.analysis["val_taint"]
@@ -219,7 +219,7 @@ class TrainEvent:
     stmt: Stmt
     what: str  # "optimizer step" / "manual parameter update" / "call to f(), which trains on ..."
     code: str
-    callee: Function | None = None  # for a call: the function that trains (harness/summaries.py)
+    callee: Function | None = None  # for a call: the function that trains (harness/static/summaries.py)
     data: frozenset[str] = frozenset()  # for a call: the caller's names bound to what the callee trains on
 
 
@@ -250,7 +250,7 @@ def optimizer_names(ctx: ModuleContext, fn: Function) -> set[str]:
 def train_events(ctx: ModuleContext, fn: Function, summaries=None) -> list[TrainEvent]:
     """Training steps in `fn`, in statement order: optimizer steps and manual parameter updates
     here, and calls of functions that train on what they are handed (their summaries)."""
-    from harness.summaries import call_train_events, summaries_of
+    from harness.static.summaries import call_train_events, summaries_of
 
     events = _direct_train_events(ctx, fn)
     events += call_train_events(ctx, fn, summaries if summaries is not None else summaries_of(ctx))
@@ -319,7 +319,7 @@ def score_events(ctx: ModuleContext, fn: Function, tainted: set[str], summaries=
     """Validation losses accumulated into a running score: `acc += f(loss)`, `acc.append(...)`,
     `acc.add_(...)`, `acc = acc + ...`, and calls of functions that add the scores of the data
     they are handed into an accumulator they are handed (`score_chunk(model, tokens, totals)`)."""
-    from harness.summaries import call_score_events, summaries_of
+    from harness.static.summaries import call_score_events, summaries_of
 
     summaries = summaries if summaries is not None else summaries_of(ctx)
     losses = loss_names(ctx, fn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any
 
-from harness.findings import (AuditResult, Confidence, FileReport, Finding, Layer, Location, NotAudited,
+from harness.core.findings import (AuditResult, Confidence, FileReport, Finding, Layer, Location, NotAudited,
                               Severity)
 
 SCHEMA = "golf-audit/1"

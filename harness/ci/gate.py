@@ -33,8 +33,8 @@ from pathlib import Path
 from harness.ci import claims_sarif, summary
 from harness.ci.git_changes import Change, GitError, changed_files, materialize, merge_base, record_folders, \
     repo_root, resolve, tree_files
-from harness.findings import AuditResult, ExitCode, Finding, Layer, NotAudited, Severity, worst_exit
-from harness.rule import all_rules
+from harness.core.findings import AuditResult, ExitCode, Finding, Layer, NotAudited, Severity, worst_exit
+from harness.core.registry import all_rules
 
 SARIF_NAME, SUMMARY_NAME, VERDICT_NAME = "golf-audit.sarif", "summary.md", "verdict.json"
 MAX_FOLDERS = 3  # a PR adding more is already a layout finding; audit a few, say so for the rest
@@ -131,7 +131,7 @@ def new_record_folders(changes: list[Change], base_folders: set[str]) -> list[st
 
 
 def run_gate(args: argparse.Namespace, scratch: Path) -> GateResult:
-    from harness.cli import audit_paths
+    from harness.cli.audit import audit_paths
     from rules.submission_layout import check_pr
 
     repo = repo_root(Path(args.repo))
@@ -226,7 +226,7 @@ def build_sarif(gate: GateResult, scratch: Path) -> dict:
 
 
 def verdict_dict(gate: GateResult) -> dict:
-    from harness.serialize import result_to_dict
+    from harness.core.serialize import result_to_dict
 
     code = gate.exit_code()
     return {

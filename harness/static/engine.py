@@ -15,7 +15,7 @@ from typing import Iterator
 
 import libcst as cst
 
-from harness.findings import Location
+from harness.core.findings import Location
 
 
 
@@ -214,12 +214,12 @@ class ModuleContext:
     lines: list[str]
     env: dict[str, str]
     imports: dict[str, str]  # local alias -> imported dotted name
-    reach: "object | None" = None  # harness.reachability.Reachability
+    reach: "object | None" = None  # harness.static.reachability.Reachability
     packed_in: str | None = None
     packed_line: int | None = None
     analysis: dict = field(default_factory=dict)  # per-file results shared between rules (e.g. taint)
     codes: CodeCache | None = None
-    project: "object | None" = None  # harness.project.Project: the folder's other files, for calls across them
+    project: "object | None" = None  # harness.static.project.Project: the folder's other files, for calls across them
 
     def location(self, line: int, function: str | None = None) -> Location:
         text = self.lines[line - 1].strip() if 0 < line <= len(self.lines) else ""
@@ -495,7 +495,7 @@ def build_context(source: str, path: str, env: dict[str, str] | None = None) -> 
     if tree is None:
         # PEP 701 (3.12) f-strings parse in LibCST but not in this interpreter's ast: rewrite only
         # those f-strings into 3.11 form for the line index; the audited tree is LibCST's own.
-        from harness.dynamic.py312 import rewrite
+        from harness.static.py312 import rewrite
 
         try:
             fixed, count = rewrite(source)

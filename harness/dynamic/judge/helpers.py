@@ -32,7 +32,7 @@ from typing import Iterable
 
 import numpy as np
 
-from harness.dynamic.trace import (
+from harness.dynamic.trace.events import (
     Collective,
     Frame,
     LossComputed,
@@ -49,7 +49,7 @@ from harness.dynamic.trace import (
     ranges_from_mask,
     ranges_from_positions,
 )
-from harness.findings import Location
+from harness.core.findings import Location
 
 LN2 = math.log(2.0)
 
@@ -925,7 +925,7 @@ def report_for_pass(trace: Trace, p: Pass) -> list[Match]:
 def judge_train_before_score(rule, trace: Trace):
     """An optimizer/gradient update, made after evaluation began, used validation positions
     whose final score was taken after it (or never). One finding per offending function."""
-    from harness.findings import Confidence, Layer
+    from harness.core.findings import Confidence, Layer
 
     def select(u: Update) -> bool:
         return is_training(u) and not before_any_score(trace, u)
@@ -953,7 +953,7 @@ def judge_val_data_in_training(rule, trace: Trace):
     """Validation positions reached persistent state (a) before any token was scored, by any
     write, or (b) through a non-training write (calibration statistics, buffers, copies)
     before their final score."""
-    from harness.findings import Confidence, Layer
+    from harness.core.findings import Confidence, Layer
 
     news = artifact_news(trace)
 
@@ -989,7 +989,7 @@ def judge_rescored_tokens(rule, trace: Trace):
     after the model trained on those tokens (last, minimum, or all of them). Low: the printed
     number counts positions twice with no training between (the tail window of a sliding eval),
     or re-scores exist but the printed number is the first scores."""
-    from harness.findings import Confidence, Layer, Severity
+    from harness.core.findings import Confidence, Layer, Severity
 
     for p in rescored_passes(trace):
         matches = report_for_pass(trace, p)
