@@ -8,6 +8,7 @@ from harness.dynamic.judge import helpers as J
 from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Rule
+from harness.challenge.bpb import implied_bytes
 
 
 def _example(script_bytes: float, true_bytes: int = 10, decimals: int = 8, note: str = "") -> TraceExample:
@@ -17,11 +18,6 @@ def _example(script_bytes: float, true_bytes: int = 10, decimals: int = 8, note:
     run.report("final_exact", loss, loss / math.log(2.0) * 4 / script_bytes, decimals=decimals)
     run.end(val_bytes_utf8=true_bytes)
     return TraceExample(events=tuple(run.events), note=note, function="eval_val", line=50)
-
-
-def implied_bytes(n_tokens: int, val_loss: float, val_bpb: float) -> float:
-    """bpb = (loss / ln 2) * tokens / bytes, so bytes = tokens * loss / (bpb * ln 2)."""
-    return n_tokens * val_loss / (val_bpb * J.LN2)
 
 
 class ByteAccounting(Rule):

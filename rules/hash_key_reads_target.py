@@ -8,7 +8,7 @@ import libcst as cst
 
 from harness.static import dataflow as D
 from harness.static.engine import ModuleContext, base_name, dotted, walk
-from harness.static.project import CallSite, planned_findings
+from harness.static.project import CallSite, project_findings
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 
@@ -313,16 +313,14 @@ class HashKeyReadsTarget(Rule):
                                related=[J.location(trace, e.loss_frame)], confidence=Confidence.HIGH)
 
     def check_static(self, ctx: ModuleContext):
-        seen = set()
-        for f in planned_findings(ctx, self, self._target_plan):
-            seen.add(f.location.line)
-            yield f
+        """Offset keys in this file, except at lines the project check already reported."""
+        seen = {f.location.line for f in project_findings(ctx, self)}
         for f in self._offset_findings(ctx):
             if f.location.line not in seen:
                 yield f
 
     # ------------------------------------------------------------------ keys fed the loss target
-    def _target_plan(self, project) -> dict[int, list]:
+    def check_project(self, project) -> dict[int, list]:
         """Keys built from the tensor the loss is taken against: `F.cross_entropy(logits, target_ids)`
         marks `target_ids`; it is followed into the functions it is passed to (`self.logits(x,
         target_ids)` -> `self.bigram(x, target_ids)` -> `BigramHash.forward(first, second)`). A

@@ -1,9 +1,10 @@
 """GA012 submission-layout: a pull request adds exactly one new record folder and touches nothing else.
 
 Not a LibCST check: it reads the list of paths a PR changes (harness.ci.git_changes.Change) and is
-called by the CI gate (`golf-audit ci`) through `check_pr`. It has no static check and no trace
-judge, so the generated example tests (tests/test_rules_examples.py) do not apply to it; its cases
-are in tests/test_ci_gate.py (`check_pr` on hand-written change lists and on real git repositories).
+called by the CI gate (`golf-audit ci`) through `Rule.check_change`. It has no static check and no
+trace judge, so the generated example tests (tests/test_rules_examples.py) do not apply to it; its
+cases are in tests/test_ci_gate.py (`check_change` on hand-written change lists and on real git
+repositories).
 """
 from __future__ import annotations
 
@@ -15,24 +16,9 @@ from typing import Iterable
 from harness.ci.git_changes import SUBMODULE_MODE, SYMLINK_MODE, Change
 from harness.core.findings import Confidence, Finding, Layer, Location, Severity
 from harness.core.rule import Rule
-
-# What every record folder holds (challenge README, "Submission process").
-REQUIRED = (
-    ("submission.json", "submission.json"),
-    ("README.md", "README.md"),
-    ("train*.py", "training script (train_gpt.py or train*.py at the top of the folder)"),
-)
-LOG_PATTERNS = ("*.log", "*.txt")
+from harness.challenge.layout import LOG_PATTERNS, REQUIRED, record_folder_of
 
 STATUS_WORDS = {"A": "adds", "M": "modifies", "D": "deletes", "T": "changes the type of"}
-
-
-def record_folder_of(path: str) -> str | None:
-    """`records/<track_*>/<name>` for a path inside a record folder, else None."""
-    parts = PurePosixPath(path).parts
-    if len(parts) >= 4 and parts[0] == "records" and parts[1].startswith("track_"):
-        return "/".join(parts[:3])
-    return None
 
 
 def _what(path: str) -> str:
@@ -95,7 +81,7 @@ named `records/track_*/...` to be recognised.
 
     # No static examples: `check_static` is not overridden, so the generated example suite skips it.
 
-    def check_pr(self, changes: Iterable[Change], base_folders: set[str]) -> list[Finding]:
+    def check_change(self, changes: Iterable[Change], base_folders: set[str]) -> list[Finding]:
         """Findings for a PR's changes. `base_folders` are the record folders that exist at the
         merge base (a change inside one of them edits an existing record)."""
         changes = list(changes)
@@ -161,7 +147,3 @@ named `records/track_*/...` to be recognised.
             f.severity = severity
         return f
 
-
-def check_pr(changes: Iterable[Change], base_folders: set[str]) -> list[Finding]:
-    """Module-level entry point the gate calls."""
-    return SubmissionLayout().check_pr(changes, base_folders)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from harness.static import dataflow as D
 from harness.static.engine import Function, ModuleContext, dotted
-from harness.static.project import planned_findings
 from harness.static.summaries import summaries_of
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
@@ -314,12 +313,9 @@ def train(model, opt, train_loader, steps):
     ]
 
     # ------------------------------------------------------------------ static
-    def check_static(self, ctx: ModuleContext):
+    def check_project(self, project) -> dict[int, list]:
         """Judged once for the whole project (the order often lives in one file and the steps
         in another); each file gets the findings located in it."""
-        yield from planned_findings(ctx, self)
-
-    def _plan(self, project) -> dict[int, list]:
         # pass 1: each function on its own: its training steps on validation data (its own, and
         # calls of functions that train on what they are handed) that no earlier score covers
         judged: dict[int, _Judged] = {}

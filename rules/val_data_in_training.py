@@ -8,7 +8,6 @@ import libcst as cst
 
 from harness.static import dataflow as D
 from harness.static.engine import ModuleContext, dotted
-from harness.static.project import planned_findings
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 from harness.dynamic.judge.helpers import shared_trace_examples
@@ -105,13 +104,10 @@ class ValDataInTraining(Rule):
                Invalid(_HESSIANS_HANDED_ON, line=11, function="main",
                        note="Hessians from val tokens handed to the quantizer: reported at the calibration")]
 
-    def check_static(self, ctx: ModuleContext):
+    def check_project(self, project) -> dict[int, list]:
         """Judged once for the whole project: a function that only receives the *results* of a
         calibration on validation data (Hessians handed on to the quantizer) is downstream of the
         finding, not a second one."""
-        yield from planned_findings(ctx, self)
-
-    def _plan(self, project) -> dict[int, list]:
         plan: dict[int, list] = {}
         candidates: list[tuple] = []  # (ctx, fn, stmt, callee name, names of validation data)
         for ctx, fn in project.functions():

@@ -20,7 +20,9 @@ from harness.cli.audit import main as cli_main
 from harness.core.findings import ExitCode, Severity
 from harness.reports.sarif_check import validate_sarif
 from harness.core.registry import all_rules, rule_by_name
-from rules.submission_layout import check_pr
+from harness.core.registry import rule_by_name
+
+check_pr = rule_by_name("submission-layout").check_change
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "submissions"

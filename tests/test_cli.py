@@ -245,8 +245,8 @@ def test_cache_hit_is_identical_and_parallel_equals_serial(capsys, tmp_path, in_
         raise AssertionError("cache miss")
 
     with pytest.MonkeyPatch.context() as mp:  # every folder is now a hit: nothing is audited again
-        import harness.cli.audit as cli_module
-        mp.setattr(cli_module, "audit_one", must_not_run)
+        import harness.audit as service
+        mp.setattr(service, "audit_one", must_not_run)
         hits = audit_paths(folders, {"cache_dir": str(cache), "jobs": 1, "rules": [r.name for r in all_rules()]})
         assert [h.target for h in hits] == folders
     # a changed file is a cache miss: its result is recomputed, the others are hits

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.evaluation.claims import UsageError
+from harness.evaluation.capture import Capture, ReproduceOptions
 from harness.evaluation.reproduce import (
-    Capture,
-    ReproduceOptions,
     build_command,
     changed_files,
     env_from_docs,

@@ -14,7 +14,7 @@ import pytest
 
 from harness.dynamic.run import sandbox
 from harness.dynamic.run import runner
-from harness.challenge.results import parse_reported
+from harness.dynamic.trace.reported import parse_reported
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sandbox.available_isolation() is None, reason="no sandbox here")]

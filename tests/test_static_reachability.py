@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.core.findings import Severity
-from harness.static.reachability import submission_flags
+from harness.challenge.flags import submission_flags
 from harness.static.audit import audit_folder_static, audit_source
 
 SCRIPT = '''import os

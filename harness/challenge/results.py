@@ -1,4 +1,7 @@
-"""Scores a submission printed: `<label> ... val_loss:X val_bpb:Y` lines -> trace.Reported.
+"""The result-line grammar: `<label> ... val_loss:X val_bpb:Y` lines, as the records print them.
+
+One home for the grammar that both `golf-eval` (training logs, harness/evaluation/logs.py) and
+the dynamic layer (a toy run's stdout -> trace.Reported) read.
 
 Known labels include final_int8_zlib_roundtrip(_exact), final_int6_roundtrip(_exact),
 final_sliding_window(_exact), final_int6_sliding_window(_s64)(_exact), ttt_final,
@@ -13,11 +16,16 @@ from __future__ import annotations
 
 import re
 
-from harness.dynamic.trace.events import Reported
 
+# A printed number; NaN and inf appear when a run diverges (the dynamic layer reports them).
+NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NUM = r"(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
 _LOSS = re.compile(r"\bval_loss\s*[:=]\s*" + _NUM)
 _BPB = re.compile(r"\bval_bpb\s*[:=]\s*" + _NUM)
+# Finite values only, not followed by a word or an f-string brace: training logs often begin with
+# the script's own source (`f"val_loss:{val_loss:.4f}"`), which must not read as a result.
+VAL_LOSS = re.compile(r"\bval_loss[:=]\s*(" + NUM + r")(?![\w{])")
+VAL_BPB = re.compile(r"\bval_bpb[:=]\s*(" + NUM + r")(?![\w{])")
 # leading log decorations: "[rank0]", "[12:00:01]", "2026-04-01", "12:00:01", "|", "INFO:"
 _DECORATION = re.compile(r"^(\[.*\]|\d{4}-\d\d-\d\d.*|\d\d:\d\d(:\d\d)?[.,\d]*|\||-|INFO:?|rank\d+:?)$")
 
@@ -47,30 +55,3 @@ def parse_line(line: str) -> tuple[str, float | None, float | None, int] | None:
     vl = float(loss.group(1)) if loss else None
     vb = float(bpb.group(1)) if bpb else None
     return label, vl, vb, decimals
-
-
-def parse_reported(stdout: str, rank: int = 0, start_seq: int = 1_000_000_000) -> list[Reported]:
-    """Every result line in `stdout`, in order. `val_bpb:enabled ...` banners are skipped
-    (no number)."""
-    out: list[Reported] = []
-    seq = start_seq
-    for raw in stdout.splitlines():
-        line = raw.strip()
-        if "val_" not in line:
-            continue
-        parsed = parse_line(line)
-        if parsed is None:
-            continue
-        label, vl, vb, decimals = parsed
-        out.append(Reported(seq=seq, rank=rank, label=label, val_loss=vl, val_bpb=vb,
-                            line=line[:500], decimals=decimals))
-        seq += 1
-    return out
-
-
-def final_scores(reported: list[Reported]) -> dict[str, Reported]:
-    """The last line per label (a label printed twice keeps the later one)."""
-    out: dict[str, Reported] = {}
-    for r in reported:
-        out[r.label] = r
-    return out

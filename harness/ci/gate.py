@@ -34,6 +34,7 @@ from harness.ci import claims_sarif, summary
 from harness.ci.git_changes import Change, GitError, changed_files, materialize, merge_base, record_folders, \
     repo_root, resolve, tree_files
 from harness.core.findings import AuditResult, ExitCode, Finding, Layer, NotAudited, Severity, worst_exit
+from harness.challenge.layout import record_folder_of
 from harness.core.registry import all_rules
 
 SARIF_NAME, SUMMARY_NAME, VERDICT_NAME = "golf-audit.sarif", "summary.md", "verdict.json"
@@ -119,9 +120,12 @@ class GateResult:
         return worst_exit(codes)
 
 
-def new_record_folders(changes: list[Change], base_folders: set[str]) -> list[str]:
-    from rules.submission_layout import record_folder_of
+def change_findings(changes: list[Change], base_folders: set[str]) -> list[Finding]:
+    """What the rules with a change check say about the PR's changed paths."""
+    return [f for rule in all_rules() if rule.has_change_check() for f in rule.check_change(changes, base_folders)]
 
+
+def new_record_folders(changes: list[Change], base_folders: set[str]) -> list[str]:
     out: list[str] = []
     for ch in changes:
         folder = record_folder_of(ch.path)
@@ -131,8 +135,7 @@ def new_record_folders(changes: list[Change], base_folders: set[str]) -> list[st
 
 
 def run_gate(args: argparse.Namespace, scratch: Path) -> GateResult:
-    from harness.cli.audit import audit_paths
-    from rules.submission_layout import check_pr
+    from harness.audit import audit_paths
 
     repo = repo_root(Path(args.repo))
     base, head = resolve(repo, args.base), resolve(repo, args.head)
@@ -140,7 +143,7 @@ def run_gate(args: argparse.Namespace, scratch: Path) -> GateResult:
     changes = changed_files(repo, mb, head)
     base_folders = record_folders(repo, mb)
     gate = GateResult(base=base, head=head, merge_base=mb, fail_on=Severity[args.fail_on.upper()],
-                      changes=changes, layout=check_pr(changes, base_folders), folders=[],
+                      changes=changes, layout=change_findings(changes, base_folders), folders=[],
                       dynamic=args.dynamic,
                       significance_gates=args.sota_bpb is not None or args.sota_logs is not None)
     folders = new_record_folders(changes, base_folders)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rules.submission_layout import record_folder_of
+from harness.challenge.layout import record_folder_of
 
 
 def folders_of(filenames: list[str]) -> list[str]:

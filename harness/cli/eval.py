@@ -111,7 +111,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.evaluation.claims import UsageError
-    from harness.evaluation.reproduce import ReproduceOptions, parse_env_pairs, reproduce
+    from harness.evaluation.capture import ReproduceOptions
+    from harness.evaluation.reproduce import parse_env_pairs, reproduce
     from harness.evaluation.report_reproduce import render_reproduce_text, reproduce_json, reproduce_markdown
 
     if not args.dir.is_dir():

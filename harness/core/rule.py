@@ -2,9 +2,17 @@
 
 A rule module holds one `Rule` subclass: its stable id, kebab-case name, severity and
 confidence, its documentation in fixed sections (What it does / Why is this bad? / Example /
-Use instead / Known problems / References), its static check (LibCST), its trace judge
-(a pure function over recorded events) if any, and VALID/INVALID examples from which the
-test suite is generated. The engine in `harness/` calls rules only through this class.
+Use instead / Known problems / References), its checks, and the examples the test suite is
+generated from. A rule overrides the checks it has:
+
+- `check_static(ctx)`: one parsed file (LibCST);
+- `check_project(project)`: the folder's files together, judged once (the order of a TTT loop
+  often lives in one file and its steps in another); findings per file;
+- `check_change(changes, base_folders)`: the paths a pull request changes (the CI gate);
+- `judge(trace)`: the events a traced run recorded, a pure function.
+
+Examples: VALID/INVALID source (static), TRACE_VALID/TRACE_INVALID synthetic traces (judges).
+The engine in `harness/` calls rules only through this class and the registry.
 """
 from __future__ import annotations
 
@@ -14,8 +22,11 @@ from typing import TYPE_CHECKING, ClassVar, Iterable
 from harness.core.findings import Confidence, Finding, Layer, Location, Severity
 
 if TYPE_CHECKING:  # pragma: no cover
+    from harness.ci.git_changes import Change
+    from harness.dynamic.judge.synthetic import TraceExample
     from harness.dynamic.trace.events import Trace
     from harness.static.engine import ModuleContext
+    from harness.static.project import Project
 
 
 @dataclass(frozen=True)
@@ -60,11 +71,24 @@ class Rule:
     # --- examples the test suite is generated from (static layer) ---
     VALID: ClassVar[list[Valid]] = []
     INVALID: ClassVar[list[Invalid]] = []
+    # --- synthetic traces the judge must pass (VALID) or report on (INVALID) ---
+    TRACE_VALID: ClassVar[list["TraceExample"]] = []
+    TRACE_INVALID: ClassVar[list["TraceExample"]] = []
 
     # --- checks: a rule overrides the ones it has ---
     def check_static(self, ctx: "ModuleContext") -> Iterable[Finding]:
         """Read one parsed file; yield findings. Default: no static check."""
         return ()
+
+    def check_project(self, project: "Project") -> dict[int, list[Finding]]:
+        """Read the folder's files together, once; return the findings located in each file,
+        keyed by `id()` of that file's `ModuleContext`. Default: no project check."""
+        return {}
+
+    def check_change(self, changes: "Iterable[Change]", base_folders: set[str]) -> list[Finding]:
+        """Judge the paths a pull request changes; `base_folders` are the record folders at the
+        merge base. Default: no change check."""
+        return []
 
     def judge(self, trace: "Trace") -> Iterable[Finding]:
         """Judge the events a traced run recorded; a pure function. Default: no judge."""
@@ -72,7 +96,15 @@ class Rule:
 
     @classmethod
     def has_static(cls) -> bool:
-        return cls.check_static is not Rule.check_static
+        return cls.check_static is not Rule.check_static or cls.has_project_check()
+
+    @classmethod
+    def has_project_check(cls) -> bool:
+        return cls.check_project is not Rule.check_project
+
+    @classmethod
+    def has_change_check(cls) -> bool:
+        return cls.check_change is not Rule.check_change
 
     @classmethod
     def has_judge(cls) -> bool:

@@ -17,7 +17,6 @@ finding forces 1), never a silent pass.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from harness.dynamic import probes as P
 from harness.dynamic.trace.events import Reported, RunStart, Scored, Trace
 from harness.core.findings import AuditResult, Layer, NotAudited
 from harness.core.registry import all_rules
+from harness.challenge.flags import submission_flags
 
 DEFAULTS: dict[str, Any] = {
     "env": {},
@@ -44,42 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "toy_data": None,
 }
 
-_FLAG = re.compile(r"(?:(?<=\s)|^)([A-Z][A-Z0-9_]{1,40})=([^\s'\"`]+)")
-
-
 # ---------------------------------------------------------------- inputs
-def submission_flags(folder: Path) -> dict[str, str]:
-    """Env flags the submission says it ran with. Uses the static helper's reachability reader
-    when present; else `KEY=VAL` prefixes of command lines in the README and logs."""
-    try:
-        from harness.static.reachability import submission_flags as from_static  # type: ignore
-    except ImportError:
-        from_static = None
-    if from_static is not None:
-        try:
-            flags = from_static(folder)
-            return {str(k): str(v) for k, v in dict(flags).items()}
-        except Exception:  # noqa: BLE001 - fall back to our own reading
-            pass
-    flags: dict[str, str] = {}
-    texts = []
-    for pattern in ("README*", "*.md", "*.log", "*.txt", "*.sh"):
-        for p in sorted(folder.glob(pattern)):
-            try:
-                texts.append(p.read_text(encoding="utf-8", errors="replace"))
-            except OSError:
-                pass
-    for text in texts:
-        for line in text.splitlines():
-            if not any(cmd in line for cmd in ("torchrun", "python", "train_gpt")):
-                continue
-            head = re.split(r"\b(?:torchrun|python3?|uv run)\b", line)[0]
-            for k, v in _FLAG.findall(head):
-                if k not in ("CUDA_VISIBLE_DEVICES", "NCCL_DEBUG", "OMP_NUM_THREADS", "SEED", "RUN_ID"):
-                    flags.setdefault(k, v)
-    return flags
-
-
 def toy_data(options: dict) -> dict:
     """The toy dataset (tokenizer, shards): the caller's, else the runner's cached one."""
     if options.get("toy_data"):
@@ -94,7 +59,7 @@ def val_tokens_file(data: dict, override: np.ndarray | None = None) -> tuple[np.
     that judges can read after the run's scratch folder is gone."""
     import hashlib
 
-    from harness.dynamic.judge.helpers import read_shard
+    from harness.challenge.shards import read_shard
 
     if override is not None:
         tokens = np.asarray(override, dtype=np.int64)
@@ -161,7 +126,7 @@ def _result_trace(result, folder: Path, env: dict, data: dict, tokens_path: str 
     if tokens_path:
         trace.meta["val_tokens_path"] = tokens_path
     if not trace.of(Reported):  # the runner normally adds these; parse stdout if it did not
-        from harness.challenge.results import parse_reported
+        from harness.dynamic.trace.reported import parse_reported
 
         trace.events.extend(parse_reported(result.stdout or ""))
     return trace
@@ -313,7 +278,7 @@ def _trace_stats(res: AuditResult, trace: Trace) -> None:
                 res.notes.append(f"the last {cov.tail} positions are never scored (shorter than one sequence: "
                                  "the baseline loader's truncation; not a finding)")
     reports = []
-    from rules.byte_accounting import implied_bytes  # the formula lives with its rule
+    from harness.challenge.bpb import implied_bytes
 
     for m in J.match_reported(trace):
         r = m.reported

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+from harness.challenge.results import NUM, VAL_BPB, VAL_LOSS
 
 STEP_OLD = re.compile(r"^step:(\d+)/(\d+)\b(.*)$")
 STEP_NEW = re.compile(r"^(\d+)/(\d+)\s+(?:train_loss|val_loss)\b(.*)$")
@@ -34,8 +34,6 @@ TRAIN_TIME_MIN = re.compile(r"\btrain_time:\s*(" + NUM + r")m\b")
 STOPPING = re.compile(
     r"^stopping_early:.*?train_time:\s*(" + NUM + r")ms(?:.*?step:\s*(\d+)/(\d+))?"
 )
-VAL_LOSS = re.compile(r"\bval_loss[:=]\s*(" + NUM + r")(?![\w{])")
-VAL_BPB = re.compile(r"\bval_bpb[:=]\s*(" + NUM + r")(?![\w{])")
 # Times printed on result lines, in the units the records use.
 TIME_PATTERNS = [
     (re.compile(r"\beval_time:\s*(" + NUM + r")ms\b"), "eval_time", 1e-3),

@@ -25,20 +25,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.evaluation import code_size
+from harness.evaluation import code_size, toy
 from harness.evaluation.claims import (
     FAIL,
     INFO,
     UNVERIFIED,
     Check,
     UsageError,
-    VerifyOptions,
     VerifyReport,
     find_script,
     verify,
 )
 from harness.evaluation.logs import ParsedLog, parse_log_text
 from harness.core.findings import ExitCode
+from harness.evaluation.capture import Capture, ReproduceOptions
 
 ENV_TOKEN = re.compile(r"(?:^|\s)(?:export\s+)?([A-Z][A-Z0-9_]*)=(\"[^\"]*\"|'[^']*'|[^\s;&|`]+)")
 RUN_LINE = re.compile(r"(torchrun|python3?\s|\bexport\s)")
@@ -53,35 +53,6 @@ CLAIM_CHECKS = {"claimed-score", "val_loss-field", "bytes_total-field", "bytes_c
 # paperwork, already in `claimed`): shown as info, never judged.
 TOY_NOT_JUDGED = CLAIM_CHECKS | {"significance", "required-files"}
 MODEL_SUFFIXES = (".ptz", ".xz", ".lzma", ".br", ".brotli", ".zst", ".zstd", ".zlib", ".gz", ".bin", ".int8", ".int6")
-
-
-@dataclass
-class ReproduceOptions:
-    seeds: list[int] = field(default_factory=lambda: [42, 1337, 2024])
-    nproc: int = 8
-    data: Path | None = None
-    tokenizer: Path | None = None
-    toy: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-    script: str | None = None
-    timeout_s: float | None = None
-    scratch: Path | None = None
-    keep: bool = False
-    live: bool = False
-    verify: VerifyOptions = field(default_factory=VerifyOptions)
-    torchrun: list[str] | None = None  # the launcher; default: torchrun on PATH, else python -m torch.distributed.run
-
-
-@dataclass
-class Capture:
-    """One process's output, each line with the seconds since process start."""
-
-    lines: list[tuple[float, str]]
-    rc: int | None
-    wall_s: float
-    timed_out: bool = False
-    error: str = ""
-    line_times: bool = True  # False: lines came in one piece, only process start/end is known
 
 
 @dataclass
@@ -445,8 +416,6 @@ def _run_toy(run_dir: Path, script: Path, seed: int, opts: ReproduceOptions, add
              doc_env: dict[str, str], on_line: Callable[[float, str], None] | None):
     """Run through harness.dynamic.run.runner (CPU shims, toy data, gloo): harness.evaluation.toy."""
     runner = _toy_runner()
-    from harness.evaluation import toy
-
     return toy.run(runner, run_dir, script, seed, opts, added, doc_env, on_line)
 
 

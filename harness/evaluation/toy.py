@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.evaluation.reproduce import Capture, ReproduceOptions
+from harness.evaluation.capture import Capture, ReproduceOptions
 
 LINE_CALLBACK_NAMES = ("on_line", "line_callback", "on_output")
 POLL_S = 0.1  # the tail's resolution: a line is stamped at most this late

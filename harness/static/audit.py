@@ -8,8 +8,9 @@ from pathlib import Path
 
 from harness.static.engine import ModuleContext, ParseError, build_context
 from harness.core.findings import AuditResult, FileReport, Finding, Layer, Location, NotAudited, Severity
-from harness.static.project import Project
-from harness.static.reachability import Reachability, submission_flags
+from harness.static.project import Project, project_findings
+from harness.challenge.flags import submission_flags
+from harness.static.reachability import Reachability
 from harness.core.rule import Rule
 from harness.core.registry import all_rules
 from harness.static.source import LoadedSource, load_source
@@ -211,7 +212,8 @@ def _audit_built(built: list[_Built], rules: list[Rule], result: AuditResult) ->
         for ctx in b.contexts:
             for rule in rules:
                 try:
-                    found = list(rule.check_static(ctx))
+                    found = list(project_findings(ctx, rule)) if rule.has_project_check() else []
+                    found += rule.check_static(ctx)
                 except RecursionError:
                     result.not_audited.append(NotAudited(b.rel, f"{rule.name}: nesting too deep to analyse"))
                     continue

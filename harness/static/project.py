@@ -341,14 +341,13 @@ def project_of(ctx: ModuleContext) -> Project:
     return project
 
 
-def planned_findings(ctx: ModuleContext, rule, plan_fn=None) -> list:
-    """Findings of a rule judged once for the whole project (`plan_fn(project)`, default
-    `rule._plan`, returns {id(ctx): findings}), the ones located in this file."""
+def project_findings(ctx: ModuleContext, rule) -> list:
+    """The findings of `rule.check_project`, computed once per project, located in this file."""
     project = project_of(ctx)
     plan = project.analysis.get(rule.name)
     if plan is None:
-        plan = project.analysis[rule.name] = (plan_fn or rule._plan)(project)
+        plan = project.analysis[rule.name] = rule.check_project(project)
     return plan.get(id(ctx), [])
 
 
-__all__ = ["CallSite", "Project", "planned_findings", "project_of"]
+__all__ = ["CallSite", "Project", "project_findings", "project_of"]

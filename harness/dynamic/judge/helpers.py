@@ -49,6 +49,7 @@ from harness.dynamic.trace.events import (
     ranges_from_mask,
     ranges_from_positions,
 )
+from harness.challenge.shards import read_shard
 from harness.core.findings import Location
 
 LN2 = math.log(2.0)
@@ -637,12 +638,6 @@ def val_stream(trace: Trace) -> np.ndarray | None:
         tokens = None
     cache["val_stream"] = tokens
     return tokens
-
-
-def read_shard(path: str | Path) -> np.ndarray:
-    from reference_model.data import read_shard as read  # the one reader of the shard format
-
-    return read(path)
 
 
 def byte_tables(tokenizer_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from harness.dynamic.run import sandbox
-from harness.challenge import results as logparse
+from harness.dynamic.trace import reported as logparse
 from harness.dynamic.cpu import toy_env
 from harness.dynamic.trace.events import Reported, RunEnd, Trace
-from reference_model.data import read_shard, write_shard  # the one reader/writer of the shard format
+from harness.challenge.shards import read_shard, write_shard
 
 STATE_DIR = ".golf_audit"
 _SKIP_DIRS = {STATE_DIR, "home", "__pycache__"}

@@ -41,6 +41,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
+from harness.challenge.shards import read_tokens
 from harness.dynamic.trace import provenance as P
 from harness.dynamic.trace import torch_compat as C
 from harness.dynamic.trace.events import (Collective, Frame, LossComputed, ProvenanceLost, RunStart, Scored, TargetRead,
@@ -68,17 +69,6 @@ class TracerConfig:
     val_glob: Optional[str] = None  # glob of shards, when neither of the above is given
     max_update_events: int = 200_000  # guard against runaway event counts
     notes: list[str] = field(default_factory=list)
-
-
-def read_shard(path: str | Path) -> np.ndarray:
-    """A challenge shard's tokens as int64; a file without the shard header as raw uint16 (what a
-    submission may have written itself)."""
-    from reference_model.data import read_shard as read  # the one reader of the shard format
-
-    try:
-        return read(path).astype(np.int64)
-    except ValueError:
-        return np.fromfile(path, dtype="<u2").astype(np.int64)
 
 
 def _discover_val_files() -> list[str]:
@@ -473,7 +463,7 @@ class Tracer:
                 files = list(cfg.val_files) or (sorted(glob.glob(cfg.val_glob)) if cfg.val_glob else []) \
                     or _discover_val_files()
                 if files:
-                    stream = np.concatenate([read_shard(f) for f in files])
+                    stream = np.concatenate([read_tokens(f) for f in files])
                     self.val_sources = [str(f) for f in files]
         except (OSError, ValueError) as exc:
             cfg.notes.append(f"validation stream unreadable: {exc}")

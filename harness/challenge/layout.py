@@ -1,0 +1,20 @@
+"""Where a submission lives in the challenge repository, and what its folder holds."""
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+# What every record folder holds (challenge README, "Submission process").
+REQUIRED = (
+    ("submission.json", "submission.json"),
+    ("README.md", "README.md"),
+    ("train*.py", "training script (train_gpt.py or train*.py at the top of the folder)"),
+)
+LOG_PATTERNS = ("*.log", "*.txt")
+
+
+def record_folder_of(path: str) -> str | None:
+    """`records/<track_*>/<name>` for a path inside a record folder, else None."""
+    parts = PurePosixPath(path).parts
+    if len(parts) >= 4 and parts[0] == "records" and parts[1].startswith("track_"):
+        return "/".join(parts[:3])
+    return None
