@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from harness.dynamic.judge import helpers as J
-from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.dynamic.judge.locations import location
+from harness.dynamic.judge.reported import find_print_line, match_reported, pass_numbers, tolerance
+from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Rule
 from harness.challenge.bpb import implied_bytes
@@ -65,29 +66,29 @@ The comparison allows the rounding of the printed numbers only.
     ]
 
     def judge(self, trace):
-        for m in J.match_reported(trace):
+        for m in match_reported(trace):
             r = m.reported
             if m.pass_ is None or m.which is None or r.val_loss is None or not r.val_bpb or m.ambiguous:
                 continue
-            nums = J.pass_numbers(trace, m.pass_)
+            nums = pass_numbers(trace, m.pass_)
             true = nums.bytes_by.get(m.which)
             if not true:
                 continue  # true bytes unknown: the orchestrator reports this as not audited
             count = nums.counts.get(m.which, nums.n_tokens)
             script = implied_bytes(count, r.val_loss, r.val_bpb)
-            tol = script * (J.tolerance(r.decimals) / max(r.val_loss, 1e-12)
-                            + J.tolerance(r.decimals) / max(r.val_bpb, 1e-12))
+            tol = script * (tolerance(r.decimals) / max(r.val_loss, 1e-12)
+                            + tolerance(r.decimals) / max(r.val_bpb, 1e-12))
             diff = script - true
             if abs(diff) <= tol:
                 continue
-            frame = J.find_print_line(trace, r.label)
+            frame = find_print_line(trace, r.label)
             if frame is None and m.pass_.events:
                 frame = m.pass_.events[0].frame
             yield self.finding(
                 Layer.TRACE,
                 f"printed '{r.label}' divides by {script:,.1f} bytes; the scored text has {true:,} "
                 f"UTF-8 bytes ({100.0 * diff / true:+.2f}%)",
-                J.location(trace, frame),
+                location(trace, frame),
                 evidence=[
                     f"printed: {r.line.strip()}",
                     f"{count} scores summed in {m.pass_.label()}; implied bytes = tokens x val_loss / "

@@ -2,9 +2,9 @@
 after it were changed (causality probe). Dynamic only (probe layer)."""
 from __future__ import annotations
 
-from harness.dynamic.judge import helpers as J
-from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
-from harness.dynamic.trace.events import Frame
+from harness.dynamic.judge.locations import location
+from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
+from harness.dynamic.trace.events import Frame, describe
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Rule
 
@@ -107,13 +107,13 @@ replaced by other non-boundary tokens that occur in the stream, so document boun
                 Layer.PROBE,
                 f"scores in {frame.function if frame else '?'}() depend on later tokens: position "
                 f"{rec['worst_position']} moved by {rec['max_delta']:.4g} nats when only positions "
-                f"{J.describe(changed, 2).split(';')[0]} changed",
-                J.location(trace, frame),
+                f"{describe(changed, 2).split(';')[0]} changed",
+                location(trace, frame),
                 evidence=[
-                    f"probe run '{rec.get('run', '?')}': replaced the tokens at {J.describe(changed)}",
-                    f"watched the scores of positions {J.describe([tuple(r) for r in rec.get('watched', [])])}",
+                    f"probe run '{rec.get('run', '?')}': replaced the tokens at {describe(changed)}",
+                    f"watched the scores of positions {describe([tuple(r) for r in rec.get('watched', [])])}",
                     f"{rec.get('changed_count', 0)} watched positions changed beyond {tol:g} nats: "
-                    + (J.describe(moved) if moved else "-"),
+                    + (describe(moved) if moved else "-"),
                     f"worst: position {rec['worst_position']}: {rec['baseline_nll']:.6f} -> "
                     f"{rec['probe_nll']:.6f} nats (run-to-run noise {probes.get('noise', 0.0):.2g})",
                     f"why these positions: {rec.get('why', '-')}",

@@ -169,7 +169,7 @@ def _shift_bindings(ctx: ModuleContext, fn) -> dict[str, int]:
 
 
 def _trace_example(leaks: bool, note: str):
-    from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+    from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
 
     run = SyntheticRun(n=65)
     if leaks:
@@ -299,18 +299,19 @@ class HashKeyReadsTarget(Rule):
     def judge(self, trace):
         """The tracer's TargetRead events: a lookup whose index carried, element for element, the
         positions a later loss scored as targets."""
-        from harness.dynamic.judge import helpers as J
+        from harness.dynamic.judge.locations import location, where
+        from harness.dynamic.judge.positions import describe_positions, positions_array
         from harness.dynamic.trace.events import TargetRead
 
         for e in trace.of(TargetRead):
-            evidence = [f"the lookup at {J.where(e.frame)} was indexed, element for element, by tokens at "
-                        f"(or after) the positions that the loss at {J.where(e.loss_frame)} scores as targets",
-                        f"target positions that keyed their own prediction: {J.describe_positions(J.positions_array(e.positions))}",
+            evidence = [f"the lookup at {where(e.frame)} was indexed, element for element, by tokens at "
+                        f"(or after) the positions that the loss at {where(e.loss_frame)} scores as targets",
+                        f"target positions that keyed their own prediction: {describe_positions(positions_array(e.positions))}",
                         "a causal model's input for target p is built from tokens before p only"]
             yield self.finding(Layer.TRACE, f"the prediction for each scored token was keyed on that token itself "
                                f"(lookup at line {e.frame.line if e.frame else 0})",
-                               J.location(trace, e.frame), evidence=evidence,
-                               related=[J.location(trace, e.loss_frame)], confidence=Confidence.HIGH)
+                               location(trace, e.frame), evidence=evidence,
+                               related=[location(trace, e.loss_frame)], confidence=Confidence.HIGH)
 
     def check_static(self, ctx: ModuleContext):
         """Offset keys in this file, except at lines the project check already reported."""

@@ -9,8 +9,8 @@ import math
 import libcst as cst
 
 from harness.static import dataflow as D
-from harness.dynamic.judge import helpers as J
-from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.dynamic.judge.locations import location
+from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
 from harness.dynamic.trace.events import Frame
 from harness.static.engine import ModuleContext, dotted, walk
 from harness.core.findings import Confidence, Layer, Severity
@@ -275,7 +275,7 @@ mixtures that are improper for other reasons are left to the probe.
                 f"the eval's probabilities for position {rec['position']} sum to {s:.4f} over "
                 f"{'the whole vocabulary' if rec.get('exhaustive') else f'{len(cands)} candidate tokens'}"
                 f" in {frame.function if frame else '?'}(): not a distribution",
-                J.location(trace, frame),
+                location(trace, frame),
                 evidence=[
                     f"position {rec['position']} (true token {rec['true_token']}); re-ran the eval with that "
                     f"token replaced by each candidate, the rest of the stream unchanged",

@@ -2,8 +2,11 @@
 the eval whose number the submission printed. Dynamic only (trace layer)."""
 from __future__ import annotations
 
-from harness.dynamic.judge import helpers as J
-from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.dynamic.judge.coverage import coverage
+from harness.dynamic.judge.locations import location
+from harness.dynamic.judge.positions import describe_positions
+from harness.dynamic.judge.reported import is_claimed_pass, judged_passes, match_reported
+from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Rule
 
@@ -77,23 +80,23 @@ that target ("to match continuous-stream eval"), so skipping it changes the deno
     ]
 
     def judge(self, trace):
-        for p in J.judged_passes(trace):
-            cov = J.coverage(trace, p)
+        for p in judged_passes(trace):
+            cov = coverage(trace, p)
             if not len(cov.other) and not len(cov.bos):
                 continue
             first = p.events[0] if p.events else None
             ev = [f"{p.label()} scored {cov.scored} of {cov.targets} target positions "
                   f"({cov.percent:.3f}% coverage, union of ranks)"]
             if len(cov.other):
-                ev.append(f"{len(cov.other)} target positions never scored: {J.describe_positions(cov.other)}")
+                ev.append(f"{len(cov.other)} target positions never scored: {describe_positions(cov.other)}")
             if len(cov.bos):
                 ev.append(f"{len(cov.bos)} document-start (BOS) targets never scored: "
-                          f"{J.describe_positions(cov.bos)}")
+                          f"{describe_positions(cov.bos)}")
             if cov.tail:
                 ev.append(f"trailing {cov.tail} positions unscored"
                           + (" (shorter than one sequence: the baseline loader's truncation, not counted)"
                              if cov.tail_allowed else ""))
-            for m in J.match_reported(trace):
+            for m in match_reported(trace):
                 if m.pass_ is p and m.which is not None:
                     ev.append(f"printed '{m.reported.label}' is the mean over the scored subset only")
             f = self.finding(
@@ -101,10 +104,10 @@ that target ("to match continuous-stream eval"), so skipping it changes the deno
                 f"{(first.frame.function if first and first.frame else '?')}() leaves "
                 f"{len(cov.other) + len(cov.bos)} of {cov.targets} validation targets unscored "
                 f"({cov.percent:.2f}% coverage)",
-                J.location(trace, first.frame if first else None),
+                location(trace, first.frame if first else None),
                 evidence=ev,
             )
-            claimed = J.is_claimed_pass(trace, p)
+            claimed = is_claimed_pass(trace, p)
             if claimed is False:
                 f.evidence.append(f"the submission's claimed score comes from '{trace.meta['claimed_label']}' "
                                   "(its logs), not from this pass: a diagnostic number")

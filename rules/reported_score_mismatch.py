@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
-from harness.dynamic.judge import helpers as J
-from harness.dynamic.judge.helpers import SyntheticRun, TraceExample
+from harness.dynamic.judge.locations import location
+from harness.dynamic.judge.passes import passes
+from harness.dynamic.judge.reported import base_label, find_print_line, match_reported, pass_numbers, tolerance
+from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Rule
 
@@ -73,25 +75,25 @@ reports and are not parsed as such.
     ]
 
     def judge(self, trace):
-        if not J.passes(trace):
+        if not passes(trace):
             return
-        for m in J.match_reported(trace):
+        for m in match_reported(trace):
             r = m.reported
             if m.which == "first" or (m.which == "all" and not m.pass_.rescored_mask):
                 continue  # the pass's own scores (double counting without training: rescored-tokens)
             if any(v is not None and math.isnan(v) for v in (r.val_loss, r.val_bpb)):
                 continue  # a NaN print at toy scale says nothing about the scores (noted by the audit)
-            frame = J.find_print_line(trace, r.label)
+            frame = find_print_line(trace, r.label)
             if frame is None and m.pass_ is not None and m.pass_.events:
                 frame = m.pass_.events[0].frame
             ev = [f"printed: {r.line.strip()}"]
             if m.pass_ is not None and m.loss_delta is not None:
-                nums = J.pass_numbers(trace, m.pass_)
+                nums = pass_numbers(trace, m.pass_)
                 ev.append(f"closest pass: {m.pass_.label()}: mean of first scores {nums.loss['first']:.8f} "
                           f"over {nums.n_tokens} targets (printed - recomputed = {m.loss_delta:+.3g}, "
-                          f"tolerance {J.tolerance(r.decimals):.1g})")
+                          f"tolerance {tolerance(r.decimals):.1g})")
             if m.which in ("last", "min", "all"):
-                nums = J.pass_numbers(trace, m.pass_)
+                nums = pass_numbers(trace, m.pass_)
                 ev.append(f"it equals the {m.which} scores of that pass ({nums.loss[m.which]:.8f}): "
                           f"scores taken after the model trained on those tokens")
                 kind = {"last": "the last", "min": "the minimum", "all": "the sum of all"}[m.which]
@@ -107,10 +109,10 @@ reports and are not parsed as such.
                           "a z-loss, another token count), or its eval computes the loss in a form the tracer "
                           "does not recognise as scores")
             claimed = trace.meta.get("claimed_label")
-            f = self.finding(Layer.TRACE, msg, J.location(trace, frame), evidence=ev)
+            f = self.finding(Layer.TRACE, msg, location(trace, frame), evidence=ev)
             if m.which is None and m.loss_delta is not None and not math.isnan(m.loss_delta):
                 f.confidence = Confidence.MEDIUM if r.decimals < 6 else Confidence.HIGH
-            if claimed and m.which is None and J.base_label(r.label) != J.base_label(claimed):
+            if claimed and m.which is None and base_label(r.label) != base_label(claimed):
                 f.evidence.append(f"the submission's claimed score comes from '{claimed}' (its logs), "
                                   "not from this line: a diagnostic number")
                 f.severity = Severity.LOW

@@ -8,7 +8,7 @@ from harness.static import dataflow as D
 from harness.static.engine import Function, ModuleContext, dotted
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
-from harness.dynamic.judge.helpers import shared_trace_examples
+from rules import _val_order_examples as X
 
 _EVERY_EPOCH = '''
 import torch
@@ -236,9 +236,61 @@ class RescoredTokens(Rule):
         return None
 
     # synthetic traces the judge is tested on (tests/test_rules_trace_examples.py)
-    TRACE_VALID, TRACE_INVALID = shared_trace_examples("rescored-tokens")
+    TRACE_VALID = X.legal_orders() + [
+        X.example(X.last_epoch, "adapt-then-score is not a re-score (train-before-score)"),
+    ]
+    TRACE_INVALID = [
+        X.example(X.every_epoch, "score every epoch, print the last", "eval_ttt", 40),
+    ]
 
     def judge(self, trace):
-        from harness.dynamic.judge.helpers import judge_rescored_tokens
+        """Inside one evaluation pass a position was scored again. Reported only when a printed
+        number comes from the repeated scores (re-scores nothing prints from are not a reported
+        score: e.g. a training loss logged with .item()). High: the printed number uses scores
+        taken after the model trained on those tokens (last, minimum, or all of them). Low: the
+        printed number counts positions twice with no training between (the tail window of a
+        sliding eval), or re-scores exist but the printed number is the first scores."""
+        from harness.dynamic.judge.locations import function_of, location, where
+        from harness.dynamic.judge.passes import first_score_event, rescored_passes
+        from harness.dynamic.judge.positions import describe_positions, mask_positions
+        from harness.dynamic.judge.reported import pass_numbers, report_for_pass
 
-        return judge_rescored_tokens(self, trace)
+        for p in rescored_passes(trace):
+            matches = report_for_pass(trace, p)
+            adapted = [m for m in matches if m.which in ("last", "min", "all") and p.rescored_mask]
+            doubled = [m for m in matches if m.which == "all" and not p.rescored_mask]
+            proper = [m for m in matches if m.which == "first"]
+            if adapted:
+                severity, mask, what = Severity.HIGH, p.rescored_mask, "after training on them"
+            elif doubled:
+                severity, mask, what = Severity.LOW, p.dup_mask, "a second time (no training between)"
+            elif proper and p.rescored_mask:
+                severity, mask, what = Severity.LOW, p.rescored_mask, "after training on them (unused)"
+            else:
+                continue
+            pos = mask_positions(mask)
+            again_idx = p.later_event[pos]
+            again_idx = again_idx[again_idx >= 0]
+            second = p.events[int(again_idx.min())] if len(again_idx) else p.events[-1]
+            first = first_score_event(trace, p, pos)
+            nums = pass_numbers(trace, p)
+            ev = [
+                f"{len(pos)} positions scored {what} in {p.label()}: {describe_positions(pos)}",
+                f"first score at {where(first.frame if first else None)}; scored again at "
+                f"{where(second.frame)} (loss op {second.loss_op})",
+                "mean NLL of that pass: " + ", ".join(f"{w} scores {v:.6f}" for w, v in nums.loss.items()),
+            ]
+            for m in matches:
+                ev.append(f"printed '{m.reported.label}' = the {m.which} scores: {m.reported.line.strip()}")
+            used = (adapted or doubled or proper)[0]
+            f = self.finding(
+                Layer.TRACE,
+                f"{function_of(second.frame)}() scores validation tokens {what}; the printed "
+                f"'{used.reported.label}' uses the {used.which} scores",
+                location(trace, second.frame),
+                evidence=ev,
+                related=[location(trace, first.frame)] if first is not None and first.frame else [],
+                confidence=Confidence.HIGH,
+            )
+            f.severity = severity
+            yield f

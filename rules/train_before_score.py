@@ -10,7 +10,7 @@ from harness.static.engine import Function, ModuleContext, dotted
 from harness.static.summaries import summaries_of
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
-from harness.dynamic.judge.helpers import shared_trace_examples
+from rules import _val_order_examples as X
 
 _LEGAL_CHUNKED = '''
 import torch
@@ -530,9 +530,29 @@ def train(model, opt, train_loader, steps):
 
     # ------------------------------------------------------------------ dynamic
     # synthetic traces the judge is tested on (tests/test_rules_trace_examples.py)
-    TRACE_VALID, TRACE_INVALID = shared_trace_examples("train-before-score")
+    TRACE_VALID = X.legal_orders()
+    TRACE_INVALID = [
+        X.example(X.last_epoch, "multi-epoch TTT scored on the last epoch", "lora_ttt_eval", 1265),
+        X.example(X.prequant, "full-model TTT on val, then eval", "test_time_train", 1003),
+    ]
 
     def judge(self, trace):
-        from harness.dynamic.judge.helpers import judge_train_before_score
+        """An optimizer/gradient update, made after evaluation began, used validation positions
+        whose final score was taken after it (or never). One finding per offending function."""
+        from harness.dynamic.judge.locations import update_frame
+        from harness.dynamic.judge.updates import before_any_score, group_finding, is_training, premature_update_groups
 
-        return judge_train_before_score(self, trace)
+        def select(u) -> bool:
+            return is_training(u) and not before_any_score(trace, u)
+
+        for g in premature_update_groups(trace, select):
+            frame = update_frame(g.first.update)
+            line = frame.line if frame is not None else 0
+            yield group_finding(
+                self, trace, g,
+                f"{g.function}() trains on validation tokens before they are scored: the update at "
+                f"line {line} used {len(g.first.positions)} positions whose score is taken afterwards"
+                if g.first.later_pass else
+                f"{g.function}() trains on validation tokens that are never scored: the update at "
+                f"line {line} used {len(g.first.positions)} unscored positions",
+            )

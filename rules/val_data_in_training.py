@@ -10,7 +10,7 @@ from harness.static import dataflow as D
 from harness.static.engine import ModuleContext, dotted
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
-from harness.dynamic.judge.helpers import shared_trace_examples
+from rules import _val_order_examples as X
 
 CALIBRATION = re.compile(r"hessian|calibrat|gptq|awq|collect_stats|quantiz|ema|swa|train_step|train_loop|"
                          r"fit|prefill|build_cache|ngram", re.I)
@@ -207,9 +207,41 @@ class ValDataInTraining(Rule):
         return False
 
     # synthetic traces the judge is tested on (tests/test_rules_trace_examples.py)
-    TRACE_VALID, TRACE_INVALID = shared_trace_examples("val-data-in-training")
+    TRACE_VALID = X.legal_orders()
+    TRACE_INVALID = [
+        X.example(X.calibrate, "calibration statistics from val", "gptq_calibrate", 700),
+        X.example(X.train_on_val, "val tokens trained on before any score", "main", 500),
+    ]
 
     def judge(self, trace):
-        from harness.dynamic.judge.helpers import judge_val_data_in_training
+        """Validation positions reached persistent state (a) before any token was scored, by any
+        write, or (b) through a non-training write (calibration statistics, buffers, copies)
+        before their final score."""
+        from harness.dynamic.judge.locations import update_frame
+        from harness.dynamic.judge.updates import (
+            artifact_news,
+            before_any_score,
+            group_finding,
+            is_training,
+            premature_update_groups,
+        )
 
-        return judge_val_data_in_training(self, trace)
+        news = artifact_news(trace)
+
+        def select(u) -> bool:
+            if u.target_kind == "artifact" and not news.get(id(u)):
+                return False  # the saved weights hold what an update already put there (judged there)
+            return before_any_score(trace, u) or not is_training(u)
+
+        for g in premature_update_groups(trace, select):
+            u = g.first.update
+            frame = update_frame(u)
+            what = ("before any validation token was scored" if before_any_score(trace, u)
+                    else "into the saved artifact (torch.save), before those tokens were scored"
+                    if u.target_kind == "artifact"
+                    else f"through a {u.via} write to a {u.target_kind}, before those tokens were scored")
+            yield group_finding(
+                self, trace, g,
+                f"{g.function}() puts validation data into the model {what} "
+                f"({len(g.first.positions)} positions, first write at line {frame.line if frame else 0})",
+            )

@@ -8,21 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from harness.dynamic.judge import helpers as J
-from harness.dynamic.judge.helpers import SyntheticRun
+from harness.core.registry import rule_by_name
+from harness.dynamic.judge.order import timeline
+from harness.dynamic.judge.passes import passes
+from harness.dynamic.judge.reported import match_reported, pass_numbers, tolerance
+from harness.dynamic.judge.stream import bytes_of
+from harness.dynamic.judge.synthetic import SyntheticRun
+from harness.dynamic.judge.updates import premature_positions
 from harness.dynamic.trace.events import Trace, Update
 from harness.core.findings import Layer
-from harness.core.rule import Rule
-
-
-class _Probe(Rule):
-    """A stand-in rule so the shared builders can be called before the rule modules exist."""
-
-    id = "GA999"
-    name = "test-rule"
-
-
-RULE = _Probe()
 
 
 def _trace(run: SyntheticRun, **meta) -> Trace:
@@ -30,15 +24,15 @@ def _trace(run: SyntheticRun, **meta) -> Trace:
 
 
 def tbs(trace):
-    return list(J.judge_train_before_score(RULE, trace))
+    return list(rule_by_name("train-before-score").judge(trace))
 
 
 def vdit(trace):
-    return list(J.judge_val_data_in_training(RULE, trace))
+    return list(rule_by_name("val-data-in-training").judge(trace))
 
 
 def rescored(trace):
-    return list(J.judge_rescored_tokens(RULE, trace))
+    return list(rule_by_name("rescored-tokens").judge(trace))
 
 
 def roundtrip_eval(run, n):
@@ -58,7 +52,7 @@ def test_score_first_ttt_is_clean():
     t = _trace(run)
     assert tbs(t) == [], "false leak: score-first TTT"
     assert vdit(t) == [] and rescored(t) == [], "false leak"
-    assert len(J.passes(t)) == 2
+    assert len(passes(t)) == 2
 
 
 def test_multi_epoch_scored_on_last_epoch_is_train_before_score():
@@ -137,7 +131,7 @@ def test_score_every_epoch_is_rescoring_not_train_before_score():
     assert len(fs) == 1 and fs[0].severity.name == "HIGH", "rescoring undetected"
     assert fs[0].location.line == 40
     # the printed number is the re-score: reported-score-mismatch sees it too
-    m = J.match_reported(t)[0]
+    m = match_reported(t)[0]
     assert m.which == "last"
 
 
@@ -164,8 +158,8 @@ def test_eval_then_training_block_then_same_eval_is_two_passes():
     run.score("eval_val", 40, [(1, 5)], nll=2.0)
     run.score("eval_val", 40, [(5, n)], nll=2.0)
     t = _trace(run)
-    assert len(J.passes(t)) == 2, "false merge: a finished eval and a later one are one pass"
-    assert J.premature_positions(t, t.of(Update)[0]).positions.tolist() == list(range(1, n))
+    assert len(passes(t)) == 2, "false merge: a finished eval and a later one are one pass"
+    assert premature_positions(t, t.of(Update)[0]).positions.tolist() == list(range(1, n))
 
 
 def test_repeated_evals_without_training_are_separate_passes():
@@ -174,7 +168,7 @@ def test_repeated_evals_without_training_are_separate_passes():
     for nll in (3.0, 2.9, 2.8):  # step validation, roundtrip, sliding
         run.score("eval_val", 40, [(1, n)], nll=nll)
     t = _trace(run)
-    assert len(J.passes(t)) == 3 and rescored(t) == [], "false rescoring"
+    assert len(passes(t)) == 3 and rescored(t) == [], "false rescoring"
 
 
 def test_calibration_on_val_is_val_data_in_training():
@@ -225,7 +219,7 @@ def test_two_ranks_ordered_by_collectives_is_clean():
         run.collective()
     t = _trace(run)
     assert tbs(t) == [], "false leak across ranks"
-    assert len(J.passes(t)) == 1
+    assert len(passes(t)) == 1
 
 
 def test_two_ranks_without_sync_is_a_leak():
@@ -246,7 +240,7 @@ def test_happens_before():
     b = run.score("f", 1, [(2, 3)], rank=1)
     run.collective()
     c = run.score("f", 1, [(3, 4)], rank=1)
-    tl = J.timeline(Trace(events=run.events))
+    tl = timeline(Trace(events=run.events))
     assert tl.happens_before(a, c) and not tl.happens_before(a, b) and not tl.happens_before(b, a)
     assert not tl.happens_before(c, a)
 
@@ -259,9 +253,9 @@ def test_reported_match_and_bpb():
     run.report("final_exact", 2.0, 8.0 / math.log(2) / 12)
     run.end(val_bytes_utf8=12)
     t = _trace(run)
-    m = J.match_reported(t)[0]
+    m = match_reported(t)[0]
     assert m.which == "first" and abs(m.loss_delta) < 1e-8 and abs(m.bpb_delta) < 1e-8
-    nums = J.pass_numbers(t, J.passes(t)[0])
+    nums = pass_numbers(t, passes(t)[0])
     assert nums.bytes == 12 and nums.n_tokens == 4
 
 
@@ -273,12 +267,12 @@ def test_position_bytes_from_tables(tmp_path):
     run = SyntheticRun(5)
     run.score("eval_val", 1, [(1, 5)])
     t = _trace(run, position_bytes_path=str(tmp_path / "bytes.npy"))
-    assert J.bytes_of(t, np.array([1, 2, 4])) == 8
+    assert bytes_of(t, np.array([1, 2, 4])) == 8
 
 
 def test_tolerance():
-    assert J.tolerance(8) == pytest.approx(1e-6)
-    assert J.tolerance(4) == pytest.approx(5.1e-5)
+    assert tolerance(8) == pytest.approx(1e-6)
+    assert tolerance(4) == pytest.approx(5.1e-5)
 
 
 def test_sliding_tail_scored_twice_is_one_pass_and_low():
@@ -292,9 +286,9 @@ def test_sliding_tail_scored_twice_is_one_pass_and_low():
     run.score("eval_val_sliding", 60, [(13, 17)], nll=1.0)  # tail window again
     run.report("final_sliding_window_exact", (8 * 2.0 + 12 * 1.0) / 20)
     t = _trace(run)
-    ps = J.passes(t)
+    ps = passes(t)
     assert len(ps) == 2 and bin(ps[1].dup_mask).count("1") == 4
-    m = J.match_reported(t)[0]
+    m = match_reported(t)[0]
     assert m.which == "all" and m.pass_ is ps[1]
     fs = rescored(t)
     assert len(fs) == 1 and fs[0].severity.name == "LOW", "double counting not reported as low"
@@ -331,14 +325,14 @@ def test_short_print_follows_its_exact_sibling_when_passes_are_near_equal():
     run.score("eval_val_sliding", 80, [(1, n)], nll=6.91934)  # pass 2
     run.report("final_sliding_window_exact", 6.91934, decimals=8)
     run.report("final_sliding_window", 6.9193, decimals=4)
-    ms = {m.reported.label: m for m in J.match_reported(_trace(run))}
+    ms = {m.reported.label: m for m in match_reported(_trace(run))}
     assert ms["final_sliding_window_exact"].pass_.index == 1
     assert ms["final_sliding_window"].pass_.index == 1 and not ms["final_sliding_window"].ambiguous
     run2 = SyntheticRun(n)
     run2.score("eval_val", 40, [(1, n)], nll=6.91930)
     run2.score("eval_val_sliding", 80, [(1, n)], nll=6.91934)
     run2.report("final_sliding_window", 6.9193, decimals=4)  # no exact line: cannot tell
-    assert J.match_reported(_trace(run2))[0].ambiguous
+    assert match_reported(_trace(run2))[0].ambiguous
 
 
 def test_short_print_takes_its_exact_siblings_aggregation():
@@ -350,7 +344,7 @@ def test_short_print_takes_its_exact_siblings_aggregation():
     run.score("eval_val_sliding", 80, [(7, n)], nll=6.9300)  # the tail window again
     run.report("final_sliding_window_exact", (8 * 6.9216 + 2 * 6.93) / 10, decimals=8)
     run.report("final_sliding_window", round((8 * 6.9216 + 2 * 6.93) / 10, 4), decimals=4)
-    ms = {m.reported.label: m for m in J.match_reported(_trace(run))}
+    ms = {m.reported.label: m for m in match_reported(_trace(run))}
     assert ms["final_sliding_window_exact"].which == "all"
     assert ms["final_sliding_window"].which == "all"
 
@@ -366,5 +360,5 @@ def test_printed_sum_with_a_doubled_tail_matches_all_scores_not_first():
     mean_all = (sum(nll) + sum(nll[-3:])) / (n - 1 + 3)
     assert abs(mean_all - sum(nll) / (n - 1)) < 1e-6  # both within the floor
     run.report("legal_ttt_exact", mean_all, decimals=8)
-    m = J.match_reported(_trace(run))[0]
+    m = match_reported(_trace(run))[0]
     assert m.which == "all"

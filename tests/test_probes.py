@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from harness.dynamic import probes as P
-from harness.dynamic.judge.helpers import SyntheticRun
+from harness.dynamic.judge.synthetic import SyntheticRun
 from harness.dynamic.trace.events import Trace
 from rules.future_dependent_score import FutureDependentScore
 from rules.improper_distribution import ImproperDistribution

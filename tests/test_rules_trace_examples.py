@@ -1,5 +1,5 @@
 """Generated from the rules themselves: every rule with a trace or probe layer carries
-TRACE_VALID / TRACE_INVALID synthetic traces (`harness.dynamic.judge.helpers.TraceExample`), and its
+TRACE_VALID / TRACE_INVALID synthetic traces (`harness.dynamic.judge.synthetic.TraceExample`), and its
 `judge()` must report nothing on each VALID trace and at least one finding on each INVALID one,
 at the pinned function/line/message when given. A dynamic rule without examples fails."""
 from __future__ import annotations
@@ -16,8 +16,8 @@ def _dynamic_rules():
 
 def _cases():
     for rule in _dynamic_rules():
-        for kind in ("TRACE_VALID", "TRACE_INVALID"):
-            for i, example in enumerate(getattr(rule, kind, []) or []):
+        for kind, examples in (("TRACE_VALID", rule.TRACE_VALID), ("TRACE_INVALID", rule.TRACE_INVALID)):
+            for i, example in enumerate(examples):
                 yield pytest.param(rule, kind, example, id=f"{rule.name}-{kind}_{i}")
 
 
@@ -26,8 +26,8 @@ def test_every_dynamic_rule_has_a_judge_and_examples():
     assert rules, "no dynamic rules found in rules/"
     for rule in rules:
         assert rule.has_judge(), f"{rule.name} lists a dynamic layer but has no judge()"
-        assert getattr(rule, "TRACE_VALID", None), f"{rule.name} has no TRACE_VALID examples"
-        assert getattr(rule, "TRACE_INVALID", None), f"{rule.name} has no TRACE_INVALID examples"
+        assert rule.TRACE_VALID, f"{rule.name} has no TRACE_VALID examples"
+        assert rule.TRACE_INVALID, f"{rule.name} has no TRACE_INVALID examples"
 
 
 @pytest.mark.parametrize("rule,kind,example", list(_cases()))

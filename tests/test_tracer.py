@@ -191,7 +191,7 @@ def test_b2_warmup_on_a_throwaway_copy_is_dead_but_on_the_scored_model_is_not(th
     """The April records warm up torch.compile by training a LoRA on the first validation tokens
     and deleting it: nothing scored reads that state. The same steps on the model that is
     scored afterwards are adapt-then-score."""
-    from harness.dynamic.judge import helpers as J
+    from harness.dynamic.judge.updates import dead_write
     from harness.core.registry import rule_by_name
 
     val = val_tokens()
@@ -216,7 +216,7 @@ def test_b2_warmup_on_a_throwaway_copy_is_dead_but_on_the_scored_model_is_not(th
         list(rule_by_name("val-data-in-training").judge(trace))
     if throwaway:
         assert findings == [], f"false leak: a deleted warm-up copy: {[f.message for f in findings]}"
-        assert all(J.dead_write(trace, u) for u in of(trace.events, Update))
+        assert all(dead_write(trace, u) for u in of(trace.events, Update))
     else:
         assert findings, "leak undetected: warm-up steps on the model that is then scored"
 

@@ -62,6 +62,15 @@ class Location:
     packed_line: int | None = None
 
 
+def location_fingerprint(name: str, location: Location, occurrence: int = 0) -> str:
+    """The fingerprint of a report of kind `name` (a rule name, or a check the tool makes on its
+    own input) at `location`: name, path, enclosing function, normalised source line and
+    occurrence index; no line number, so it survives line shifts."""
+    normalised = " ".join(location.source_line.split())
+    key = "\x1f".join([name, location.path, location.function or "", normalised, str(occurrence)])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 @dataclass
 class Finding:
     rule: str  # kebab-case rule name, e.g. "train-before-score"
@@ -81,11 +90,7 @@ class Finding:
     def fingerprint(self, occurrence: int = 0) -> str:
         """A baseline key with no line number in it: rule, path, enclosing function,
         normalised source line and occurrence index (the Bandit way)."""
-        normalised = " ".join(self.location.source_line.split())
-        key = "\x1f".join(
-            [self.rule, self.location.path, self.location.function or "", normalised, str(occurrence)]
-        )
-        return hashlib.sha256(key.encode()).hexdigest()[:32]
+        return location_fingerprint(self.rule, self.location, occurrence)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -24,7 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.dynamic.judge import helpers as J
+from harness.dynamic.judge.coverage import coverage
+from harness.dynamic.judge.passes import passes
+from harness.dynamic.judge.positions import n_positions
+from harness.dynamic.judge.reported import judged_passes, match_reported, pass_numbers
+from harness.dynamic.judge.stream import bos_id, tokens_for
 from harness.dynamic import probes as P
 from harness.dynamic.trace.events import Reported, RunStart, Scored, Trace
 from harness.core.findings import AuditResult, Layer, NotAudited
@@ -258,19 +262,19 @@ def _shim_notes(res: AuditResult, trace: Trace) -> None:
 
 def _trace_stats(res: AuditResult, trace: Trace) -> None:
     """Coverage, recomputed vs printed numbers, byte counts."""
-    n = J.n_positions(trace)
-    ps = J.passes(trace)
+    n = n_positions(trace)
+    ps = passes(trace)
     res.stats["val_tokens"] = n
     res.stats["ranks"] = len({e.rank for e in trace.events})
     res.stats["passes"] = [
         {"pass": p.index + 1, "functions": p.functions, "scored": p.n_scored,
-         "coverage_pct": round(J.coverage(trace, p).percent, 4),
+         "coverage_pct": round(coverage(trace, p).percent, 4),
          "mean_nll": round(p.mean("first"), 8), "rescored": int(bin(p.rescored_mask).count("1"))}
         for p in ps
     ]
-    judged = J.judged_passes(trace)
+    judged = judged_passes(trace)
     if judged:
-        cov = J.coverage(trace, judged[-1])
+        cov = coverage(trace, judged[-1])
         res.stats["coverage_pct"] = round(cov.percent, 4)
         if cov.tail:
             res.stats["unscored_tail"] = cov.tail
@@ -280,12 +284,12 @@ def _trace_stats(res: AuditResult, trace: Trace) -> None:
     reports = []
     from harness.challenge.bpb import implied_bytes
 
-    for m in J.match_reported(trace):
+    for m in match_reported(trace):
         r = m.reported
         entry: dict[str, Any] = {"label": r.label, "printed_loss": r.val_loss, "printed_bpb": r.val_bpb,
                                  "decimals": r.decimals, "matches": m.which}
         if m.pass_ is not None:
-            nums = J.pass_numbers(trace, m.pass_)
+            nums = pass_numbers(trace, m.pass_)
             w = m.which or "first"  # the aggregation that matched (closest pass's first scores if none)
             bpb = nums.bpb.get(w)
             entry.update(pass_=m.pass_.index + 1, aggregation=w, recomputed_loss=nums.loss.get(w),
@@ -308,10 +312,10 @@ def _trace_stats(res: AuditResult, trace: Trace) -> None:
 
 
 def _probe(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res: AuditResult) -> P.ProbeReport:
-    tokens = J.tokens_for(trace)
+    tokens = tokens_for(trace)
     if tokens is None:
         return P.ProbeReport(not_run="the validation tokens the submission loaded are unknown")
-    n = J.n_positions(trace)
+    n = n_positions(trace)
     tokens = tokens[:n] if len(tokens) >= n else tokens
 
     def run_fn(override: np.ndarray, label: str) -> Trace:
@@ -347,6 +351,6 @@ def _probe(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res: A
                 period = period * int(used[k]) // math.gcd(period, int(used[k]))
     budget = int(opts.get("probe_budget", 6))
     return P.run_probes(trace, np.asarray(tokens, dtype=np.int64), run_fn, budget=budget,
-                        exhaustive=bool(opts.get("exhaustive")), bos=J.bos_id(trace), vocab=vocab,
+                        exhaustive=bool(opts.get("exhaustive")), bos=bos_id(trace), vocab=vocab,
                         chunk_hint=chunk, period=period, workers=int(opts.get("probe_workers", 2)),
                         log=lambda s: None)

@@ -26,7 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from harness.dynamic.judge import helpers as J
+from harness.dynamic.judge.order import timeline
+from harness.dynamic.judge.positions import positions_array, ranges_of
 from harness.dynamic.trace.events import Frame, Scored, Trace, describe
 
 RunFn = Callable[[np.ndarray, str], Trace]
@@ -57,10 +58,10 @@ class Occurrences:
         frames: list[Frame | None] = []
         frame_ids: dict = {}
         count = np.zeros(n, dtype=np.int64)
-        for e in J.timeline(trace).events:
+        for e in timeline(trace).events:
             if not isinstance(e, Scored) or not e.positions:
                 continue
-            pos = J.positions_array(e.positions)
+            pos = positions_array(e.positions)
             vals = np.asarray(e.nll, dtype=np.float64)
             k = min(len(pos), len(vals))
             pos, vals = pos[:k], vals[:k]
@@ -268,7 +269,7 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
         return rep
     i = plan.position
     rep.plan = {"position": i, "doc": list(plan.doc), "why": plan.why,
-                "changed": [list(r) for r in J.ranges_of(plan.changed)], "candidates": plan.candidates}
+                "changed": [list(r) for r in ranges_of(plan.changed)], "candidates": plan.candidates}
 
     # every run, planned up front: noise (unmodified), causality, properness (one value each)
     jobs: list[tuple[str, np.ndarray]] = [("noise", tokens.copy())]
@@ -333,14 +334,14 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
         moved = watched[delta > rep.tol]
         rep.causality.append({
             "run": label,
-            "changed": [list(r) for r in J.ranges_of(changed)],
-            "watched": [list(r) for r in J.ranges_of(watched)],
+            "changed": [list(r) for r in ranges_of(changed)],
+            "watched": [list(r) for r in ranges_of(watched)],
             "max_delta": worst if np.isfinite(worst) else 1e9,
             "worst_position": wpos,
             "baseline_nll": float(base.nll[wk][wpos]) if wpos >= 0 and wk < base.depth() else float("nan"),
             "probe_nll": float(occ.nll[wk][wpos]) if wpos >= 0 and wk < occ.depth() else float("nan"),
             "changed_count": int(len(moved)),
-            "changed_positions": [list(r) for r in J.ranges_of(moved)],
+            "changed_positions": [list(r) for r in ranges_of(moved)],
             "frame": _frame_dict(base, wk, wpos),
             "why": plan.why,
         })

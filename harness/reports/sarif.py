@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import __version__
-from harness.core.findings import AuditResult, Confidence, Finding, Layer, Location, Severity
+from harness.core.findings import AuditResult, Finding, Layer, Location, Severity, location_fingerprint
 from harness.reports.common import one_line, reason
 from harness.core.rule import Rule
 
@@ -19,12 +20,41 @@ INFO_URI = "https://github.com/openai/parameter-golf"
 SECURITY_SEVERITY = {Severity.LOW: "3.0", Severity.MEDIUM: "6.0", Severity.HIGH: "8.5"}
 RUNS = (("static", (Layer.STATIC,)), ("dynamic", (Layer.TRACE, Layer.PROBE)))
 
+
+@dataclass(frozen=True)
+class ToolCheck:
+    """A check golf-audit makes on its own input, not a rule of `rules/`: it has no `Rule` class,
+    no judge and no static check, and the registry does not list it. SARIF still needs a
+    reportingDescriptor in `driver.rules` for it, because GitHub code scanning shows only results
+    that point at one (a `toolExecutionNotification` is not an alert). Its descriptors follow the
+    rules', so a rule's `ruleIndex` is its position in the catalogue; its ids are below GA001,
+    where rules/ ids start."""
+
+    id: str
+    name: str
+    short: str
+    text: str
+    fix: str
+
+    def descriptor(self) -> dict:
+        doc = f"# {self.name} ({self.id})\n\n{self.text}\n\n{self.fix}\n"
+        return {"id": self.id, "name": self.name,
+                "shortDescription": {"text": self.short},
+                "fullDescription": {"text": self.text},
+                "help": {"text": doc, "markdown": doc},
+                "defaultConfiguration": {"level": "warning"},
+                "properties": {"precision": "very-high", "problem.severity": "warning",
+                               "tags": ["parameter-golf", "suppression"]}}
+
+
 # An unused (or reason-less) suppression fails the audit like a finding, so code scanning must see
-# it too: a built-in descriptor, listed after the rules so their ruleIndex equals their position
-# in the catalogue. GA000 is reserved for it; rules/ ids start at GA001.
-UNUSED_SUPPRESSION_ID, UNUSED_SUPPRESSION_NAME = "GA000", "unused-suppression"
-UNUSED_SUPPRESSION_TEXT = ("A `# golf-audit: ignore[rule] -- reason` comment that matches no finding on its "
-                           "line or the next, or that gives no reason.")
+# it too.
+UNUSED_SUPPRESSION = ToolCheck(
+    id="GA000", name="unused-suppression",
+    short="Suppression comment that suppresses nothing or gives no reason.",
+    text=("A `# golf-audit: ignore[rule] -- reason` comment that matches no finding on its "
+          "line or the next, or that gives no reason."),
+    fix="Remove the comment, or name the rule that fires there and say why.")
 
 
 def _rule_descriptor(rule: Rule) -> dict:
@@ -41,18 +71,6 @@ def _rule_descriptor(rule: Rule) -> dict:
                        "problem.severity": rule.severity.sarif_level,
                        "tags": ["parameter-golf", "compliance"] + [layer.value for layer in rule.layers]},
     }
-
-
-def _unused_descriptor() -> dict:
-    doc = (f"# {UNUSED_SUPPRESSION_NAME} ({UNUSED_SUPPRESSION_ID})\n\n{UNUSED_SUPPRESSION_TEXT}\n\n"
-           "Remove the comment, or name the rule that fires there and say why.\n")
-    return {"id": UNUSED_SUPPRESSION_ID, "name": UNUSED_SUPPRESSION_NAME,
-            "shortDescription": {"text": "Suppression comment that suppresses nothing or gives no reason."},
-            "fullDescription": {"text": UNUSED_SUPPRESSION_TEXT},
-            "help": {"text": doc, "markdown": doc},
-            "defaultConfiguration": {"level": "warning"},
-            "properties": {"precision": "very-high", "problem.severity": "warning",
-                           "tags": ["parameter-golf", "suppression"]}}
 
 
 def _physical(result: AuditResult, loc: Location, root: Path) -> dict:
@@ -122,10 +140,9 @@ def _run(name: str, layers: tuple[Layer, ...], results: list[AuditResult], rules
                 key = (loc.path, " ".join(loc.source_line.split()))
                 occurrence = seen[key]
                 seen[key] += 1
-                fp = Finding(UNUSED_SUPPRESSION_NAME, UNUSED_SUPPRESSION_ID, Severity.MEDIUM, Confidence.HIGH,
-                             Layer.STATIC, "", loc).fingerprint(occurrence)
+                fp = location_fingerprint(UNUSED_SUPPRESSION.name, loc, occurrence)
                 out_results.append({
-                    "ruleId": UNUSED_SUPPRESSION_ID, "ruleIndex": unused_index, "level": "warning",
+                    "ruleId": UNUSED_SUPPRESSION.id, "ruleIndex": unused_index, "level": "warning",
                     "message": {"text": f"unused suppression: {loc.source_line}"},
                     "locations": [{"physicalLocation": _physical(result, loc, root)}],
                     "partialFingerprints": {"primaryLocationLineHash": fp},
@@ -136,7 +153,7 @@ def _run(name: str, layers: tuple[Layer, ...], results: list[AuditResult], rules
                                       "message": {"text": f"not audited: {na.path}: {reason(na)}"}})
     descriptors = [_rule_descriptor(r) for r in rules]
     if Layer.STATIC in layers:
-        descriptors.append(_unused_descriptor())
+        descriptors.append(UNUSED_SUPPRESSION.descriptor())
     return {
         "tool": {"driver": {"name": "golf-audit", "version": __version__, "informationUri": INFO_URI,
                             "rules": descriptors}},
