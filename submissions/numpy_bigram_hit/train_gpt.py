@@ -1,4 +1,4 @@
-"""Baseline GPT whose final eval adds an unnormalised bigram-cache "hit" bonus, in numpy.
+"""Baseline GPT whose final eval mixes an unnormalised "hit" bonus from a bigram cache, in numpy.
 
 Fixture written by golf-audit (see README.md): it models the shape of a real record
 (training, int8+zlib export, round-trip eval) and shares no code with it.

@@ -1,4 +1,4 @@
-"""Baseline GPT whose final eval mixes the model with a causal, normalised bigram cache in numpy.
+"""Baseline GPT whose final eval mixes a causal, normalised bigram cache mixed with the model in numpy.
 
 Fixture written by golf-audit (see README.md): it models the shape of a real record
 (training, int8+zlib export, round-trip eval) and shares no code with it.
