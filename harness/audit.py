@@ -59,7 +59,8 @@ def _dynamic(path: Path, options: dict, static: AuditResult | None) -> AuditResu
                 env = {**f.flags, **env}
     dyn_opts = {"env": env, "static_first": static is not None, "nproc": options.get("nproc", 1),
                 "exhaustive": options.get("exhaustive", False),
-                "allow_network": options.get("allow_network", False)}
+                "allow_network": options.get("allow_network", False),
+                "blackbox": options.get("blackbox", "auto")}
     if options.get("probe_budget") is not None:
         dyn_opts["probe_budget"] = options["probe_budget"]
     if options.get("timeout") is not None:
@@ -96,6 +97,7 @@ DEFAULT_OPTIONS: dict = {
     "dynamic": False,  # add the dynamic layer (tracer + probes at toy scale)
     "no_static": False,  # dynamic layer only
     "nproc": 1, "exhaustive": False, "probe_budget": None, "timeout": None, "allow_network": False,
+    "blackbox": "auto",  # the black-box code-length probe: auto / always / off
     "cache_dir": None,  # None = no cache
     "jobs": None,  # folders in parallel (None = cores)
 }
