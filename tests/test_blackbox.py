@@ -117,3 +117,16 @@ def test_a_failed_run_is_reported_not_raised():
 def test_the_last_context_is_planted_with_seen_successors(kind):
     rep = probe(bigram_eval(kind))
     assert rep.position == rep.stream_tokens - 1 and rep.context_token >= 0
+
+
+def test_a_bpb_only_line_is_judged_from_the_true_bytes():
+    inner = bigram_eval("hit")
+
+    def bpb_only(s, what):
+        return [Reported(seq=0, rank=0, label=r.label, val_loss=None, val_bpb=r.val_bpb, line="", decimals=r.decimals)
+                for r in inner(s, what)]
+
+    rep = probe(bpb_only)
+    assert not rep.not_run, rep.not_run
+    assert rep.sum_p > 1.0 + rep.tolerance
+    assert any("prints no val_loss" in n for n in rep.notes)

@@ -61,16 +61,13 @@ class PrintedTotal:
     stream: str  # which stream: "candidate v", "without the last token", "repeat"
     tokens: int  # stream length
     targets: int  # targets a complete score covers (tokens - 1)
-    val_loss: float
+    val_loss: float | None
     val_bpb: float | None
     decimals: int
     true_bytes: int  # UTF-8 bytes of targets 1..tokens-1
     implied_bytes: float | None  # targets x loss / (ln 2 x bpb)
     consistent: bool  # the printed pair fits a complete score with true bytes
-
-    @property
-    def total(self) -> float:
-        return self.val_loss * self.targets
+    total: float = 0.0  # the code length in nats: loss x targets (bpb x ln 2 x true bytes for a bpb-only line)
 
 
 @dataclass
@@ -136,17 +133,21 @@ def plant_context(tokens: np.ndarray, k: int, exclude: set[int]) -> tuple[np.nda
 
 
 # ---------------------------------------------------------------- printed totals
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
 def pick_line(reported: list[Reported], label: str) -> Reported | None:
-    """The last line with `label` that prints a finite val_loss."""
+    """The last line with `label` that prints a finite val_loss or val_bpb."""
     for r in reversed(reported):
-        if r.label == label and r.val_loss is not None and math.isfinite(r.val_loss):
+        if r.label == label and (_finite(r.val_loss) or _finite(r.val_bpb)):
             return r
     return None
 
 
 def claimed_label(reported: list[Reported], claimed: str | None) -> str | None:
     """The line the submission's score comes from; else the last line with loss and bpb."""
-    labels = [r.label for r in reported if r.val_loss is not None]
+    labels = [r.label for r in reported if _finite(r.val_loss) or _finite(r.val_bpb)]
     if claimed and claimed in labels:
         return claimed
     full = [r.label for r in reported if r.val_loss is not None and r.val_bpb is not None]
@@ -157,6 +158,12 @@ def total_of(r: Reported, stream: np.ndarray, what: str, target_bytes: Callable[
     n = len(stream) - 1
     true_bytes = int(target_bytes(stream)[1:].sum())
     implied = consistent = None
+    if not _finite(r.val_loss):
+        # a bpb-only line: its code length is bpb x ln 2 x bytes, with the true bytes assumed
+        # (nothing printed can check them); the judge notes it
+        return PrintedTotal(stream=what, tokens=len(stream), targets=n, val_loss=None, val_bpb=r.val_bpb,
+                            decimals=r.decimals, true_bytes=true_bytes, implied_bytes=None, consistent=True,
+                            total=float(r.val_bpb) * LN2 * true_bytes)
     if r.val_bpb:
         implied = n * r.val_loss / (LN2 * r.val_bpb)
         # the printed bpb, against what the printed loss gives with n targets and true bytes:
@@ -167,7 +174,7 @@ def total_of(r: Reported, stream: np.ndarray, what: str, target_bytes: Callable[
     return PrintedTotal(stream=what, tokens=len(stream), targets=n, val_loss=float(r.val_loss),
                         val_bpb=r.val_bpb, decimals=r.decimals, true_bytes=true_bytes,
                         implied_bytes=None if implied is None else round(implied, 3),
-                        consistent=bool(consistent))
+                        consistent=bool(consistent), total=float(r.val_loss) * n)
 
 
 # ---------------------------------------------------------------- the probe
@@ -219,7 +226,12 @@ def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int
 def _judge(rep: BlackboxReport) -> None:
     cand_runs, minus, again = rep.runs[:-2], rep.runs[-2], rep.runs[-1]
     unit = max(0.5 * 10.0 ** -r.decimals for r in rep.runs)
-    rep.rounding_nats = unit * (cand_runs[0].targets + minus.targets)
+    # a printed mean is known to `unit` per target; a printed bpb to `unit` x ln 2 per byte
+    per = [r.true_bytes * LN2 if r.val_loss is None else r.targets for r in (cand_runs[0], minus)]
+    rep.rounding_nats = unit * sum(per)
+    if cand_runs[0].val_loss is None:
+        rep.notes.append(f"'{rep.label}' prints no val_loss: totals from val_bpb x ln 2 x the true bytes "
+                         "(the eval's own byte count is assumed right)")
     noise = abs(again.total - cand_runs[0].total)
     if noise > rep.rounding_nats:
         rep.not_run = (f"the eval is not deterministic: the same stream gave totals {cand_runs[0].total:.6f} and "
