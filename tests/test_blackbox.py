@@ -32,9 +32,9 @@ def bigram_eval(kind: str, decimals: int = 8, truncate_to: int | None = None, no
     pair present in the chunk -- the scored one included -- gets most of the mass)."""
     rng = np.random.default_rng(1)
 
-    def run(s: np.ndarray, what: str) -> list[Reported]:
+    def run(s: np.ndarray, what: str, extra: dict) -> list[Reported]:
         s = np.asarray(s)
-        if truncate_to:
+        if truncate_to and extra.get("TRAIN_SEQ_LEN") != "1":
             s = s[: ((len(s) - 1) // truncate_to) * truncate_to + 1]
         counts = np.zeros((V, V))
         total, nbytes = 0.0, 0
@@ -87,9 +87,18 @@ def test_adapt_then_score_breaks_the_bound():
 
 
 def test_an_eval_that_drops_the_tail_is_not_judged():
-    rep = probe(bigram_eval("hit", truncate_to=128), period=64)
+    rep = run_blackbox(stream(), bigram_eval("hit", truncate_to=128), label="final_exact", decimals=8,
+                       target_bytes=target_bytes, period=64, workers=1, layouts=[("toy", {})])
     assert rep.not_run and "do not fit a score of all" in rep.not_run
     assert math.isnan(rep.sum_p)
+
+
+def test_a_loader_that_keeps_whole_windows_is_judged_with_one_token_sequences():
+    # the records' load_validation_tokens keeps a multiple of TRAIN_SEQ_LEN tokens
+    rep = probe(bigram_eval("hit", truncate_to=128), period=64)
+    assert not rep.not_run, rep.not_run
+    assert rep.sum_p > 1.0 + rep.tolerance
+    assert any("one-token sequences" in n for n in rep.notes)
 
 
 def test_a_nondeterministic_eval_is_not_judged():
@@ -106,7 +115,7 @@ def test_few_printed_decimals_get_a_short_stream_and_a_wider_tolerance():
 
 
 def test_a_failed_run_is_reported_not_raised():
-    def broken(s, what):
+    def broken(s, what, extra):
         return []
 
     rep = probe(broken)
@@ -122,9 +131,9 @@ def test_the_last_context_is_planted_with_seen_successors(kind):
 def test_a_bpb_only_line_is_judged_from_the_true_bytes():
     inner = bigram_eval("hit")
 
-    def bpb_only(s, what):
+    def bpb_only(s, what, extra):
         return [Reported(seq=0, rank=0, label=r.label, val_loss=None, val_bpb=r.val_bpb, line="", decimals=r.decimals)
-                for r in inner(s, what)]
+                for r in inner(s, what, extra)]
 
     rep = probe(bpb_only)
     assert not rep.not_run, rep.not_run

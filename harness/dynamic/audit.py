@@ -272,8 +272,9 @@ def _blackbox(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res
             out[1:] = base[t[1:]] + (space[t[1:]] & ~boundary[t[:-1]])
             return out
 
-        def run_fn(stream: np.ndarray, what: str) -> list:
-            r = _run(folder, env, data, opts, trace=False, val_override=stream)
+        def run_fn(stream: np.ndarray, what: str, extra: dict) -> list:
+            run_opts = {**opts, "env": {**(opts.get("env") or {}), **extra}} if extra else opts
+            r = _run(folder, env, data, run_opts, trace=False, val_override=stream)
             if getattr(r, "error", None) or r.exit_code != 0:
                 why = _failure(r) or "the run failed"
                 raise B.BlackboxError(f"{what}: {why}")

@@ -44,8 +44,17 @@ import numpy as np
 from harness.challenge.bpb import LN2
 from harness.dynamic.trace.events import Reported
 
-# A run of the submission on a given validation stream: the result lines it printed.
-RunFn = Callable[[np.ndarray, str], list[Reported]]
+# A run of the submission on a given validation stream, with extra env flags: the result lines it printed.
+RunFn = Callable[[np.ndarray, str, dict], list[Reported]]
+
+# Layouts tried in turn. Most records' loaders keep only a multiple of TRAIN_SEQ_LEN tokens, so a
+# stream one token shorter loses a whole window; with one-token sequences every stream length is
+# scored whole. The eval's own logic (caches, mixers, TTT, byte counting) runs unchanged; only the
+# network's context shrinks, and every run of one attempt shares it.
+LAYOUTS: list[tuple[str, dict]] = [
+    ("the toy profile", {}),
+    ("one-token sequences", {"TRAIN_SEQ_LEN": "1", "EVAL_SEQ_LEN": "1"}),
+]
 
 TOL_P = 1e-3  # on the probability sum, over the rounding bound exp(eps)
 
@@ -180,10 +189,27 @@ def total_of(r: Reported, stream: np.ndarray, what: str, target_bytes: Callable[
 # ---------------------------------------------------------------- the probe
 def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int,
                  target_bytes: Callable[[np.ndarray], np.ndarray], period: int | None = None,
-                 budget: int = 6, exclude: set[int] | None = None, workers: int = 2) -> BlackboxReport:
-    """Probe the eval with `budget` runs: K = budget - 2 candidate streams, the stream without
-    its last token, and one repeat (determinism)."""
+                 budget: int = 6, exclude: set[int] | None = None, workers: int = 2,
+                 layouts: list[tuple[str, dict]] | None = None) -> BlackboxReport:
+    """Probe the eval with `budget` runs per layout: K = budget - 2 candidate streams, the stream
+    without its last token, and one repeat (determinism). The next layout is tried only when the
+    printed totals do not fit a complete score (the loader or the windows drop targets)."""
     t0 = time.perf_counter()
+    tried: list[str] = []
+    rep = BlackboxReport(label=label)
+    for name, extra in (layouts if layouts is not None else LAYOUTS):
+        rep = _attempt(tokens, run_fn, label, decimals, target_bytes, period, budget, exclude, workers, extra)
+        tried.append(f"{name}: {rep.not_run or 'judged'}")
+        if not rep.not_run.startswith("the printed"):
+            break
+    rep.notes[:0] = [f"layout {t}" for t in tried[:-1]]
+    if tried and not rep.not_run:
+        rep.notes.insert(0, f"layout: {tried[-1].split(':')[0]}")
+    rep.wall_s = round(time.perf_counter() - t0, 1)
+    return rep
+
+
+def _attempt(tokens, run_fn, label, decimals, target_bytes, period, budget, exclude, workers, extra) -> BlackboxReport:
     rep = BlackboxReport(label=label)
     k = max(2, int(budget) - 2)
     n_tok = stream_length(len(tokens), period, decimals)
@@ -206,7 +232,7 @@ def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int
 
     def one(job):
         what, stream = job
-        r = pick_line(run_fn(stream, what), label)
+        r = pick_line(run_fn(stream, what, extra), label)
         if r is None:
             raise BlackboxError(f"{what}: the run printed no '{label}' line")
         return total_of(r, stream, what, target_bytes)
@@ -216,9 +242,7 @@ def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int
             rep.runs = list(pool.map(one, jobs))
     except BlackboxError as exc:
         rep.not_run = str(exc)
-        rep.wall_s = round(time.perf_counter() - t0, 1)
         return rep
-    rep.wall_s = round(time.perf_counter() - t0, 1)
     _judge(rep)
     return rep
 
