@@ -12,6 +12,7 @@ from harness import cache
 from harness.core.findings import AuditResult, Layer, NotAudited
 from harness.core.registry import all_rules
 from harness.core.serialize import merge_results
+from harness.fusion import fuse
 
 
 def audit_one(target: str, options: dict) -> AuditResult:
@@ -23,11 +24,15 @@ def audit_one(target: str, options: dict) -> AuditResult:
     rules = [r for r in all_rules() if rule_names is None or r.name in rule_names]
     parts: list[AuditResult] = []
     try:
+        static = dynamic = None
         if not options.get("no_static"):
             from harness.static.audit import audit_folder_static
-            parts.append(audit_folder_static(path, env=options.get("env") or {}, rules=rules))
+            static = audit_folder_static(path, env=options.get("env") or {}, rules=rules)
+            parts.append(static)
         if options.get("dynamic") or options.get("no_static"):
-            parts.append(_dynamic(path, options, parts[0] if parts else None))
+            dynamic = _dynamic(path, options, static)
+            parts.append(dynamic)
+        fuse(static, dynamic)
     except Exception as exc:  # noqa: BLE001 - a crash is "not audited", never a traceback or a pass
         detail = traceback.format_exc()
         parts.append(AuditResult(target=target, not_audited=[
@@ -54,7 +59,8 @@ def _dynamic(path: Path, options: dict, static: AuditResult | None) -> AuditResu
                 env = {**f.flags, **env}
     dyn_opts = {"env": env, "static_first": static is not None, "nproc": options.get("nproc", 1),
                 "exhaustive": options.get("exhaustive", False),
-                "allow_network": options.get("allow_network", False)}
+                "allow_network": options.get("allow_network", False),
+                "blackbox": options.get("blackbox", "auto")}
     if options.get("probe_budget") is not None:
         dyn_opts["probe_budget"] = options["probe_budget"]
     if options.get("timeout") is not None:
@@ -91,6 +97,7 @@ DEFAULT_OPTIONS: dict = {
     "dynamic": False,  # add the dynamic layer (tracer + probes at toy scale)
     "no_static": False,  # dynamic layer only
     "nproc": 1, "exhaustive": False, "probe_budget": None, "timeout": None, "allow_network": False,
+    "blackbox": "auto",  # the black-box code-length probe: auto / always / off
     "cache_dir": None,  # None = no cache
     "jobs": None,  # folders in parallel (None = cores)
 }

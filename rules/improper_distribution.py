@@ -251,6 +251,7 @@ mixtures that are improper for other reasons are left to the probe.
     ]
 
     def judge(self, trace):
+        yield from self._judge_blackbox(trace)
         probes = trace.meta.get("probes") or {}
         if probes.get("not_run"):
             return
@@ -284,3 +285,30 @@ mixtures that are improper for other reasons are left to the probe.
                     f"why this position: {rec.get('why', '-')}",
                 ],
             )
+
+    def _judge_blackbox(self, trace):
+        """The code-length probe: probabilities of the last token's candidates, from printed totals."""
+        from harness.dynamic.judge.reported import find_print_line
+
+        bb = trace.meta.get("blackbox") or {}
+        if not bb or bb.get("not_run") or not (bb.get("sum_p", 0.0) > 1.0 + bb.get("tolerance", 1e-3)):
+            return
+        frame = find_print_line(trace, bb["label"])
+        pairs = ", ".join(f"{v}: {math.exp(-x):.4f}" for v, x in list(zip(bb["candidates"], bb["code_lengths"]))[:8])
+        runs = bb.get("runs") or []
+        yield self.finding(
+            Layer.PROBE,
+            f"the printed '{bb['label']}' totals imply probabilities for the last token that sum to "
+            f"{bb['sum_p']:.4f} over {len(bb['candidates'])} candidates: not a distribution",
+            location(trace, frame),
+            evidence=[
+                f"black-box code-length probe on a {bb['stream_tokens']}-token stream: the last token "
+                f"(after context token {bb['context_token']}) replaced by each candidate, and one run without it; "
+                "l(v) = printed total(v) - printed total without the last token",
+                f"exp(-l(v)) per candidate: {pairs}",
+                f"sum {bb['sum_p']:.6f}; a proper code gives <= 1, tolerance {bb['tolerance']:.2e} "
+                f"(printed totals known to {bb['rounding_nats']:.2e} nats)",
+                f"every run scored all targets with their true UTF-8 bytes ({len(runs)} runs)",
+            ],
+            confidence=Confidence.HIGH,
+        )

@@ -40,6 +40,7 @@ class PackedSource(Rule):
     severity = Severity.LOW  # packing is allowed; we say so and audit what is inside
     confidence = Confidence.HIGH
     layers = (Layer.STATIC,)
+    static_is_proof = True  # the pack is in the file
     summary = "Reports scripts whose code is packed (lzma/zlib/gzip/bz2 + base85/64 + exec) and audits the unpacked code."
     why = ("Packing saves code bytes against the 16,000,000-byte cap and is allowed, but it hides the code from "
            "reviewers. golf-audit unpacks it statically (never executing it) and audits the unpacked source with "

@@ -131,6 +131,7 @@ class RescoredTokens(Rule):
     severity = Severity.HIGH
     confidence = Confidence.MEDIUM
     layers = (Layer.STATIC, Layer.TRACE)
+    refuted_by = ("score",)
     summary = "Finds evals that score the same validation tokens in several passes and report a later or the best pass."
     why = ("A token's first score is its only legal score. Scoring every epoch of a TTT loop and reporting the "
            "last epoch, or the minimum over epochs, reports a number taken after the weights trained on those "

@@ -41,6 +41,7 @@ class SubmissionLayout(Rule):
     severity = Severity.HIGH
     confidence = Confidence.HIGH
     layers = (Layer.STATIC,)  # reads the PR's file list, not code; reported in the static SARIF run
+    static_is_proof = True  # the PR's file list is the fact
 
     summary = ("Checks that a pull request adds exactly one new folder under `records/track_*/`, "
                "with the required files, and changes nothing else.")

@@ -247,6 +247,7 @@ class TrainBeforeScore(Rule):
     severity = Severity.HIGH
     confidence = Confidence.MEDIUM
     layers = (Layer.STATIC, Layer.TRACE)
+    refuted_by = ("update",)  # the step at the flagged line ran, on scored positions only
     summary = ("Finds eval-time gradient steps on validation tokens that run before those tokens' "
                "scores are recorded.")
     why = ("The challenge lets you train on validation tokens only after you have been graded on them "

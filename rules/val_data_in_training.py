@@ -81,6 +81,7 @@ class ValDataInTraining(Rule):
     severity = Severity.HIGH
     confidence = Confidence.MEDIUM
     layers = (Layer.STATIC, Layer.TRACE)
+    refuted_by = ("update",)
     summary = ("Finds validation tokens (or their loader) passed to training, weight averaging, n-gram prefill or "
                "quantization calibration before the final eval.")
     why = ("README: 'You CANNOT access validation data during training'. Calibrating GPTQ Hessians on val_tokens, "

@@ -222,3 +222,46 @@ def test_audit_folds_probe_symptom_into_trace_cause(monkeypatch, tmp_path):
     assert "train-before-score" in rules and "future-dependent-score" not in rules
     cause = next(f for f in res.findings if f.rule == "train-before-score")
     assert any("confirmed by the future-dependent-score probe" in e for e in cause.evidence)
+
+
+# ---------------------------------------------------------------- execution order (phased TTT)
+def phased_trace(tokens, leak: bool = False) -> Trace:
+    """Documents scored longest first; each document's scores use a unigram fitted on the
+    documents already scored (a phased global TTT, as in the length-sorted April-May records).
+    With `leak`, the unigram is fitted on every document, the unscored ones included."""
+    n = len(tokens)
+    starts = [i for i, t in enumerate(tokens) if t == BOS] + [n]
+    docs = sorted(zip(starts[:-1], starts[1:]), key=lambda d: d[0] - d[1])  # longest first
+    run = SyntheticRun(n)
+    seen = np.full(V, 0.5)
+    everything = np.bincount(tokens, minlength=V) + 0.5
+    for a, b in docs:
+        q = (everything if leak else seen) / (everything if leak else seen).sum()
+        lo = max(a, 1)
+        nll = [0.5 * -math.log(q[tokens[p]]) - 0.5 * math.log(bigram(int(tokens[p - 1]), int(tokens[p])))
+               for p in range(lo, b)]
+        run.score("eval_phased", 200, [(lo, b)], nll=nll)
+        seen += np.bincount(tokens[a:b], minlength=V)  # train on the document just scored
+        run.update("ttt_step", 210, [(a, b)])
+    run.end()
+    return Trace(events=list(run.events))
+
+
+def phased_probe(leak: bool):
+    toks = stream()
+    rep = P.run_probes(phased_trace(toks, leak), toks, lambda o, label: phased_trace(o, leak), bos=BOS, vocab=V)
+    t = phased_trace(toks, leak)
+    t.meta["probes"] = rep.as_meta()
+    return rep, list(FutureDependentScore().judge(t))
+
+
+def test_phased_ttt_scoring_long_documents_first_is_causal_in_execution_order():
+    # the short documents early in the stream are scored after the long one and trained on it
+    rep, causal = phased_probe(leak=False)
+    assert rep.not_run is None
+    assert causal == [], f"false leak: {[f.message for f in causal]}"
+
+
+def test_a_phased_eval_that_fits_unscored_documents_is_still_caught():
+    rep, causal = phased_probe(leak=True)
+    assert causal, "leak undetected"

@@ -80,6 +80,9 @@ def audit_parser() -> argparse.ArgumentParser:
     p.add_argument("--exhaustive", action="store_true", help="dynamic: properness over the whole vocabulary")
     p.add_argument("--probe-budget", type=int, default=None, metavar="N", help="dynamic: extra probe runs at most")
     p.add_argument("--timeout", type=int, default=None, metavar="S", help="dynamic: seconds per run")
+    p.add_argument("--blackbox", choices=["auto", "always", "off"], default="auto",
+                   help="dynamic: the black-box code-length probe (auto: when the tracer saw no scores of the "
+                        "claimed result, e.g. an eval in numpy)")
     p.add_argument("--unsafe-allow-network", action="store_true",
                    help="dynamic: run without a network namespace when none is available (reported)")
     p.add_argument("--sarif-root", default=None, metavar="DIR",
@@ -169,7 +172,7 @@ def cmd_audit(argv: list[str]) -> int:
     options = {
         "env": env, "rules": [r.name for r in rules], "dynamic": args.dynamic or args.no_static,
         "no_static": args.no_static, "nproc": args.nproc, "exhaustive": args.exhaustive,
-        "probe_budget": args.probe_budget, "timeout": args.timeout,
+        "probe_budget": args.probe_budget, "timeout": args.timeout, "blackbox": args.blackbox,
         "allow_network": args.unsafe_allow_network, "jobs": args.jobs or cfg.jobs,
         "cache_dir": None if args.no_cache else (args.cache_dir or str(cache.default_dir(Path.cwd()))),
     }

@@ -86,6 +86,10 @@ class Finding:
     flags: dict[str, str] = field(default_factory=dict)  # env flags needed to reach it
     suppressed: str | None = None  # the reason from a `# golf-audit: ignore[...]` comment
     related: list[Location] = field(default_factory=list)  # e.g. the scoring line for a step
+    # The fused verdict (harness/fusion.py): "proven" (a traced run or a probe showed it),
+    # "suspected" (static only: the flagged site never ran in a complete trace), "refuted" (the
+    # flagged line ran in a complete trace and everything recorded there was legal).
+    status: str | None = None
 
     def fingerprint(self, occurrence: int = 0) -> str:
         """A baseline key with no line number in it: rule, path, enclosing function,
@@ -133,6 +137,9 @@ class AuditResult:
     layers_run: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # per-layer facts (coverage, times, ...)
     unused_suppressions: list[Location] = field(default_factory=list)
+    # What the traced run did at each line (harness/dynamic/judge/sites.py), for the fused
+    # verdict; None when no complete trace exists. Not serialized: fusion runs before caching.
+    trace_sites: dict | None = None
 
     @property
     def active_findings(self) -> list[Finding]:

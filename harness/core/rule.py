@@ -58,6 +58,12 @@ class Rule:
     severity: ClassVar[Severity] = Severity.HIGH
     confidence: ClassVar[Confidence] = Confidence.MEDIUM
     layers: ClassVar[tuple[Layer, ...]] = (Layer.STATIC,)  # layers that can report this rule
+    # The fused verdict: which events a traced run records at a flagged line that can refute a
+    # static finding of this rule ("update", "score"); empty: a static finding is never refuted.
+    refuted_by: ClassVar[tuple[str, ...]] = ()
+    # True when the static check reads the fact itself (a packed file, a PR's file list): its
+    # findings are proven, not suspected.
+    static_is_proof: ClassVar[bool] = False
 
     # --- documentation (feeds `golf-audit explain`, README and SARIF help) ---
     summary: ClassVar[str] = ""  # What it does (one line)

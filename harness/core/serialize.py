@@ -43,7 +43,7 @@ def finding_from_dict(d: dict) -> Finding:
         layer=Layer(d["layer"]), message=d["message"], location=_location(d["location"]),
         evidence=list(d.get("evidence", [])), fix=d.get("fix", ""), reachable=d.get("reachable"),
         flags=dict(d.get("flags", {})), suppressed=d.get("suppressed"),
-        related=[_location(r) for r in d.get("related", [])],
+        related=[_location(r) for r in d.get("related", [])], status=d.get("status"),
     )
 
 

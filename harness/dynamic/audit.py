@@ -27,9 +27,10 @@ import numpy as np
 from harness.dynamic.judge.coverage import coverage
 from harness.dynamic.judge.passes import passes
 from harness.dynamic.judge.positions import n_positions
-from harness.dynamic.judge.reported import judged_passes, match_reported, pass_numbers
-from harness.dynamic.judge.stream import bos_id, tokens_for
+from harness.dynamic.judge.reported import base_label, judged_passes, match_reported, pass_numbers
+from harness.dynamic.judge.stream import bos_id, byte_tables, tokenizer_path, tokens_for
 from harness.dynamic import probes as P
+from harness.dynamic.judge.sites import site_index
 from harness.dynamic.trace.events import Reported, RunStart, Scored, Trace
 from harness.core.findings import AuditResult, Layer, NotAudited
 from harness.core.registry import all_rules
@@ -46,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "allow_network": False,
     "static_first": False,
     "toy_data": None,
+    "blackbox": "auto",  # the code-length probe: "auto" (when the tracer saw no scores), "always", "off"
 }
 
 # ---------------------------------------------------------------- inputs
@@ -176,22 +178,41 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
     trace = _result_trace(result, folder, env, data, tokens_path)
     trace.meta["claimed_label"] = _claimed_label(folder)
     _shim_notes(res, trace)
-    if not trace.of(Scored):
+    if not trace.of(Scored) and opts.get("blackbox") == "off":
         res.not_audited.append(NotAudited(
             path=str(folder), layer=Layer.TRACE,
             reason="not audited: the tracer recorded no scored validation positions (eval not recognised)"))
         return res
+    if not trace.of(Scored):
+        # the eval computes its scores outside torch (numpy, plain Python, a C extension): no
+        # provenance to judge, so the printed totals are judged instead
+        res.notes.append("the tracer recorded no scored validation positions (the eval computes its scores "
+                         "outside torch); trace judges skipped, verdict from the black-box code-length probe")
+        _blackbox(folder, env, data, opts, trace, res, required=True)
+        res.stats["dynamic_wall_s"] = round(time.perf_counter() - t_start, 1)
+        return res
+
+    # 0. an eval whose claimed line matches no traced pass computes it outside torch: the
+    # black-box probe judges those printed totals (trace judges read its record too)
+    if opts.get("blackbox") == "always" or (opts.get("blackbox") == "auto" and _claimed_unmatched(trace)):
+        _blackbox(folder, env, data, opts, trace, res, required=False, judge=False)
 
     # 1. trace judges
     rules = [r for r in all_rules() if r.has_judge()]
+    judged_before = len(res.not_audited)
     for rule in rules:
         if Layer.TRACE in rule.layers:
             res.findings.extend(_judge(rule, trace, res))
     _trace_stats(res, trace)
+    if len(res.not_audited) == judged_before and not trace.meta.get("untrusted"):
+        # a complete, judged trace: the fused verdict may refute static suspicions with it
+        res.trace_sites = site_index(trace)
 
     # 2. probes
+    probe_judged = False
     if opts.get("probes", True) and any(Layer.PROBE in r.layers for r in rules):
-        res.layers_run.append("probe")
+        if "probe" not in res.layers_run:
+            res.layers_run.append("probe")
         report = _probe(folder, env, data, opts, trace, res)
         trace.meta["probes"] = report.as_meta()
         res.stats.update(P.summary(report))
@@ -200,13 +221,114 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
             res.not_audited.append(NotAudited(path=str(folder), layer=Layer.PROBE,
                                               reason=f"probe not run: {report.not_run} ({names} not audited)"))
         else:
+            probe_judged = True
             for rule in rules:
                 if Layer.PROBE in rule.layers:
                     for f in _judge(rule, trace, res):
                         if not _fold_into_trace_finding(res, f):
                             res.findings.append(f)
+    if not probe_judged and "blackbox" in trace.meta and not trace.meta["blackbox"].get("not_run"):
+        for rule in rules:
+            if Layer.PROBE in rule.layers:
+                res.findings.extend(f for f in _judge(rule, trace, res) if _from_blackbox(f))
     res.stats["dynamic_wall_s"] = round(time.perf_counter() - t_start, 1)
     return res
+
+
+def _claimed_unmatched(trace: Trace) -> bool:
+    """The claimed result line (else the last one) matches no pass the tracer captured."""
+    from harness.dynamic.blackbox import claimed_label
+
+    label = claimed_label(trace.of(Reported), trace.meta.get("claimed_label"))
+    if label is None:
+        return False
+    matches = [m for m in match_reported(trace) if base_label(m.reported.label) == base_label(label)]
+    return bool(matches) and all(m.which is None for m in matches)
+
+
+def _from_blackbox(f) -> bool:
+    return any("black-box" in e for e in f.evidence[:1])
+
+
+def _blackbox(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res: AuditResult, *,
+              required: bool, judge: bool = True) -> None:
+    """Run the black-box code-length probe; with `judge`, judge it with the probe rules now.
+    `required`: it is the only verdict (the tracer saw no scores), so a probe that cannot run is
+    "not audited"."""
+    from harness.dynamic import blackbox as B
+
+    rules = [r for r in all_rules() if r.has_judge() and Layer.PROBE in r.layers]
+    reported = trace.of(Reported)
+    label = B.claimed_label(reported, trace.meta.get("claimed_label"))
+    report = B.BlackboxReport()
+    tokens = tokens_for(trace)
+    tables = byte_tables(tokenizer_path(trace) or "") if tokenizer_path(trace) else None
+    if label is None:
+        report.not_run = "the run printed no val_loss line to judge"
+    elif tokens is None or tables is None:
+        report.not_run = "the validation tokens or the tokenizer the run used are unknown"
+    else:
+        base, space, boundary = tables
+
+        def target_bytes(stream: np.ndarray) -> np.ndarray:
+            t = np.clip(np.asarray(stream, dtype=np.int64), 0, len(base) - 1)
+            out = np.zeros(len(t), dtype=np.int64)
+            out[1:] = base[t[1:]] + (space[t[1:]] & ~boundary[t[:-1]])
+            return out
+
+        def run_fn(stream: np.ndarray, what: str, extra: dict) -> list:
+            run_opts = {**opts, "env": {**(opts.get("env") or {}), **extra}} if extra else opts
+            r = _run(folder, env, data, run_opts, trace=False, val_override=stream)
+            if getattr(r, "error", None) or r.exit_code != 0:
+                why = _failure(r) or "the run failed"
+                raise B.BlackboxError(f"{what}: {why}")
+            return list(r.reported)
+
+        line = B.pick_line(reported, label)
+        exclude = {int(t) for t in np.nonzero(boundary | (base == 0))[0]}
+        bos = bos_id(trace)
+        if bos is not None:
+            exclude.add(int(bos))
+        used = {**env, **(trace.meta.get("env") or {})}
+        report = B.run_blackbox(np.asarray(tokens, dtype=np.int64), run_fn, label=label,
+                                decimals=line.decimals if line else 4, target_bytes=target_bytes,
+                                period=_eval_period(used), budget=int(opts.get("probe_budget", 6)),
+                                exclude=exclude, workers=int(opts.get("probe_workers", 2)))
+    trace.meta["blackbox"] = report.as_meta()
+    res.stats["blackbox"] = {k: v for k, v in report.as_meta().items() if k != "runs"}
+    res.stats["blackbox_wall_s"] = report.wall_s
+    if "probe" not in res.layers_run:
+        res.layers_run.append("probe")
+    if report.not_run:
+        names = ", ".join(r.name for r in rules)
+        if required:
+            res.not_audited.append(NotAudited(path=str(folder), layer=Layer.PROBE, reason=(
+                "not audited: the tracer recorded no scored validation positions, and the black-box "
+                f"code-length probe could not judge the printed totals: {report.not_run} ({names} not audited)")))
+        else:
+            res.notes.append(f"black-box code-length probe not run: {report.not_run}")
+        return
+    res.notes.append(f"black-box code-length probe on '{label}': probabilities of {len(report.candidates)} candidates "
+                     f"for the last token sum to {report.sum_p:.6f} (tolerance {report.tolerance:.2e}); "
+                     + "; ".join(report.notes))
+    if judge:
+        for rule in rules:
+            res.findings.extend(_judge(rule, trace, res))
+
+
+def _eval_period(used: dict) -> int | None:
+    """A length every eval window and stride the run was configured with divides."""
+    import math
+
+    lens = [int(used[k]) for k in ("TRAIN_SEQ_LEN", "EVAL_SEQ_LEN", "TTT_EVAL_SEQ_LEN")
+            if str(used.get(k, "")).isdigit() and int(used[k]) > 0]
+    if not lens:
+        return None
+    period = 2 * max(lens)
+    for k in ("EVAL_STRIDE", "TRAIN_SEQ_LEN", "EVAL_SEQ_LEN", "TTT_EVAL_SEQ_LEN"):
+        if str(used.get(k, "")).isdigit() and int(used[k]) > 0:
+            period = period * int(used[k]) // math.gcd(period, int(used[k]))
+    return period
 
 
 def _fold_into_trace_finding(res: AuditResult, probe_finding) -> bool:
@@ -339,16 +461,7 @@ def _probe(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res: A
         pass
     # exhaustive properness in one run: copies one period apart, a period being a multiple of
     # every eval window and stride the run was configured with
-    lens = [int(used[k]) for k in ("TRAIN_SEQ_LEN", "EVAL_SEQ_LEN", "TTT_EVAL_SEQ_LEN")
-            if str(used.get(k, "")).isdigit() and int(used[k]) > 0]
-    period = None
-    if lens:
-        import math
-
-        period = 2 * max(lens)
-        for k in ("EVAL_STRIDE", "TRAIN_SEQ_LEN", "EVAL_SEQ_LEN", "TTT_EVAL_SEQ_LEN"):
-            if str(used.get(k, "")).isdigit() and int(used[k]) > 0:
-                period = period * int(used[k]) // math.gcd(period, int(used[k]))
+    period = _eval_period(used)
     budget = int(opts.get("probe_budget", 6))
     return P.run_probes(trace, np.asarray(tokens, dtype=np.int64), run_fn, budget=budget,
                         exhaustive=bool(opts.get("exhaustive")), bos=bos_id(trace), vocab=vocab,

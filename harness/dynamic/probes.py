@@ -50,15 +50,19 @@ class Occurrences:
     nll: list[np.ndarray]
     frame: list[np.ndarray]
     frames: list[Frame | None]
+    # time[k][p]: when (timeline index) the k-th score of p was taken; inf where none. Causality
+    # is judged in this order: the order the eval scored in, not the order of the stream.
+    time: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
     def of(cls, trace: Trace, n: int) -> "Occurrences":
         nll: list[np.ndarray] = []
         frame: list[np.ndarray] = []
         frames: list[Frame | None] = []
+        time: list[np.ndarray] = []
         frame_ids: dict = {}
         count = np.zeros(n, dtype=np.int64)
-        for e in timeline(trace).events:
+        for t_index, e in enumerate(timeline(trace).events):
             if not isinstance(e, Scored) or not e.positions:
                 continue
             pos = positions_array(e.positions)
@@ -84,25 +88,34 @@ class Occurrences:
                     while len(nll) <= kk:
                         nll.append(np.full(n, np.nan))
                         frame.append(np.full(n, -1, dtype=np.int64))
+                        time.append(np.full(n, np.inf))
                     sel = occ == kk
                     nll[kk][p[sel]] = v[sel]
                     frame[kk][p[sel]] = fid
+                    time[kk][p[sel]] = t_index
                 count[p] += 1
                 pos, vals = pos[~first], vals[~first]
-        return cls(nll=nll, frame=frame, frames=frames)
+        return cls(nll=nll, frame=frame, frames=frames, time=time)
 
     def depth(self) -> int:
         return len(self.nll)
 
 
-def compare(base: Occurrences, other: Occurrences, watched: np.ndarray) -> tuple[float, np.ndarray, int, int]:
-    """Largest |delta| over every score of the watched positions; also the watched positions that
-    changed (by more than 0), and the worst position and its occurrence. A score present in one run
-    and missing in the other counts as an infinite change."""
+def compare(base: Occurrences, other: Occurrences, watched: np.ndarray,
+            before: float = np.inf) -> tuple[float, np.ndarray, int, int]:
+    """Largest |delta| over every score of the watched positions that the baseline took before
+    timeline index `before` (or with it: one batch); also the watched positions that changed (by more than 0), and the
+    worst position and its occurrence. A score present in one run and missing in the other counts
+    as an infinite change."""
     n_occ = max(base.depth(), other.depth())
     worst, worst_pos, worst_k = 0.0, -1, 0
     delta_by_pos = np.zeros(len(watched))
     for k in range(n_occ):
+        if k < base.depth() and base.time and np.isfinite(before):
+            # a score taken after a changed token was scored may depend on it (training on scored
+            # tokens is legal): only the scores taken before are watched
+            if not (base.time[k][watched] <= before).any():
+                continue
         a = base.nll[k][watched] if k < base.depth() else np.full(len(watched), np.nan)
         b = other.nll[k][watched] if k < other.depth() else np.full(len(watched), np.nan)
         both = ~np.isnan(a) & ~np.isnan(b)
@@ -110,6 +123,8 @@ def compare(base: Occurrences, other: Occurrences, watched: np.ndarray) -> tuple
         d = np.zeros(len(watched))
         d[both] = np.abs(a[both] - b[both])
         d[one] = np.inf
+        if k < base.depth() and base.time and np.isfinite(before):
+            d[~(base.time[k][watched] <= before)] = 0.0
         delta_by_pos = np.maximum(delta_by_pos, d)
         if len(d) and d.max() > worst:
             j = int(np.argmax(d))
@@ -330,7 +345,9 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
         first = int(changed.min())
         watched = np.arange(1, first, dtype=np.int64)
         watched = watched[scored[watched]]
-        worst, delta, wpos, wk = compare(base, occ, watched)
+        # execution order: the scores taken before any changed position was first scored
+        before = float(base.time[0][changed].min()) if base.time else np.inf
+        worst, delta, wpos, wk = compare(base, occ, watched, before)
         moved = watched[delta > rep.tol]
         rep.causality.append({
             "run": label,

@@ -54,7 +54,8 @@ def render_result(result: AuditResult, rules: list[Rule], fail_on: Severity = Se
         for f in sorted(result.active_findings, key=lambda x: (-x.severity, x.location.path, x.location.line)):
             flags = " ".join(f"{k}={v}" for k, v in sorted(f.flags.items()))
             reach = {None: "reachability unknown", True: "reachable", False: "not reachable as run"}[f.reachable]
-            lines.append(f"- **{f.rule}** ({f.rule_id}, {f.severity.name.lower()}, {f.layer.value}) at "
+            status = f", {f.status}" if f.status else ""
+            lines.append(f"- **{f.rule}** ({f.rule_id}, {f.severity.name.lower()}, {f.layer.value}{status}) at "
                          f"{_where(f)} — {reach}{' with ' + flags if flags else ''}: {f.message}")
             lines += [f"  - {one_line(e)}" for e in f.evidence]
             if f.fix:

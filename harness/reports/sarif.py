@@ -131,6 +131,8 @@ def _run(name: str, layers: tuple[Layer, ...], results: list[AuditResult], rules
                 "properties": {"layer": f.layer.value, "reachable": f.reachable, "flags": dict(sorted(f.flags.items())),
                                "confidence": f.confidence.name.lower()},
             }
+            if f.status:
+                item["properties"]["status"] = f.status
             if f.suppressed is not None:
                 item["suppressions"] = [{"kind": "inSource", "justification": f.suppressed}]
             out_results.append(item)

@@ -36,7 +36,8 @@ def _reach(f: Finding) -> str:
 def _finding(console: Console, f: Finding) -> None:
     colour = {Severity.HIGH: "red", Severity.MEDIUM: "yellow", Severity.LOW: "cyan"}[f.severity]
     console.print(f"  [{colour}]{f.rule_id} {f.rule}[/] [dim]({f.severity.name.lower()}, "
-                  f"confidence {f.confidence.name.lower()}, {f.layer.value})[/]")
+                  f"confidence {f.confidence.name.lower()}, {f.layer.value}"
+                  f"{', ' + f.status if f.status else ''})[/]")
     console.print(f"    {escape(_where(f))} — {escape(_reach(f))}")
     console.print(f"    {escape(f.message)}")
     for line in f.evidence:

@@ -1,0 +1,141 @@
+"""The black-box code-length probe (harness/dynamic/blackbox.py) against evals simulated in plain
+Python: it sees only the printed val_loss/val_bpb lines, as it does for a real submission."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from harness.dynamic.blackbox import run_blackbox, stream_length
+from harness.dynamic.trace.events import Reported
+
+V = 16
+BYTES = np.array([(t % 3) + 1 for t in range(V)], dtype=np.int64)  # every token 1-3 bytes
+
+
+def target_bytes(stream: np.ndarray) -> np.ndarray:
+    out = BYTES[np.asarray(stream, dtype=np.int64)]
+    out[0] = 0
+    return out
+
+
+def stream(n: int = 3000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, size=n)
+
+
+def bigram_eval(kind: str, decimals: int = 8, truncate_to: int | None = None, noise: float = 0.0):
+    """A cache-based eval over the stream in order. `kind`: "legal" (normalised add-1/2 bigram,
+    counted after the score), "hit" (a bonus for a realised token seen in that context, no
+    normaliser), "adapt" (adapt-then-score: the eval first fits each 64-token chunk, so a bigram
+    pair present in the chunk -- the scored one included -- gets most of the mass)."""
+    rng = np.random.default_rng(1)
+
+    def run(s: np.ndarray, what: str, extra: dict) -> list[Reported]:
+        s = np.asarray(s)
+        if truncate_to and extra.get("TRAIN_SEQ_LEN") != "1":
+            s = s[: ((len(s) - 1) // truncate_to) * truncate_to + 1]
+        counts = np.zeros((V, V))
+        total, nbytes = 0.0, 0
+        for i in range(1, len(s)):
+            prev, tgt = int(s[i - 1]), int(s[i])
+            row = counts[prev]
+            if kind == "adapt":
+                lo = (i - 1) // 64 * 64
+                chunk = set(zip(s[lo:lo + 64].tolist(), s[lo + 1:lo + 65].tolist()))
+                q = (row[tgt] + 0.5) / (row.sum() + 0.5 * V)
+                p = 0.9 * ((prev, tgt) in chunk) + 0.1 * q
+            elif kind == "hit":
+                p = min(1.0, 1.0 / V + (0.5 if row[tgt] > 0 else 0.0))
+            else:
+                p = (row[tgt] + 0.5) / (row.sum() + 0.5 * V)
+            total += -math.log(p)
+            nbytes += int(BYTES[tgt])
+            counts[prev, tgt] += 1
+        n = len(s) - 1
+        loss = total / n + (rng.normal() * noise if noise else 0.0)
+        bpb = loss / math.log(2) * n / nbytes
+        return [Reported(seq=0, rank=0, label="final_exact", val_loss=round(loss, decimals),
+                         val_bpb=round(bpb, decimals), line="", decimals=decimals)]
+    return run
+
+
+def probe(run_fn, decimals: int = 8, period: int = 64):
+    return run_blackbox(stream(), run_fn, label="final_exact", decimals=decimals, target_bytes=target_bytes,
+                        period=period, budget=6, workers=1)
+
+
+def test_a_legal_cache_mix_sums_to_at_most_one():
+    rep = probe(bigram_eval("legal"))
+    assert not rep.not_run, rep.not_run
+    assert rep.sum_p <= 1.0 + rep.tolerance
+    assert all(x > 0 for x in rep.code_lengths)  # every candidate's code length is a real one
+    assert len(rep.candidates) == 4 and len(rep.runs) == 6
+
+
+def test_an_unnormalised_hit_bonus_sums_above_one():
+    rep = probe(bigram_eval("hit"))
+    assert not rep.not_run, rep.not_run
+    assert rep.sum_p > 1.0 + rep.tolerance
+
+
+def test_adapt_then_score_breaks_the_bound():
+    rep = probe(bigram_eval("adapt"))
+    assert not rep.not_run, rep.not_run
+    assert rep.sum_p > 1.0 + rep.tolerance
+
+
+def test_an_eval_that_drops_the_tail_is_not_judged():
+    rep = run_blackbox(stream(), bigram_eval("hit", truncate_to=128), label="final_exact", decimals=8,
+                       target_bytes=target_bytes, period=64, workers=1, layouts=[("toy", {})])
+    assert rep.not_run and "do not fit a score of all" in rep.not_run
+    assert math.isnan(rep.sum_p)
+
+
+def test_a_loader_that_keeps_whole_windows_is_judged_with_one_token_sequences():
+    # the records' load_validation_tokens keeps a multiple of TRAIN_SEQ_LEN tokens
+    rep = probe(bigram_eval("hit", truncate_to=128), period=64)
+    assert not rep.not_run, rep.not_run
+    assert rep.sum_p > 1.0 + rep.tolerance
+    assert any("one-token sequences" in n for n in rep.notes)
+
+
+def test_a_nondeterministic_eval_is_not_judged():
+    rep = probe(bigram_eval("legal", noise=1e-3))
+    assert rep.not_run.startswith("the eval is not deterministic")
+
+
+def test_few_printed_decimals_get_a_short_stream_and_a_wider_tolerance():
+    assert stream_length(100_000, 64, 4) < stream_length(100_000, 64, 8)
+    rep = probe(bigram_eval("legal", decimals=4), decimals=4)
+    assert not rep.not_run, rep.not_run
+    assert rep.rounding_nats > 1e-3 and rep.sum_p <= 1.0 + rep.tolerance
+    assert (rep.stream_tokens - 1) % 64 == 0
+
+
+def test_a_failed_run_is_reported_not_raised():
+    def broken(s, what, extra):
+        return []
+
+    rep = probe(broken)
+    assert "printed no 'final_exact' line" in rep.not_run
+
+
+@pytest.mark.parametrize("kind", ["legal", "hit"])
+def test_the_last_context_is_planted_with_seen_successors(kind):
+    rep = probe(bigram_eval(kind))
+    assert rep.position == rep.stream_tokens - 1 and rep.context_token >= 0
+
+
+def test_a_bpb_only_line_is_judged_from_the_true_bytes():
+    inner = bigram_eval("hit")
+
+    def bpb_only(s, what, extra):
+        return [Reported(seq=0, rank=0, label=r.label, val_loss=None, val_bpb=r.val_bpb, line="", decimals=r.decimals)
+                for r in inner(s, what, extra)]
+
+    rep = probe(bpb_only)
+    assert not rep.not_run, rep.not_run
+    assert rep.sum_p > 1.0 + rep.tolerance
+    assert any("prints no val_loss" in n for n in rep.notes)
