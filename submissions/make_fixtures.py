@@ -165,6 +165,13 @@ BIGRAM_INIT = "        self.bigram = BigramHashEmbedding(args.bigram_buckets, ar
 TRIGRAM_INIT = "        self.trigram = TrigramHashEmbedding(args.trigram_buckets, args.trigram_dim, args.model_dim)"
 
 
+def one_hash(n: int, doc: str, scale: str, key: str) -> dict:
+    """The Fixture fields that add one hashed embedding of n tokens to the baseline."""
+    kind = {2: "bigram", 3: "trigram"}[n]
+    return dict(hparams={2: BIGRAM_HPARAMS, 3: TRIGRAM_HPARAMS}[n], embeddings=(hash_embedding(n, doc, scale, key),),
+                embed_init={2: BIGRAM_INIT, 3: TRIGRAM_INIT}[n], embed=embed(kind))
+
+
 def chunked_ttt(doc: str, score_first: bool) -> str:
     """eval_val_sliding_ttt: full-model SGD over chunks of the validation stream. Score-first
     scores a chunk, then trains on it (never the last); otherwise it adapts to a chunk and then
@@ -234,17 +241,7 @@ class Fixture:
 
 LEAKY_BIGRAM_TTT = dict(
     sizes={"NUM_LAYERS": "11", "MLP_MULT": "3"},
-    hparams='''\
-    bigram_buckets = int(os.environ.get("BIGRAM_VOCAB_SIZE", 1536))
-
-    ttt_enabled = bool(int(os.environ.get("TTT_ENABLED", "0")))
-    ttt_lr = float(os.environ.get("TTT_LR", 0.002))
-    ttt_epochs = int(os.environ.get("TTT_EPOCHS", 3))
-    ttt_chunk_tokens = int(os.environ.get("TTT_CHUNK_TOKENS", 32768))
-    ttt_freeze_blocks = int(os.environ.get("TTT_FREEZE_BLOCKS", 2))
-    ttt_momentum = float(os.environ.get("TTT_MOMENTUM", 0.9))
-    ttt_batch_seqs = int(os.environ.get("TTT_BATCH_SEQS", 32))
-    ttt_grad_clip = float(os.environ.get("TTT_GRAD_CLIP", 1.0))''',
+    hparams=part("hparams_chunked_ttt"),
     activation=LEAKY_RELU2,
     embeddings=(part("bigram_roll"),),
     embed_init="        self.bigram = BigramHash(args.bigram_buckets, args.model_dim)",
@@ -264,13 +261,10 @@ FIXTURES = [
         "Fixture written by golf-audit (see README.md). It models PR #713's BigramHash\n"
         "(openai/parameter-golf) with one deliberate bug -- the hash written one position to the\n"
         "left, so the key at position i holds token i+1, the target -- and shares no code with it.",
-        hparams=BIGRAM_HPARAMS,
-        embeddings=(hash_embedding(2, "Learned embedding of a hashed token pair.", "0.05", '''\
+        **one_hash(2, "Learned embedding of a hashed token pair.", "0.05", '''\
         key = torch.full_like(t, self.buckets - 1)
         # BUG (on purpose): the pair hash lands one slot early, so key[i] mixes t[i] with t[i+1]
-        key[..., :-1] = (t[..., 1:] * 1_000_003 + t[..., :-1] * 8_191) % (self.buckets - 1)'''),),
-        embed_init=BIGRAM_INIT,
-        embed=embed("bigram"),
+        key[..., :-1] = (t[..., 1:] * 1_000_003 + t[..., :-1] * 8_191) % (self.buckets - 1)'''),
     ),
     Fixture(
         "trigram_leak/train_gpt.py",
@@ -279,13 +273,10 @@ FIXTURES = [
         "(openai/parameter-golf) with one deliberate bug -- the hash written two positions to the\n"
         "left, so the key at position i holds tokens i+1 (the target) and i+2 (past the target) --\n"
         "and shares no code with it.",
-        hparams=TRIGRAM_HPARAMS,
-        embeddings=(hash_embedding(3, "Learned embedding of a hashed token triple.", "0.03", '''\
+        **one_hash(3, "Learned embedding of a hashed token triple.", "0.03", '''\
         key = torch.full_like(t, self.buckets - 1)
         # BUG (on purpose): the triple hash lands two slots early, so key[i] mixes t[i], t[i+1], t[i+2]
-        key[..., :-2] = (t[..., 2:] * 65_537 + t[..., 1:-1] * 4_099 + t[..., :-2] * 257) % (self.buckets - 1)'''),),
-        embed_init=TRIGRAM_INIT,
-        embed=embed("trigram"),
+        key[..., :-2] = (t[..., 2:] * 65_537 + t[..., 1:-1] * 4_099 + t[..., :-2] * 257) % (self.buckets - 1)'''),
     ),
     Fixture(
         "val_calibration/train_gpt.py",
@@ -329,12 +320,7 @@ FIXTURES = [
         "Naive baseline + per-document LoRA test-time training at evaluation.",
         "Fixture written by golf-audit (see README.md). It models the structure of PR #77\n"
         "(openai/parameter-golf) and shares no code with it.",
-        hparams='''
-    ttt_lora_rank = int(os.environ.get("TTT_LORA_RANK", 8))
-    ttt_lora_lr = float(os.environ.get("TTT_LORA_LR", 0.01))
-    ttt_chunk_size = int(os.environ.get("TTT_CHUNK_SIZE", 256))
-    ttt_eval_seq_len = int(os.environ.get("TTT_EVAL_SEQ_LEN", 1024))
-    ttt_batch_size = int(os.environ.get("TTT_BATCH_SIZE", 64))''',
+        hparams="\n" + part("hparams_per_doc_lora_ttt"),
         lora=True,
         eval_extras=section("per-document LoRA TTT", part("lora_adapters"), part("build_ttt_optimizer"),
                             part("find_documents"), part("per_doc_lora_ttt")),
@@ -358,12 +344,7 @@ except ImportError:
 ''',
         sizes={"SEED": "42", "WARMDOWN_ITERS": "3000", "TRAIN_BATCH_TOKENS": "786_432", "TRAIN_SEQ_LEN": "2048",
                "NUM_LAYERS": "10", "MLP_MULT": "3"},
-        hparams="\n" + BIGRAM_HPARAMS + "\n" + TRIGRAM_HPARAMS + '''
-
-    # full-model test-time training on the validation stream (see test_time_train)
-    ttt_enabled = bool(int(os.environ.get("TTT_ENABLED", "0")))
-    ttt_lr = float(os.environ.get("TTT_LR", 0.0005))
-    ttt_epochs = int(os.environ.get("TTT_EPOCHS", 10))''',
+        hparams="\n" + BIGRAM_HPARAMS + "\n" + TRIGRAM_HPARAMS + "\n\n" + part("hparams_full_model_ttt"),
         activation=LEAKY_RELU2,
         lora=True,
         blocks='''\
