@@ -103,6 +103,15 @@ def outputs(out: Path) -> tuple[dict, str, dict]:
     return sarif, summary, verdict
 
 
+def run_gate(repo: Path, out: Path, head: str, expect: ExitCode) -> tuple[dict, str, dict]:
+    """Run the gate on `head`, check its exit code and that its SARIF validates; its outputs."""
+    code = run_ci(repo, out, head)
+    sarif, summary, verdict = outputs(out)
+    assert code == expect, summary
+    assert validate_sarif(sarif) == []
+    return sarif, summary, verdict
+
+
 def sarif_results(sarif: dict, category: str) -> list[dict]:
     return [res for run in sarif["runs"] if run["automationDetails"]["id"] == f"golf-audit/{category}/"
             for res in run["results"]]
@@ -148,10 +157,7 @@ def assert_summary_structure(summary: str, verdict: dict) -> list[list[str]]:
 
 
 def test_legal_record_passes(repo, tmp_path):
-    code = run_ci(repo, tmp_path, "pr-legal")
-    sarif, summary, verdict = outputs(tmp_path)
-    assert code == ExitCode.CLEAN, summary
-    assert validate_sarif(sarif) == []
+    sarif, summary, verdict = run_gate(repo, tmp_path, "pr-legal", ExitCode.CLEAN)
     assert verdict["exit_code"] == 0 and verdict["verdict"] == "clean"
     assert [f["folder"] for f in verdict["folders"]] == [f"{TRACK}/2026-04-01_LegalTTT"]
     assert verdict["layout"] == []
@@ -165,10 +171,7 @@ def test_legal_record_passes(repo, tmp_path):
 
 
 def test_pr713_fails_with_findings_in_sarif_and_summary(repo, tmp_path):
-    code = run_ci(repo, tmp_path, "pr-713")
-    sarif, summary, verdict = outputs(tmp_path)
-    assert code == ExitCode.FINDINGS
-    assert validate_sarif(sarif) == []
+    sarif, summary, verdict = run_gate(repo, tmp_path, "pr-713", ExitCode.FINDINGS)
     folder = f"{TRACK}/2026-03-25_10L_LoRA_TTT"
     static = sarif_results(sarif, "static")
     tbs = [r for r in static if r["ruleId"] == rule_by_name("train-before-score").id]
@@ -193,10 +196,7 @@ def test_pr713_fails_with_findings_in_sarif_and_summary(repo, tmp_path):
 
 
 def test_pr_that_also_edits_other_files(repo, tmp_path):
-    code = run_ci(repo, tmp_path, "pr-edits")
-    sarif, summary, verdict = outputs(tmp_path)
-    assert code == ExitCode.FINDINGS
-    assert validate_sarif(sarif) == []
+    sarif, summary, verdict = run_gate(repo, tmp_path, "pr-edits", ExitCode.FINDINGS)
     layout = [r for r in sarif_results(sarif, "static") if r["ruleId"] == "GA012"]
     uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in layout}
     assert uris == {f"{BASE_RECORD}/README.md", "train_gpt.py"}
@@ -210,10 +210,7 @@ def test_pr_that_also_edits_other_files(repo, tmp_path):
 
 
 def test_folder_missing_submission_json(repo, tmp_path):
-    code = run_ci(repo, tmp_path, "pr-nojson")
-    sarif, summary, verdict = outputs(tmp_path)
-    assert code == ExitCode.FINDINGS
-    assert validate_sarif(sarif) == []
+    sarif, summary, verdict = run_gate(repo, tmp_path, "pr-nojson", ExitCode.FINDINGS)
     layout = [f for f in verdict["layout"] if "submission.json" in f["message"]]
     assert len(layout) == 1 and layout[0]["rule_id"] == "GA012"
     checks = {c["name"]: c["status"] for c in verdict["folders"][0]["verify"]["checks"]}
@@ -224,10 +221,7 @@ def test_folder_missing_submission_json(repo, tmp_path):
 
 
 def test_symlink_in_record_is_a_finding_and_not_followed(repo, tmp_path):
-    code = run_ci(repo, tmp_path, "pr-symlink")
-    sarif, summary, verdict = outputs(tmp_path)
-    assert code == ExitCode.FINDINGS
-    assert validate_sarif(sarif) == []
+    sarif, summary, verdict = run_gate(repo, tmp_path, "pr-symlink", ExitCode.FINDINGS)
     link = f"{TRACK}/2026-04-01_Link/helper.py"
     assert [f["location"]["path"] for f in verdict["layout"]] == [link]
     assert "symbolic link" in verdict["layout"][0]["message"]

@@ -324,7 +324,7 @@ def test_reproduce_toy(toy_report):
 def test_reproduce_toy_reports(toy_report):
     from rich.console import Console
 
-    from harness.evaluation.report_reproduce import render_reproduce_text, reproduce_json, reproduce_markdown
+    from harness.reports.reproduce import render_reproduce_text, reproduce_json, reproduce_markdown
 
     _, rep = toy_report
     (run,) = rep.runs

@@ -99,7 +99,7 @@ def _emit(args: argparse.Namespace, render_text, render_json, render_md) -> None
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from harness.evaluation.claims import UsageError, verify
-    from harness.evaluation.report import render_verify_text, verify_json, verify_markdown
+    from harness.reports.verify import render_verify_text, verify_json, verify_markdown
 
     if not args.dir.is_dir():
         raise UsageError(f"not a folder: {args.dir}")
@@ -113,7 +113,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.evaluation.claims import UsageError
     from harness.evaluation.capture import ReproduceOptions
     from harness.evaluation.reproduce import parse_env_pairs, reproduce
-    from harness.evaluation.report_reproduce import render_reproduce_text, reproduce_json, reproduce_markdown
+    from harness.reports.reproduce import render_reproduce_text, reproduce_json, reproduce_markdown
 
     if not args.dir.is_dir():
         raise UsageError(f"not a folder: {args.dir}")

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 from harness.core.findings import AuditResult, ExitCode, Finding, Severity
-from harness.reports.common import one_line, reason
+from harness.reports.common import md_cell, one_line, reason
 from harness.core.rule import Rule
 
 TITLE = {ExitCode.CLEAN: "✅ clean", ExitCode.FINDINGS: "❌ findings", ExitCode.NOT_AUDITABLE: "⚠️ not audited"}
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _where(f: Finding) -> str:
@@ -48,7 +44,7 @@ def render_result(result: AuditResult, rules: list[Rule], fail_on: Severity = Se
     lines = [f"### golf-audit: {TITLE[code]} — `{result.target}`", "",
              f"Layers run: {', '.join(result.layers_run) or 'none'}.", "",
              "| Check | Verdict | Evidence |", "|---|---|---|"]
-    lines += [f"| {c} | {v} | {_cell(e)} |" for c, v, e in check_rows(result, rules)]
+    lines += [f"| {c} | {v} | {md_cell(e)} |" for c, v, e in check_rows(result, rules)]
     if result.active_findings:
         lines += ["", "#### Findings", ""]
         for f in sorted(result.active_findings, key=lambda x: (-x.severity, x.location.path, x.location.line)):

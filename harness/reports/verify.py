@@ -2,27 +2,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from harness.evaluation.claims import FAIL, INFO, PASS, UNVERIFIED, VerifyReport
+from harness.reports.common import md_cell, number
 
 STYLE = {PASS: "green", FAIL: "bold red", UNVERIFIED: "yellow", INFO: "cyan"}
 MARK = {PASS: "PASS", FAIL: "FAIL", UNVERIFIED: "UNVERIFIED", INFO: "info"}
 EXIT_WORDS = {0: "all claims hold", 1: "a claim fails", 2: "usage error", 3: "could not verify everything"}
-
-
-def _fmt(x: Any, digits: int = 4) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    if isinstance(x, int):
-        return f"{x:,}"
-    return str(x)
 
 
 def _seed_key(row) -> tuple:
@@ -53,16 +43,16 @@ def render_verify_text(rep: VerifyReport, console: Console, verbose: bool = True
         unmeasured = ", ".join(row.eval_unmeasured) or "—"
         if row.eval_unmeasured and row.eval_estimate_s:
             unmeasured += f" (est. ≥ {row.eval_estimate_s:.1f} s)"
-        seeds.add_row(str(row.seed) if row.seed is not None else "?", row.log, _fmt(row.val_loss), _fmt(row.val_bpb), _fmt(row.train_s, 1),
-                      _fmt(row.eval_logged_s, 1), unmeasured, _fmt(row.artifact_bytes))
+        seeds.add_row(str(row.seed) if row.seed is not None else "?", row.log, number(row.val_loss), number(row.val_bpb), number(row.train_s, 1),
+                      number(row.eval_logged_s, 1), unmeasured, number(row.artifact_bytes))
     if len(rows) >= 2:
         from statistics import mean, stdev
 
         for name, attr in (("mean", mean), ("std", stdev)):
             vals_l = [r.val_loss for r in rows if r.val_loss is not None]
             vals_b = [r.val_bpb for r in rows if r.val_bpb is not None]
-            seeds.add_row(name, "", _fmt(attr(vals_l), 5) if len(vals_l) >= 2 else "—",
-                          _fmt(attr(vals_b), 5) if len(vals_b) >= 2 else "—", "", "", "", "")
+            seeds.add_row(name, "", number(attr(vals_l), 5) if len(vals_l) >= 2 else "—",
+                          number(attr(vals_b), 5) if len(vals_b) >= 2 else "—", "", "", "", "")
     console.print(seeds)
 
     if verbose:
@@ -105,10 +95,6 @@ def verify_json(rep: VerifyReport) -> str:
 # ---- markdown -------------------------------------------------------------------------------
 
 
-def _md_escape(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
-
-
 def verify_markdown(rep: VerifyReport) -> str:
     code = int(rep.exit_code())
     out = [f"## golf-eval verify `{rep.target}`", ""]
@@ -116,21 +102,21 @@ def verify_markdown(rep: VerifyReport) -> str:
                + (f" Claimed score line: `{rep.score_label}`." if rep.score_label else ""))
     out += ["", "| check | status | result |", "|---|---|---|"]
     for c in rep.checks:
-        out.append(f"| {c.name} | {MARK[c.status]} | {_md_escape(c.summary)} |")
+        out.append(f"| {c.name} | {MARK[c.status]} | {md_cell(c.summary)} |")
     out += ["", "### Per seed", "",
             "| seed | log | val_loss | val_bpb | train s | eval s (logged) | unmeasured eval | artifact bytes |",
             "|---|---|---|---|---|---|---|---|"]
     for row in sorted(rep.seeds, key=_seed_key):
         um = ", ".join(row.eval_unmeasured) or "—"
-        out.append(f"| {row.seed if row.seed is not None else '?'} | {_md_escape(row.log)} | {_fmt(row.val_loss)} | {_fmt(row.val_bpb)} | "
-                   f"{_fmt(row.train_s, 1)} | {_fmt(row.eval_logged_s, 1)} | {_md_escape(um)} | "
-                   f"{_fmt(row.artifact_bytes)} |")
+        out.append(f"| {row.seed if row.seed is not None else '?'} | {md_cell(row.log)} | {number(row.val_loss)} | {number(row.val_bpb)} | "
+                   f"{number(row.train_s, 1)} | {number(row.eval_logged_s, 1)} | {md_cell(um)} | "
+                   f"{number(row.artifact_bytes)} |")
     details = [c for c in rep.checks if c.evidence and c.status != PASS]
     if details:
         out += ["", "### Details", ""]
         for c in details:
             out.append(f"- **{c.name}** ({MARK[c.status]})")
-            out += [f"  - {_md_escape(e)}" for e in c.evidence]
+            out += [f"  - {md_cell(e)}" for e in c.evidence]
     if rep.notes:
-        out += ["", "### Not found in logs", ""] + [f"- {_md_escape(n)}" for n in rep.notes]
+        out += ["", "### Not found in logs", ""] + [f"- {md_cell(n)}" for n in rep.notes]
     return "\n".join(out) + "\n"

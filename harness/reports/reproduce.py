@@ -2,25 +2,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from functools import partial
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from harness.evaluation.claims import PASS
-from harness.evaluation.report import EXIT_WORDS, MARK, STYLE, render_verify_text, verify_markdown
 from harness.evaluation.reproduce import ReproduceReport
+from harness.reports.common import number
+from harness.reports.verify import EXIT_WORDS, MARK, STYLE, render_verify_text, verify_markdown
 
 
-def _f(x: Any, d: int = 1) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.{d}f}"
-    if isinstance(x, int):
-        return f"{x:,}"
-    return str(x)
+_f = partial(number, digits=1)  # seconds to one place; byte counts in full
 
 
 def _side_by_side(rep: ReproduceReport) -> list[tuple[str, str, str, str, str]]:
@@ -29,8 +23,8 @@ def _side_by_side(rep: ReproduceReport) -> list[tuple[str, str, str, str, str]]:
     for row in rep.rows:
         s = str(row["seed"])
         v = row["val_bpb"]
-        out.append((s, f"val_bpb ({v['label']})" if v.get("label") else "val_bpb", _f(v["claimed"], 4),
-                    _f(v["fresh_log"], 4), "—"))
+        out.append((s, f"val_bpb ({v['label']})" if v.get("label") else "val_bpb", number(v["claimed"]),
+                    number(v["fresh_log"]), "—"))
         t = row["train_s"]
         out.append((s, "train s", _f(t["claimed_log"]), _f(t["fresh_log"]),
                     f"{_f(t['measured_loop'])} loop / {_f(t['measured_from_start'])} from process start"))
