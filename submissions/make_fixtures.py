@@ -15,7 +15,9 @@ Template syntax: `%%NAME%%` alone on a line is a block: its value's lines, exact
 newline is a trailing blank line; an empty value is no line at all); `%%NAME%%` inside a line is replaced by a one-line value. Every slot must get a
 value and every value must have a slot, so a typo fails loudly. `render_all()` returns
 {path relative to submissions/: text}; packed/ and unpackable/ come out of
-`packed/make_pack.py` applied to the generated source.
+`packed/make_pack.py` applied to the generated source, and the numpy bigram-mix pair (scripts,
+READMEs, logs, submission.json, expected.json) out of `template/numpy_mix.py` applied to
+baseline_sliding's script.
 """
 from __future__ import annotations
 
@@ -382,11 +384,15 @@ def render(fx: Fixture) -> str:
     return fill(TEMPLATE.read_text(encoding="utf-8"), fx.values())
 
 
-def _make_pack():
-    spec = importlib.util.spec_from_file_location("make_pack", HERE / "packed" / "make_pack.py")
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _make_pack():
+    return _load("make_pack", HERE / "packed" / "make_pack.py")
 
 
 def render_all() -> dict[str, str]:
@@ -396,6 +402,8 @@ def render_all() -> dict[str, str]:
     payload = packer.pack(out["packed/train_gpt_source.py.txt"])
     out["packed/train_gpt.py"] = packer.packed_script(payload)
     out["unpackable/train_gpt.py"] = packer.corrupt_script(payload)
+    # the numpy bigram-mix pair: baseline_sliding with another loader and final eval
+    out.update(_load("numpy_mix", HERE / "template" / "numpy_mix.py").render(out["baseline_sliding/train_gpt.py"]))
     return out
 
 
