@@ -53,7 +53,7 @@ RunFn = Callable[[np.ndarray, str, dict], list[Reported]]
 # network's context shrinks, and every run of one attempt shares it.
 LAYOUTS: list[tuple[str, dict]] = [
     ("the toy profile", {}),
-    ("one-token sequences", {"TRAIN_SEQ_LEN": "1", "EVAL_SEQ_LEN": "1"}),
+    ("one-token sequences", {"TRAIN_SEQ_LEN": "1", "EVAL_SEQ_LEN": "1", "EVAL_STRIDE": "1"}),
 ]
 
 TOL_P = 1e-3  # on the probability sum, over the rounding bound exp(eps)
