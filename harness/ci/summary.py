@@ -88,7 +88,8 @@ def render(gate: "GateResult") -> str:
 
 
 def _layout_row(gate: "GateResult", fo: "FolderOutcome | None") -> str:
-    title = "Layout: one new folder under `records/track_*/`, nothing else (`submission-layout`, GA012)"
+    names = ", ".join(f"`{r.name}`, {r.id}" for r in all_rules() if r.has_change_check())
+    title = f"Layout: one new folder under `records/track_*/`, nothing else ({names})"
     if gate.layout:
         ev = "; ".join(f.message for f in gate.layout[:4]) + (f" (+{len(gate.layout) - 4} more)" if len(gate.layout) > 4 else "")
         return f"| {title} | ❌ {len(gate.layout)} finding(s) | {_cell(ev)} |"

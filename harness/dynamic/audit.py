@@ -428,7 +428,7 @@ def _trace_stats(res: AuditResult, trace: Trace) -> None:
         res.not_audited.append(NotAudited(
             path=res.target, layer=Layer.TRACE,
             reason="not audited: printed scores are NaN at toy scale (" + ", ".join(nan[:4]) + "): "
-                   "reported-score-mismatch and byte-accounting cannot compare them"))
+                   "the printed numbers and their bytes cannot be compared with the scores"))
     if reports and all(e.get("true_bytes") is None for e in reports if e.get("matches")):
         res.notes.append("byte accounting not audited: true bytes unknown (no tokenizer or shards in the trace)")
 
