@@ -73,19 +73,36 @@ def _child_fields(cls: type) -> tuple[str, ...]:
     return names
 
 
+_IS_NODE: dict[type, bool] = {}
+
+
+def _is_node_type(t: type) -> bool:
+    # cst.CSTNode is an ABC: isinstance() against it is the walk's hottest call; a type's answer
+    # never changes, so it is asked once per type
+    known = _IS_NODE.get(t)
+    if known is None:
+        known = _IS_NODE[t] = issubclass(t, cst.CSTNode)
+    return known
+
+
 def walk(node: cst.CSTNode):
     """Every node below `node` (pre-order), read straight from the dataclass fields: LibCST's own
     visitor machinery rebuilds nodes as it goes and costs several times more."""
     stack = [node]
+    is_node = _IS_NODE.get
     while stack:
         n = stack.pop()
         yield n
-        for name in _child_fields(type(n)):
+        cls = type(n)
+        for name in _FIELDS.get(cls) or _child_fields(cls):
             v = getattr(n, name, None)
-            if isinstance(v, cst.CSTNode):
+            if v is None:
+                continue
+            t = type(v)
+            if t is list or t is tuple:
+                stack.extend(x for x in reversed(v) if is_node(type(x)) or _is_node_type(type(x)))
+            elif is_node(t) or _is_node_type(t):
                 stack.append(v)
-            elif isinstance(v, (list, tuple)):
-                stack.extend(x for x in reversed(v) if isinstance(x, cst.CSTNode))
 
 
 class _Collector:
