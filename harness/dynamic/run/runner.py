@@ -30,6 +30,7 @@ from harness.dynamic.trace import reported as logparse
 from harness.dynamic.cpu import toy_env
 from harness.dynamic.trace.events import Reported, RunEnd, Trace
 from harness.challenge.shards import read_shard, write_shard
+from harness.dynamic.cpu.packages import explain_missing
 
 STATE_DIR = ".golf_audit"
 _SKIP_DIRS = {STATE_DIR, "home", "__pycache__"}
@@ -550,7 +551,8 @@ def _explain(sres: sandbox.SandboxResult, records: list[dict], scratch: Path,
             return crash["not_auditable"], crash["not_auditable"]
         if reason == "sandbox-violation":
             return f"sandbox violation: {msg}", None
-        return f"crash: {msg}", None
+        missing = explain_missing(msg) if crash["type"] in ("ModuleNotFoundError", "ImportError") else None
+        return f"crash: {msg}" + (f" (missing import: {missing})" if missing else ""), None
     if sres.returncode != 0:
         where = _submission_frame_from_stderr(sres.stderr, scratch)
         last = _last_line(sres.stderr) or _last_line(sres.stdout)

@@ -1,0 +1,61 @@
+"""The third-party modules contest scripts import, and how a toy run on a CPU gets each.
+
+Counted over the challenge's PR heads (2026-12: the .py files each PR adds, packed ones unpacked;
+PRs importing the module). A run that fails on a missing import says which one and what this list
+knows about it; nothing a submission names is ever installed at audit time.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+INSTALLED, EMULATED, UNAVAILABLE = "installed", "emulated", "unavailable"
+
+
+@dataclass(frozen=True)
+class Package:
+    module: str  # the top-level import name
+    prs: int  # PR heads importing it
+    how: str  # INSTALLED (install.sh / the runtime extra), EMULATED (a shim), UNAVAILABLE
+    note: str
+
+
+VETTED: tuple[Package, ...] = (
+    Package("numpy", 1937, INSTALLED, "a dependency of golf-audit"),
+    Package("sentencepiece", 1901, INSTALLED, "a dependency of golf-audit"),
+    Package("zstandard", 950, INSTALLED, "a dependency of golf-audit"),
+    Package("flash_attn_interface", 971, EMULATED, "over scaled_dot_product_attention (cpu/shims.py)"),
+    Package("flash_attn", 260, EMULATED, "over scaled_dot_product_attention (cpu/shims.py)"),
+    Package("brotli", 452, INSTALLED, "runtime extra"),
+    Package("triton", 227, EMULATED, "a stub; the records' kernels run as torch emulations (cpu/kernels.py)"),
+    Package("python_minifier", 9, INSTALLED, "runtime extra (python-minifier)"),
+    Package("einops", 15, INSTALLED, "runtime extra"),
+    Package("tqdm", 12, INSTALLED, "runtime extra"),
+    Package("lz4", 6, INSTALLED, "runtime extra"),
+    Package("mlx", 85, UNAVAILABLE, "Apple silicon only: the MLX scripts cannot run on this machine"),
+    Package("fla", 45, UNAVAILABLE, "flash-linear-attention: Triton GPU kernels, no CPU path"),
+    Package("mamba_ssm", 37, UNAVAILABLE, "CUDA-only selective-scan kernels, built against nvcc"),
+    Package("causal_conv1d", 25, UNAVAILABLE, "CUDA-only kernels"),
+    Package("liger_kernel", 16, UNAVAILABLE, "Triton GPU kernels"),
+    Package("cutlass_evt_fusion", 17, UNAVAILABLE, "a CUDA extension the PR builds itself"),
+    Package("huggingface_hub", 40, UNAVAILABLE, "downloads from the hub: no network at audit time"),
+    Package("modal", 30, UNAVAILABLE, "a cloud launcher, not part of the eval"),
+    Package("wandb", 13, UNAVAILABLE, "experiment logging; needs the network"),
+)
+
+_BY_MODULE = {p.module: p for p in VETTED}
+_MISSING = re.compile(r"No module named '([\w.]+)'")
+
+
+def explain_missing(message: str) -> str | None:
+    """For an import error message, what the vetted list says about the module, else None."""
+    m = _MISSING.search(message)
+    if not m:
+        return None
+    top = m.group(1).split(".")[0]
+    p = _BY_MODULE.get(top)
+    if p is None:
+        return f"`{top}` is not in golf-audit's vetted package list (harness/dynamic/cpu/packages.py)"
+    if p.how == UNAVAILABLE:
+        return f"`{top}` cannot run here: {p.note} ({p.prs} PRs import it)"
+    return f"`{top}` should be {p.how} ({p.note}): reinstall with `bash install.sh`"
