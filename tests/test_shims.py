@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_shimmed(tmp_path: Path, body: str, **opts) -> subprocess.CompletedProcess:
-    code = ("from harness.dynamic import shims\n"
+    code = ("from harness.dynamic.cpu import shims\n"
             f"state = shims.install(shims.ShimOptions(bin_dir={str(tmp_path / 'bin')!r}, **{opts!r}))\n"
             "import torch\n" + textwrap.dedent(body))
     script = tmp_path / "user_script.py"  # outside torch/site-packages: counts as submission code
