@@ -374,3 +374,9 @@ def test_step_switches_move_inside_the_toy_run(tmp_path):
     assert env["MUON_MOMENTUM_WARMUP_STEPS"] == "1"  # the profile's own clamp, not a switch
     flags, _ = toy_env.shrink_flags({"RECUR_START_STEP": "3000"})  # the README's command line
     assert flags == {"RECUR_START_STEP": "1"}
+
+
+def test_the_sandbox_imports_golf_audit_from_this_checkout():
+    # the sandbox hides /tmp: an editable install pointing at another checkout must not be relied on
+    root = runner.checkout_root()
+    assert (root / "harness" / "__init__.py").is_file() and (root / "rules").is_dir()

@@ -28,7 +28,7 @@ from harness.dynamic.judge.coverage import coverage
 from harness.dynamic.judge.passes import passes
 from harness.dynamic.judge.positions import n_positions
 from harness.dynamic.judge.reported import base_label, judged_passes, match_reported, pass_numbers
-from harness.dynamic.judge.stream import bos_id, byte_tables, tokenizer_path, tokens_for
+from harness.dynamic.judge.stream import bos_id, byte_tables, target_bytes, tokenizer_path, tokens_for
 from harness.dynamic import probes as P
 from harness.dynamic.judge.sites import site_index
 from harness.dynamic.trace.events import Reported, RunStart, Scored, Trace
@@ -262,19 +262,14 @@ def _blackbox(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res
     label = B.claimed_label(reported, trace.meta.get("claimed_label"))
     report = B.BlackboxReport()
     tokens = tokens_for(trace)
-    tables = byte_tables(tokenizer_path(trace) or "") if tokenizer_path(trace) else None
+    tok_path = tokenizer_path(trace)
+    tables = byte_tables(tok_path) if tok_path else None
     if label is None:
         report.not_run = "the run printed no val_loss line to judge"
     elif tokens is None or tables is None:
         report.not_run = "the validation tokens or the tokenizer the run used are unknown"
     else:
-        base, space, boundary = tables
-
-        def target_bytes(stream: np.ndarray) -> np.ndarray:
-            t = np.clip(np.asarray(stream, dtype=np.int64), 0, len(base) - 1)
-            out = np.zeros(len(t), dtype=np.int64)
-            out[1:] = base[t[1:]] + (space[t[1:]] & ~boundary[t[:-1]])
-            return out
+        base, _, boundary = tables
 
         def run_fn(stream: np.ndarray, what: str, extra: dict) -> list:
             run_opts = {**opts, "env": {**(opts.get("env") or {}), **extra}} if extra else opts
@@ -291,7 +286,8 @@ def _blackbox(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res
             exclude.add(int(bos))
         used = {**env, **(trace.meta.get("env") or {})}
         report = B.run_blackbox(np.asarray(tokens, dtype=np.int64), run_fn, label=label,
-                                decimals=line.decimals if line else 4, target_bytes=target_bytes,
+                                decimals=line.decimals if line else 4,
+                                target_bytes=lambda stream: target_bytes(tables, stream),
                                 period=_eval_period(used), budget=int(opts.get("probe_budget", 6)),
                                 exclude=exclude, workers=int(opts.get("probe_workers", 2)))
     trace.meta["blackbox"] = report.as_meta()

@@ -61,7 +61,7 @@ def _lib_prefixes() -> tuple[str, ...]:
     if not _LIB_PREFIXES:
         import sysconfig
         paths = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-        paths |= {str(Path(torch.__file__).parent), str(Path(__file__).resolve().parents[1])}
+        paths |= {str(Path(torch.__file__).parent), str(Path(__file__).resolve().parents[2])}  # the harness package
         _LIB_PREFIXES = tuple(sorted(p.rstrip("/") + "/" for p in paths if p))
     return _LIB_PREFIXES
 

@@ -83,11 +83,18 @@ def position_bytes(trace: Trace) -> np.ndarray | None:
         tok_path = tokenizer_path(trace)
         tables = byte_tables(tok_path) if (tokens is not None and tok_path) else None
         if tables is not None and len(tokens):
-            base, space, boundary = tables
-            t = np.clip(tokens, 0, len(base) - 1)
-            out = np.zeros(len(tokens), dtype=np.int64)
-            out[1:] = base[t[1:]] + (space[t[1:]] & ~boundary[t[:-1]])
+            out = target_bytes(tables, tokens)
     cache["position_bytes"] = out
+    return out
+
+
+def target_bytes(tables: tuple[np.ndarray, np.ndarray, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    """UTF-8 bytes each target of `tokens` adds to the decoded text (index 0 is 0), from
+    `byte_tables`: its piece's bytes, plus its leading space unless the previous token is a boundary."""
+    base, space, boundary = tables
+    t = np.clip(np.asarray(tokens, dtype=np.int64), 0, len(base) - 1)
+    out = np.zeros(len(t), dtype=np.int64)
+    out[1:] = base[t[1:]] + (space[t[1:]] & ~boundary[t[:-1]])
     return out
 
 

@@ -376,7 +376,7 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         run_env.update({k: str(v) for k, v in env.items()})
         if env:
             notes.append("env from caller: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items())))
-        repo_root = str(Path(__file__).resolve().parents[2])
+        repo_root = str(checkout_root())
         extra = extra_site_dirs()
         if extra:
             notes.append("extra site dirs on PYTHONPATH: " + ", ".join(extra))
@@ -520,6 +520,12 @@ def extra_site_dirs() -> list[str]:
         return [p for p in env.split(os.pathsep) if p]
     default = default_cache_dir() / "site-extra"
     return [str(default)] if default.is_dir() else []
+
+
+def checkout_root() -> Path:
+    """The folder that holds the `harness` package: the sandboxed run imports golf-audit from
+    here (PYTHONPATH), never from whatever an editable install points at."""
+    return Path(__file__).resolve().parents[3]
 
 
 def run_env_public(env: dict[str, str]) -> dict[str, str]:

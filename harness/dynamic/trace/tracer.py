@@ -192,7 +192,7 @@ class _FrameFinder:
         import sysconfig
 
         libs = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-        libs |= {str(Path(torch.__file__).parent), str(Path(__file__).resolve().parents[1]),
+        libs |= {str(Path(torch.__file__).parent), str(Path(__file__).resolve().parents[2]),
                  str(Path(np.__file__).parent)}
         self.libs = tuple(sorted(os.path.realpath(p) + os.sep for p in libs if p))
         self.is_sub: dict[Any, Optional[str]] = {}
