@@ -61,8 +61,9 @@ def _dynamic(path: Path, options: dict, static: AuditResult | None) -> AuditResu
                 "exhaustive": options.get("exhaustive", False),
                 "allow_network": options.get("allow_network", False),
                 "blackbox": options.get("blackbox", "auto")}
-    if options.get("probe_budget") is not None:
-        dyn_opts["probe_budget"] = options["probe_budget"]
+    for key in ("probe_budget", "blackbox_budget"):
+        if options.get(key) is not None:
+            dyn_opts[key] = options[key]
     if options.get("timeout") is not None:
         dyn_opts["timeout_s"] = options["timeout"]
     return run_dynamic(path, dyn_opts)
@@ -96,7 +97,7 @@ DEFAULT_OPTIONS: dict = {
     "rules": None,  # rule names to keep (None = all)
     "dynamic": False,  # add the dynamic layer (tracer + probes at toy scale)
     "no_static": False,  # dynamic layer only
-    "nproc": 1, "exhaustive": False, "probe_budget": None, "timeout": None, "allow_network": False,
+    "nproc": 1, "exhaustive": False, "probe_budget": None, "blackbox_budget": None, "timeout": None, "allow_network": False,
     "blackbox": "auto",  # the black-box code-length probe: auto / always / off
     "cache_dir": None,  # None = no cache
     "jobs": None,  # folders in parallel (None = cores)

@@ -92,7 +92,7 @@ def test_empty_folder_and_missing_path_exit_3(capsys, tmp_path):
 
 def test_usage_errors_exit_2_with_one_line(capsys, tmp_path, in_repo):
     for args in (["--format", "yaml", str(PR713)], ["--select", "no-such-rule", str(PR713)],
-                 ["--env", "NOEQUALS", str(PR713)], ["--jobs", "0", str(PR713)], ["--fail-on", "huge", str(PR713)],
+                 ["--env", "NOEQUALS", str(PR713)], ["--jobs", "0", str(PR713)], ["--blackbox-budget", "3", str(PR713)], ["--fail-on", "huge", str(PR713)],
                  ["--no-such-option", str(PR713)], [], ["--no-cache", "explain", "GA001"],
                  ["--no-cache", "-o", str(tmp_path / "no" / "dir" / "r.txt"), str(PR713)]):
         code, out, err = cli(capsys, *args)

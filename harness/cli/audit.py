@@ -78,7 +78,9 @@ def audit_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-static", action="store_true", help="run only the dynamic layer (implies --dynamic)")
     p.add_argument("--nproc", type=int, default=1, metavar="N", help="dynamic: processes (torchrun, gloo)")
     p.add_argument("--exhaustive", action="store_true", help="dynamic: properness over the whole vocabulary")
-    p.add_argument("--probe-budget", type=int, default=None, metavar="N", help="dynamic: extra probe runs at most")
+    p.add_argument("--probe-budget", type=int, default=None, metavar="N", help="dynamic: extra runs of the causality probe at most")
+    p.add_argument("--blackbox-budget", type=int, default=None, metavar="N",
+                   help="dynamic: runs per layout of the black-box code-length probe (default 6: 4 candidates)")
     p.add_argument("--timeout", type=int, default=None, metavar="S", help="dynamic: seconds per run")
     p.add_argument("--blackbox", choices=["auto", "always", "off"], default="auto",
                    help="dynamic: the black-box code-length probe (auto: when the tracer saw no scores of the "
@@ -166,13 +168,14 @@ def cmd_audit(argv: list[str]) -> int:
     rules = select_rules(args.select or cfg.select, args.ignore or cfg.ignore)
     env = {**cfg.env, **_env_pairs(args.env)}
     for name, value, least in (("--jobs", args.jobs, 1), ("--nproc", args.nproc, 1),
-                               ("--probe-budget", args.probe_budget, 0), ("--timeout", args.timeout, 1)):
+                               ("--probe-budget", args.probe_budget, 0),
+                               ("--blackbox-budget", args.blackbox_budget, 4), ("--timeout", args.timeout, 1)):
         if value is not None and value < least:
             raise UsageError(f"{name} must be at least {least}")
     options = {
         "env": env, "rules": [r.name for r in rules], "dynamic": args.dynamic or args.no_static,
         "no_static": args.no_static, "nproc": args.nproc, "exhaustive": args.exhaustive,
-        "probe_budget": args.probe_budget, "timeout": args.timeout, "blackbox": args.blackbox,
+        "probe_budget": args.probe_budget, "blackbox_budget": args.blackbox_budget, "timeout": args.timeout, "blackbox": args.blackbox,
         "allow_network": args.unsafe_allow_network, "jobs": args.jobs or cfg.jobs,
         "cache_dir": None if args.no_cache else (args.cache_dir or str(cache.default_dir(Path.cwd()))),
     }

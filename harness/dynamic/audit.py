@@ -5,7 +5,9 @@ every rule that has a judge, then probe it, and return an `AuditResult`.
 
 options (all optional): env (dict: flags for the run, over the submission's own flags and the
 toy profile), nproc (1; 2 runs under torchrun with gloo), exhaustive (False: properness over
-the whole vocabulary), probe_budget (6 extra runs at most), probes (True), timeout_s (300 per
+the whole vocabulary), probe_budget (6 extra runs at most for the causality probe), blackbox_budget (6 runs per
+layout of the black-box code-length probe: 4 candidates, one shorter stream, one repeat; fewer
+candidates lose power against cache "hit" bonuses), probes (True), timeout_s (300 per
 run), allow_network (False), static_first (False: also add the flags static findings need),
 toy_data (a dict from `reference_model.toy_data.make_toy_data`, else built and cached).
 
@@ -47,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "allow_network": False,
     "static_first": False,
     "toy_data": None,
+    "blackbox_budget": 6,  # runs per layout of the code-length probe (K = budget - 2 candidates)
     "blackbox": "auto",  # the code-length probe: "auto" (when the tracer saw no scores), "always", "off"
 }
 
@@ -288,7 +291,7 @@ def _blackbox(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res
         report = B.run_blackbox(np.asarray(tokens, dtype=np.int64), run_fn, label=label,
                                 decimals=line.decimals if line else 4,
                                 target_bytes=lambda stream: target_bytes(tables, stream),
-                                period=_eval_period(used), budget=int(opts.get("probe_budget", 6)),
+                                period=_eval_period(used), budget=int(opts.get("blackbox_budget", 6)),
                                 exclude=exclude, workers=int(opts.get("probe_workers", 2)))
     trace.meta["blackbox"] = report.as_meta()
     res.stats["blackbox"] = {k: v for k, v in report.as_meta().items() if k != "runs"}
