@@ -14,6 +14,11 @@ from rules import _val_order_examples as X
 
 CALIBRATION = re.compile(r"hessian|calibrat|gptq|awq|collect_stats|quantiz|ema|swa|train_step|train_loop|"
                          r"fit|prefill|build_cache|ngram", re.I)
+# the eval-time cache family: a cache or hint table built over the stream and consulted by the eval.
+# Built *for* the eval it is the eval's own state (whether it only uses scored tokens is the dynamic
+# layer's question: future-dependent-score, improper-distribution); the weight-changing family above
+# (Hessians, EMA, fitting) stays a finding wherever it runs.
+EVAL_CACHE = re.compile(r"prefill|build_cache|ngram|hint", re.I)
 
 _GPTQ_ON_VAL = '''
 def main(args, model):
@@ -74,6 +79,32 @@ def main(args, model):
     return eval_val(model, val_tokens)
 '''
 
+# a causal hint pass over the stream, built by a helper the eval calls (PR #2135 / #2140's shape):
+# eval-time state, whose causality the dynamic layer judges
+_HINTS_INSIDE_THE_EVAL = '''
+def build_ngram_hints(tokens, order):
+    state = NgramState(order, seed_token=int(tokens[0]))
+    return state.process_chunk(tokens)
+
+def eval_val_hinted(model, val_tokens):
+    hints = build_ngram_hints(val_tokens, 8)
+    return score_with_hints(model, val_tokens, hints)
+
+def main(args, model):
+    val_tokens = load_validation_tokens(args.val_files, 1024)
+    print(eval_val_hinted(model, val_tokens))
+'''
+
+# the same table built from validation tokens and saved with the weights: graded text in the artifact
+_NGRAM_TABLE_IN_ARTIFACT = '''
+import torch
+def main(args, model):
+    val_tokens = load_validation_tokens(args.val_files, 1024)
+    table = build_ngram_table(val_tokens, 3)
+    torch.save({"model": model.state_dict(), "ngram": table}, "final_model.pt")
+    print(eval_val(model, val_tokens))
+'''
+
 
 class ValDataInTraining(Rule):
     id = "GA004"
@@ -97,13 +128,16 @@ class ValDataInTraining(Rule):
 
     VALID = [Valid(_GPTQ_ON_TRAIN, "calibration on training data"),
              Valid(_TRAIN_LOOP.replace("DistributedTokenLoader(args.val_files", "DistributedTokenLoader(args.train_files"),
-                   "training loop over the training shards")]
+                   "training loop over the training shards"),
+             Valid(_HINTS_INSIDE_THE_EVAL, "an n-gram hint pass built by a helper of the eval: eval-time state")]
     INVALID = [Invalid(_GPTQ_ON_VAL, line=4, function="main", note="GPTQ Hessians on val_tokens"),
                Invalid(_TRAIN_LOOP, line=10, function="main", message_contains="loader",
                        note="training loader built over the validation shards"),
                Invalid(_EMA_ON_VAL, line=5, function="finalize", note="EMA/SWA statistics updated on val_tokens"),
                Invalid(_HESSIANS_HANDED_ON, line=11, function="main",
-                       note="Hessians from val tokens handed to the quantizer: reported at the calibration")]
+                       note="Hessians from val tokens handed to the quantizer: reported at the calibration"),
+               Invalid(_NGRAM_TABLE_IN_ARTIFACT, line=5, function="main",
+                       note="an n-gram table over val tokens saved into the artifact")]
 
     def check_project(self, project) -> dict[int, list]:
         """Judged once for the whole project: a function that only receives the *results* of a
@@ -127,6 +161,8 @@ class ValDataInTraining(Rule):
                     args = {n.value for a in call.args for n in D._names(a.value)}
                     hit = args & tainted
                     if not hit or not self._direct_val(call, hit, fn, ctx) or self._eval_time_state(fn, st):
+                        continue
+                    if EVAL_CACHE.search(name) and self._for_the_eval(project, fn):
                         continue
                     candidates.append((ctx, fn, st, name, hit))
         # id(fn) -> names holding what its calibration calls returned (and values computed from them)
@@ -162,6 +198,18 @@ class ValDataInTraining(Rule):
             if passed:
                 sites.append(passed <= results.get(id(site.fn), set()))
         return bool(sites) and all(sites)
+
+    @classmethod
+    def _for_the_eval(cls, project, fn, seen: frozenset = frozenset()) -> bool:
+        """`fn` runs as part of the eval: an eval function itself, or a helper whose every caller
+        is (a call inside an eval, a result handed to an eval, or a caller that is in turn)."""
+        if D.EVAL_FUNC.search(fn.name):
+            return True
+        sites = project.sites(fn) if id(fn) not in seen else []
+        return bool(sites) and all(
+            D.EVAL_FUNC.search(site.fn.name) or cls._eval_time_state(site.fn, site.stmt)
+            or cls._for_the_eval(project, site.fn, seen | {id(fn)})
+            for site in sites)
 
     def _training_loop(self, ctx: ModuleContext, fn, tainted: set[str]):
         """A training loop whose batches come from a loader built over validation data."""
