@@ -240,6 +240,30 @@ def run_eval(mode, model, val_tokens, opt, chunks):
     return ttt(*args)
 '''
 
+# PR #1644's shape: one main() warms up on training batches named `x, y`, then runs a score-first
+# TTT whose validation chunks are named `x, y` too. The warm-up step trains on the training
+# loader's batch (the name is rebound just before it), not on validation data.
+_REUSED_NAMES = '''
+import torch
+def main(args, model, opt, train_loader, val_tokens, seq):
+    for step in range(args.warmup_steps):
+        x, y = train_loader.next_batch(8192, seq)
+        warm = model(x, y)
+        warm.backward()
+        opt.step()
+    total = torch.zeros(())
+    for start in range(0, val_tokens.numel() - seq - 1, seq):
+        chunk = val_tokens[start:start + seq + 1]
+        x, y = chunk[:-1], chunk[1:]
+        with torch.no_grad():
+            nll = model(x, y)
+        total += nll.sum()
+        loss = model(x, y)
+        loss.backward()
+        opt.step()
+    print(f"val_loss:{total.item():.4f}")
+'''
+
 
 class TrainBeforeScore(Rule):
     id = "GA001"
@@ -294,8 +318,12 @@ def train(model, opt, train_loader, steps):
         Valid(_HELPERS_SCORE_FIRST, "score-first TTT written with helpers: score_chunk, then train_chunk"),
         Valid(_DISPATCH.replace('{"adapt": ttt_adapt_first}', '{}'),
               "a dispatch table holding only the score-first eval"),
+        Valid(_REUSED_NAMES, "PR #1644: warm-up batches and validation chunks share the names x, y"),
     ]
     INVALID = [
+        Invalid(_REUSED_NAMES.replace("""        x, y = train_loader.next_batch(8192, seq)
+""", """        x, y = val_tokens[:seq], val_tokens[1:seq + 1]
+"""), line=8, function="main", note="the same warm-up, fed from the validation stream"),
         Invalid(_ADAPT_THEN_SCORE, line=9, function="eval_ttt", note="PR #518: train the chunk, then score it"),
         Invalid(_LAST_EPOCH, line=15, function="lora_ttt_eval", message_contains="epoch",
                 note="PR #713: scores only on the final epoch"),

@@ -13,6 +13,7 @@ import libcst as cst
 
 from harness.static.engine import Function, ModuleContext, Stmt, base_name, dotted, target_names, walk
 from harness.static.project import project_of
+from harness.static.reaching import FlowTaint
 
 # ------------------------------------------------------------------ API tables
 VAL_NAME = re.compile(r"(^|_)val(_|$)|^val[A-Z]|validation", re.I)  # parameter / variable names
@@ -211,6 +212,17 @@ def _project_val_taint(project) -> None:
         result = solve()
     for ctx in project.contexts:
         ctx.analysis["val_taint"] = {q: result[id(fn)] for q, fn in ctx.functions.items()}
+        ctx.analysis["val_seeds"] = {q: seeds[id(fn)] for q, fn in ctx.functions.items()}
+
+
+def val_flow(ctx: ModuleContext, fn: Function) -> FlowTaint:
+    """Flow-sensitive validation taint of `fn` (harness/static/reaching.py)."""
+    memo = ctx.analysis.setdefault("val_flow", {})
+    if fn.qualname not in memo:
+        taint = val_taint(ctx)
+        memo[fn.qualname] = FlowTaint(fn, ctx.analysis["val_seeds"].get(fn.qualname, set()),
+                                      taint.get(fn.qualname, set()))
+    return memo[fn.qualname]
 
 
 # ------------------------------------------------------------------ events
@@ -266,7 +278,10 @@ def trains_on(ctx: ModuleContext, fn: Function, t: TrainEvent, names: set[str]) 
         return bool(t.data & names)
     outer = t.stmt.loops[0] if t.stmt.loops else None
     stretch = fn.loop_body(outer) if outer is not None else fn.stmts
-    if backward_tainted(ctx, fn, names, stretch):
+    # for the validation taint itself, a backward counts only where its loss holds validation
+    # data at that statement (names reused for training batches elsewhere do not)
+    flow = val_flow(ctx, fn) if names == val_taint(ctx).get(fn.qualname) else None
+    if backward_tainted(ctx, fn, names, stretch, flow):
         return True
     return t.what == "manual parameter update" and bool(set(t.stmt.reads) & names)
 
@@ -396,17 +411,19 @@ def _scoring_helper_call(ctx: ModuleContext, fn: Function, st: Stmt, losses: set
     return None
 
 
-def backward_tainted(ctx: ModuleContext, fn: Function, tainted: set[str], loop_stmts: list[Stmt]) -> bool:
-    """Does this stretch of code backpropagate a loss computed from validation data?"""
+def backward_tainted(ctx: ModuleContext, fn: Function, tainted: set[str], loop_stmts: list[Stmt],
+                     flow: FlowTaint | None = None) -> bool:
+    """Does this stretch of code backpropagate a loss computed from validation data? With
+    `flow`, only a loss that holds it at the backward's own statement counts."""
     for st in loop_stmts:
         for call in st.calls:
+            names: set[str] = set()
             if isinstance(call.func, cst.Attribute) and call.func.attr.value == "backward":
-                names = {n.value for n in _names(call.func.value)}
-                if names & tainted:
-                    return True
-            if dotted(call.func).endswith("autograd.grad"):
-                if {n.value for a in call.args for n in _names(a.value)} & tainted:
-                    return True
+                names = {n.value for n in _names(call.func.value)} & tainted
+            elif dotted(call.func).endswith("autograd.grad"):
+                names = {n.value for a in call.args for n in _names(a.value)} & tainted
+            if names and (flow is None or flow.any_tainted(names, st)):
+                return True
     return False
 
 
