@@ -325,8 +325,21 @@ FIXTURES = [
         hparams="\n" + part("hparams_per_doc_lora_ttt"),
         lora=True,
         eval_extras=section("per-document LoRA TTT", part("lora_adapters"), part("build_ttt_optimizer"),
-                            part("find_documents"), part("per_doc_lora_ttt")),
+                            part("find_documents"), part("chunk_window"), part("per_doc_lora_ttt")),
         final_eval=part("final_eval_per_doc_lora_ttt"),
+    ),
+    Fixture(
+        "legal_doc_ttt_tuple/train_gpt.py",
+        "Naive baseline + per-document LoRA TTT whose scoring helper returns its totals.",
+        "Fixture written by golf-audit (see README.md). It models the per-document score-first TTT of\n"
+        "PR #77 (openai/parameter-golf) in the shape of later records whose scoring helper returns\n"
+        "(loss sum, count, bytes) for the caller to add before it trains on the chunk; it shares no\n"
+        "code with them.",
+        hparams="\n" + part("hparams_per_doc_lora_ttt"),
+        lora=True,
+        eval_extras=section("per-document LoRA TTT", part("lora_adapters"), part("build_ttt_optimizer"),
+                            part("find_documents"), part("chunk_window"), part("per_doc_tuple_ttt")),
+        final_eval=part("final_eval_per_doc_tuple_ttt"),
     ),
     Fixture(
         "pr713/train_gpt.py",

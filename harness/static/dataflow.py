@@ -312,7 +312,13 @@ def _is_lossy(ctx: ModuleContext, fn: Function, names: set[str], loss_names: set
 
 
 def loss_names(ctx: ModuleContext, fn: Function) -> dict[str, int]:
-    """Names holding loss values, with the statement order where each is (first) computed."""
+    """Names holding loss values, with the statement order where each is (first) computed.
+    Includes what a project function returns as a loss (`l, c, b = score_chunk(...)`, where
+    `score_chunk` returns `nll.sum().item(), n, nbytes`: `l` is a loss here)."""
+    memo = ctx.analysis.setdefault("loss_names", {})
+    if fn.qualname in memo:
+        return memo[fn.qualname]
+    memo[fn.qualname] = {}  # a recursive call sees no losses while this one is being found
     out: dict[str, int] = {}
     for st in fn.stmts:
         if not st.writes or not isinstance(st.node, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
@@ -327,7 +333,21 @@ def loss_names(ctx: ModuleContext, fn: Function) -> dict[str, int]:
         if (lossy_call and (named or calls)) or (reads_loss and named) or (named and calls):
             for w in st.writes:
                 out.setdefault(w, st.order)
+        elif isinstance(st.node, cst.Assign) and isinstance(value, cst.Call):
+            for w in _returned_loss_writes(ctx, fn, st, value):
+                out.setdefault(w, st.order)
+    memo[fn.qualname] = out
     return out
+
+
+def _returned_loss_writes(ctx: ModuleContext, fn: Function, st: Stmt, call: cst.Call) -> set[str]:
+    """The names `st` binds to the loss positions of what the called project function returns."""
+    project = project_of(ctx)
+    for cctx, callee in project.callees(ctx, fn, call):
+        hit, positions = _returned_positions(cctx, callee, set(loss_names(cctx, callee)))
+        if hit:
+            return _source_writes(st, positions)
+    return set()
 
 
 def score_events(ctx: ModuleContext, fn: Function, tainted: set[str], summaries=None) -> list[ScoreEvent]:
