@@ -21,4 +21,3 @@ class TracerConfig:
     val_glob: Optional[str] = None  # glob of shards, when neither of the above is given
     max_update_events: int = 200_000  # guard against runaway event counts
     notes: list[str] = field(default_factory=list)
-

@@ -98,7 +98,6 @@ class DataLoadingMixin:
         self._emit(ValLoaded, positions=P.ranges_from_sorted(np.unique(valid)), how="content-match",
                    frame=frame)
 
-
     # -- ops with no tagged input that still matter: data entering torch, softmax outputs
     def _special_table(self) -> dict:
         aten = torch.ops.aten

@@ -81,7 +81,6 @@ class PatchMixin:
         patch(torch, "save", save)
         self._install_collectives(patch)
 
-
     def _install_threads(self) -> None:
         """New threads start with an empty mode stack: enter a mode for this tracer in each."""
         tr = self

@@ -192,7 +192,6 @@ class UpdateMixin:
                 if isinstance(v, Tensor) and v.dim() > 0 and id(v.untyped_storage()) not in self.registry:
                     self._register(v, f"{pname}:{key}", "optimizer-state", provisional=False)
 
-
     def _serialized(self, obj) -> None:
         """torch.save of model state: the artifact is persistent state the final eval loads
         back (through bytes and files provenance cannot follow), so values derived from

@@ -53,4 +53,3 @@ class ValIndex:
                 if len(out) > limit:
                     break
         return out
-
