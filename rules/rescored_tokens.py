@@ -5,6 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from harness.static import dataflow as D
+from harness.static import summaries as S
 from harness.static.engine import Function, ModuleContext, dotted
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
@@ -167,10 +168,10 @@ class RescoredTokens(Rule):
 
     def _check(self, ctx: ModuleContext, fn: Function, tainted: set[str]):
         reported = D.reported_names(ctx, fn)
-        scores = [s for s in D.score_events(ctx, fn, tainted) if s.accumulator in reported]
+        scores = [s for s in S.score_events(ctx, fn, tainted) if s.accumulator in reported]
         if not scores:
             return None
-        trains = D.train_events(ctx, fn)
+        trains = S.train_events(ctx, fn)
         for s in scores:
             for loop_id in s.stmt.loops[:-1] or ():
                 loop = fn.loops[loop_id]

@@ -6,8 +6,8 @@ import libcst as cst
 from dataclasses import dataclass, field
 
 from harness.static import dataflow as D
+from harness.static import summaries as S
 from harness.static.engine import Function, ModuleContext, dotted
-from harness.static.summaries import summaries_of
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 from rules import _val_order_examples as X
@@ -355,7 +355,7 @@ def train(model, opt, train_loader, steps):
             # a training loop fed by a loader over validation shards is val-data-in-training's
             batches = D.val_loader_batches(ctx, fn, tainted)
             from_loader = D.tainted_names(ctx, fn, set(batches)) if batches else set()
-            trains = [t for t in D.train_events(ctx, fn) if D.trains_on(ctx, fn, t, tainted)
+            trains = [t for t in S.train_events(ctx, fn) if D.trains_on(ctx, fn, t, tainted)
                       and not self._discarded(ctx, fn, t)
                       and not (from_loader and D.trains_on(ctx, fn, t, from_loader))]
             if not trains:
@@ -379,7 +379,7 @@ def train(model, opt, train_loader, steps):
                     continue
                 if id(site.fn) not in events:
                     events[id(site.fn)] = (self._scores(site.ctx, site.fn, caller_taint),
-                                           D.train_events(site.ctx, site.fn))
+                                           S.train_events(site.ctx, site.fn))
                 caller_scores, caller_trains = events[id(site.fn)]
                 ev = D.TrainEvent(site.stmt, f"call to {j.fn.name}(), which trains", site.ctx.code(site.call)[:120])
                 covered = any(self._precedes(s, ev) for s in caller_scores)
@@ -445,8 +445,8 @@ def train(model, opt, train_loader, steps):
     def _scores(self, ctx: ModuleContext, fn: Function, tainted: set[str]) -> list:
         """Scores that count: added to what the function reports, or to an accumulator its caller
         handed it (`score_chunk(..., totals)`)."""
-        reported = D.reported_names(ctx, fn) | summaries_of(ctx).accumulates.get(id(fn), set())
-        return [s for s in D.score_events(ctx, fn, tainted) if s.accumulator in reported]
+        reported = D.reported_names(ctx, fn) | S.summaries_of(ctx).accumulates.get(id(fn), set())
+        return [s for s in S.score_events(ctx, fn, tainted) if s.accumulator in reported]
 
     @staticmethod
     def _precedes(s: D.ScoreEvent, t: D.TrainEvent) -> bool:
@@ -480,7 +480,7 @@ def train(model, opt, train_loader, steps):
         if not D.ctor_keeps_no_model(ctx, made.node.value):
             return False
         all_names = set().union(*[st.reads for st in fn.stmts])
-        score_orders = {s.stmt.order for s in D.score_events(ctx, fn, all_names)}
+        score_orders = {s.stmt.order for s in S.score_events(ctx, fn, all_names)}
         for st in fn.stmts:
             if obj not in st.reads or st is made or st is ctor or isinstance(st.node, cst.Del):
                 continue

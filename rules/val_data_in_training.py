@@ -7,6 +7,7 @@ import re
 import libcst as cst
 
 from harness.static import dataflow as D
+from harness.static import summaries as S
 from harness.static.engine import ModuleContext, dotted
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
@@ -217,7 +218,7 @@ class ValDataInTraining(Rule):
         if not batches:
             return None
         derived = D.tainted_names(ctx, fn, set(batches))
-        for t in D.train_events(ctx, fn):
+        for t in S.train_events(ctx, fn):
             stretch = fn.loop_body(t.stmt.loops[0]) if t.stmt.loops else fn.stmts
             if not D.backward_tainted(ctx, fn, derived, stretch):
                 continue

@@ -226,6 +226,8 @@ def val_flow(ctx: ModuleContext, fn: Function) -> FlowTaint:
 
 
 # ------------------------------------------------------------------ events
+# what a function does itself; the lists that include calls (train_events, score_events) are
+# summaries.py's, which builds on this module
 @dataclass
 class TrainEvent:
     stmt: Stmt
@@ -259,17 +261,6 @@ def optimizer_names(ctx: ModuleContext, fn: Function) -> set[str]:
     return names
 
 
-def train_events(ctx: ModuleContext, fn: Function, summaries=None) -> list[TrainEvent]:
-    """Training steps in `fn`, in statement order: optimizer steps and manual parameter updates
-    here, and calls of functions that train on what they are handed (their summaries)."""
-    from harness.static.summaries import call_train_events, summaries_of
-
-    events = _direct_train_events(ctx, fn)
-    events += call_train_events(ctx, fn, summaries if summaries is not None else summaries_of(ctx))
-    events.sort(key=lambda t: t.stmt.order)
-    return events
-
-
 def trains_on(ctx: ModuleContext, fn: Function, t: TrainEvent, names: set[str]) -> bool:
     """Does training event `t` learn from data held in `names`? A call: when those names are
     bound to what the callee trains on. A step here: when a loss backpropagated in the same
@@ -286,7 +277,7 @@ def trains_on(ctx: ModuleContext, fn: Function, t: TrainEvent, names: set[str]) 
     return t.what == "manual parameter update" and bool(set(t.stmt.reads) & names)
 
 
-def _direct_train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
+def direct_train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
     opts = optimizer_names(ctx, fn)
     events = []
     for st in fn.stmts:
@@ -350,51 +341,6 @@ def _returned_loss_writes(ctx: ModuleContext, fn: Function, st: Stmt, call: cst.
     return set()
 
 
-def score_events(ctx: ModuleContext, fn: Function, tainted: set[str], summaries=None) -> list[ScoreEvent]:
-    """Validation losses accumulated into a running score: `acc += f(loss)`, `acc.append(...)`,
-    `acc.add_(...)`, `acc = acc + ...`, and calls of functions that add the scores of the data
-    they are handed into an accumulator they are handed (`score_chunk(model, tokens, totals)`)."""
-    from harness.static.summaries import call_score_events, summaries_of
-
-    summaries = summaries if summaries is not None else summaries_of(ctx)
-    losses = loss_names(ctx, fn)
-    events = []
-    for st in fn.stmts:
-        node = st.node
-        value_names: set[str] = set()
-        acc = None
-        if isinstance(node, cst.AugAssign) and isinstance(node.operator, cst.AddAssign):
-            acc = base_name(node.target)
-            value_names = {n.value for n in _names(node.value)}
-        elif isinstance(node, cst.Assign) and isinstance(node.value, cst.BinaryOperation) and \
-                isinstance(node.value.operator, cst.Add):
-            acc_names = {base_name(t.target) for t in node.targets}
-            left = base_name(node.value.left)
-            if left in acc_names:
-                acc = left
-                value_names = {n.value for n in _names(node.value.right)}
-        elif isinstance(node, cst.Expr) and isinstance(node.value, cst.Call) and \
-                isinstance(node.value.func, cst.Attribute) and node.value.func.attr.value in ("append", "add_", "extend"):
-            acc = base_name(node.value.func.value)
-            value_names = {n.value for n in _names(node.value)} - {acc}
-        if acc is None:
-            helper = _scoring_helper_call(ctx, fn, st, set(losses), summaries)
-            if helper is not None:
-                events.append(ScoreEvent(st, helper[0], ctx.code(node)[:160], helper[1]))
-            else:
-                events += call_score_events(ctx, fn, st, tainted, summaries)
-            continue
-        if acc in losses and not LOSS_NAME.search(acc):
-            continue
-        scored = value_names & set(losses)
-        if not scored or LOSS_NAME.search(acc or "") is None and not re.search(r"sum|total|nll|bits|acc", acc, re.I):
-            continue
-        if not (scored & tainted or value_names & tainted):
-            continue
-        events.append(ScoreEvent(st, acc, ctx.code(node), min(losses[n] for n in scored)))
-    return events
-
-
 def accumulating_params(fn: Function) -> set[str]:
     """`fn`'s parameters that it accumulates into in place (`acc += ...`, `acc.add_(...)`)."""
     out: set[str] = set()
@@ -412,8 +358,8 @@ def accumulating_params(fn: Function) -> set[str]:
     return out
 
 
-def _scoring_helper_call(ctx: ModuleContext, fn: Function, st: Stmt, losses: set[str],
-                         summaries) -> tuple[str, int] | None:
+def scoring_helper_call(ctx: ModuleContext, fn: Function, st: Stmt, losses: set[str],
+                        summaries) -> tuple[str, int] | None:
     """`_accumulate_bpb(per_tok_loss, ..., loss_sum, ...)`: a call that hands a loss and an accumulator
     to a function that adds into that accumulator. Returns (accumulator, order)."""
     project = project_of(ctx)

@@ -16,9 +16,13 @@ A call then counts, in the caller, as the training step or the score its callee 
 caller's arguments. Summaries are about parameters, not about validation data: whether the
 caller's argument carries validation data is the caller's own taint (dataflow.val_taint).
 Resolution of calls across files: harness/static/project.py.
+
+The event lists that include such calls, `train_events` and `score_events`, live here too (the
+steps and scores a function makes itself are dataflow's): dataflow never imports this module.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -114,7 +118,7 @@ def _solve(project) -> Summaries:
             into = summ.scores_into.setdefault(id(fn), {})
             for p in _params(fn):
                 derived = D.tainted_names(ctx, fn, {p})
-                for s in D.score_events(ctx, fn, derived, summ):
+                for s in score_events(ctx, fn, derived, summ):
                     if s.accumulator in acc and p not in into.setdefault(s.accumulator, set()):
                         into[s.accumulator].add(p)
                         changed = True
@@ -124,7 +128,7 @@ def _solve(project) -> Summaries:
     for _ in range(ROUNDS):
         changed = False
         for ctx, fn in fns:
-            trains = D.train_events(ctx, fn, summ)
+            trains = train_events(ctx, fn, summ)
             if not trains:
                 continue
             reported = D.reported_names(ctx, fn) | summ.accumulates[id(fn)]
@@ -136,7 +140,7 @@ def _solve(project) -> Summaries:
                 on = [t for t in trains if D.trains_on(ctx, fn, t, derived)]
                 if not on:
                     continue
-                if any(s.accumulator in reported for s in D.score_events(ctx, fn, derived, summ)):
+                if any(s.accumulator in reported for s in score_events(ctx, fn, derived, summ)):
                     continue  # it scores that data too: judged inside, not handed to callers
                 mine[p] = on[0]
                 changed = True
@@ -191,3 +195,55 @@ def call_score_events(ctx: ModuleContext, fn: Function, st: Stmt, tainted: set[s
 def trainer_of(ctx: ModuleContext, fn: Function) -> dict[str, D.TrainEvent]:
     """The parameters `fn` trains on without scoring them (empty when none)."""
     return summaries_of(ctx).trains.get(id(fn), {})
+
+
+def train_events(ctx: ModuleContext, fn: Function, summaries=None) -> list[D.TrainEvent]:
+    """Training steps in `fn`, in statement order: optimizer steps and manual parameter updates
+    here, and calls of functions that train on what they are handed (their summaries)."""
+    events = D.direct_train_events(ctx, fn)
+    events += call_train_events(ctx, fn, summaries if summaries is not None else summaries_of(ctx))
+    events.sort(key=lambda t: t.stmt.order)
+    return events
+
+
+def score_events(ctx: ModuleContext, fn: Function, tainted: set[str], summaries=None) -> list[D.ScoreEvent]:
+    """Validation losses accumulated into a running score: `acc += f(loss)`, `acc.append(...)`,
+    `acc.add_(...)`, `acc = acc + ...`, and calls of functions that add the scores of the data
+    they are handed into an accumulator they are handed (`score_chunk(model, tokens, totals)`)."""
+    summaries = summaries if summaries is not None else summaries_of(ctx)
+    losses = D.loss_names(ctx, fn)
+    events = []
+    for st in fn.stmts:
+        node = st.node
+        value_names: set[str] = set()
+        acc = None
+        if isinstance(node, cst.AugAssign) and isinstance(node.operator, cst.AddAssign):
+            acc = base_name(node.target)
+            value_names = {n.value for n in D._names(node.value)}
+        elif isinstance(node, cst.Assign) and isinstance(node.value, cst.BinaryOperation) and \
+                isinstance(node.value.operator, cst.Add):
+            acc_names = {base_name(t.target) for t in node.targets}
+            left = base_name(node.value.left)
+            if left in acc_names:
+                acc = left
+                value_names = {n.value for n in D._names(node.value.right)}
+        elif isinstance(node, cst.Expr) and isinstance(node.value, cst.Call) and \
+                isinstance(node.value.func, cst.Attribute) and node.value.func.attr.value in ("append", "add_", "extend"):
+            acc = base_name(node.value.func.value)
+            value_names = {n.value for n in D._names(node.value)} - {acc}
+        if acc is None:
+            helper = D.scoring_helper_call(ctx, fn, st, set(losses), summaries)
+            if helper is not None:
+                events.append(D.ScoreEvent(st, helper[0], ctx.code(node)[:160], helper[1]))
+            else:
+                events += call_score_events(ctx, fn, st, tainted, summaries)
+            continue
+        if acc in losses and not D.LOSS_NAME.search(acc):
+            continue
+        scored = value_names & set(losses)
+        if not scored or D.LOSS_NAME.search(acc or "") is None and not re.search(r"sum|total|nll|bits|acc", acc, re.I):
+            continue
+        if not (scored & tainted or value_names & tainted):
+            continue
+        events.append(D.ScoreEvent(st, acc, ctx.code(node), min(losses[n] for n in scored)))
+    return events

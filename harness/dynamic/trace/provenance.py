@@ -1,6 +1,6 @@
 """The propagation rules: which aten op moves validation positions how.
 
-Kept apart from the engine (tracer.py) so the API knowledge is one table: adding an op means
+Kept apart from the engine (the tracer/ package) so the API knowledge is one table: adding an op means
 adding a row here, not touching the mode. Three kinds of provenance travel with tensors:
 
 - position maps ("pmap"): for integer/bool token tensors, an int64 tensor of the same shape
@@ -10,7 +10,8 @@ adding a row here, not touching the mode. Three kinds of provenance travel with 
 - score maps ("smap"): per-element ids of loss values (which loss op, which element), replayed
   through the same structural/pointwise rules so `nll[i, a:b]` narrows to those elements.
 - coarse masks: a Python-int bitmask of positions for everything else (activations, logits,
-  grads, parameters). Union on every op. Handled in tracer.py, not here.
+  grads, parameters). Union on every op. Handled in the tracer (tracer/mode.py,
+  tracer/propagate.py), not here.
 
 Every function here runs inside the dispatch handler, with the tracer's mode popped: torch
 calls made here are not traced.

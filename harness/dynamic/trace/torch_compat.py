@@ -1,6 +1,6 @@
 """Every private PyTorch hook the tracer relies on, in one place.
 
-The tracer (harness/dynamic/trace/tracer.py) interposes at three levels: a `TorchDispatchMode`
+The tracer (harness/dynamic/trace/tracer/) interposes at three levels: a `TorchDispatchMode`
 (aten ops, forward and backward), plain monkey-patches of a few public entry points
 (Tensor.numpy/.tolist, torch.distributed collectives) and the public optimizer/module hooks.
 Only the dispatch-mode base class and two facts about the current autograd state need private

@@ -1,0 +1,129 @@
+"""The TorchDispatchMode the tracer runs under: a thin per-thread object that sees every aten
+op, returns at once for ops whose inputs carry nothing, unions coarse masks for the bulk of
+traced ops, and hands the rest to the Tracer's slow path (propagate.py). Also: when a composite
+op must be decomposed (under inference_mode composite ops reach the mode whole)."""
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import torch
+
+from harness.dynamic.trace import provenance as P
+from harness.dynamic.trace import torch_compat as C
+
+if TYPE_CHECKING:
+    from harness.dynamic.trace.tracer import Tracer
+
+Tensor = torch.Tensor
+
+# OpOverload -> is it CompositeImplicitAutograd (asked once per op)
+_COMPOSITE: dict = {}
+
+
+def needs_decompose(infos: dict, func, args, kwargs) -> bool:
+    """Composite ops reach the mode whole only under inference_mode. Decompose them when
+    a rule needs the primitives: loss/log-softmax ops, or inputs with position or score
+    maps. Ops on coarse-only inputs (matmul, linear, layer_norm on activations) run whole:
+    the coarse union is the same either way, and far cheaper."""
+    if C.op_name(func) in P.MUST_DECOMPOSE:
+        return True
+    for a in itertools.chain(args, kwargs.values()):
+        if isinstance(a, Tensor):
+            i = infos.get(id(a.untyped_storage()))
+            if i is not None and (i.pmap is not None or i.smap is not None or i.stag or i.mark):
+                return True
+        elif type(a) in (list, tuple):
+            for b in a:
+                if isinstance(b, Tensor):
+                    i = infos.get(id(b.untyped_storage()))
+                    if i is not None and (i.pmap is not None or i.smap is not None or i.stag or i.mark):
+                        return True
+    return False
+
+
+class TracerMode(C.TorchDispatchMode):
+    """Thin per-thread mode object; all state lives in the Tracer."""
+
+    def __init__(self, tracer: Tracer):
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        tr = self.tracer
+        if tr.paused:
+            return func(*args, **kwargs)
+        comp = _COMPOSITE.get(func)
+        if comp is None:
+            comp = _COMPOSITE[func] = C.is_composite_implicit(func)
+        if comp and needs_decompose(tr.infos, func, args, kwargs):
+            with self:
+                out = C.decompose(func, args, kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+
+        # One pass over the tensor arguments: which carry provenance, and is it coarse only?
+        infos = tr.infos
+        hit = rich = False
+        mask = 0
+        grad = False
+        in_ids = []
+        try:
+            for a in args:
+                if isinstance(a, Tensor):
+                    k = id(a.untyped_storage())
+                    in_ids.append(k)
+                    i = infos.get(k)
+                    if i is None:
+                        continue
+                    hit = True
+                    if k in tr._watch and not tr._in_step:
+                        tr._reads.add(tr._watch[k])
+                    if i.pmap is not None or i.smap is not None or i.stag or i.mark is not None:
+                        rich = True
+                    else:
+                        m = i.mask
+                        if m and m is not mask:
+                            mask = m if not mask else (mask | m)
+                        grad = grad or i.grad
+                elif type(a) in (list, tuple):
+                    for b in a:
+                        if isinstance(b, Tensor) and id(b.untyped_storage()) in infos:
+                            hit = rich = True
+                            break
+            if kwargs:
+                for a in kwargs.values():
+                    if isinstance(a, Tensor) and id(a.untyped_storage()) in infos:
+                        hit = rich = True
+        except (RuntimeError, NotImplementedError):  # tensors without storage
+            return out
+        try:
+            if not hit:
+                special = tr.special.get(func)
+                if special is not None:
+                    special(func, args, kwargs, out)
+                return out
+            plan = tr._plans.get(func)
+            if plan is None:
+                plan = tr._plan(func)
+            if plan.skip or plan.is_view:
+                return out  # c10d ops (the collective patches); views share their input's storage
+            if plan.simple and not rich and isinstance(out, Tensor):
+                # the bulk of traced ops: activations, logits, grads -- a mask union
+                k = id(out.untyped_storage())
+                if k in in_ids:
+                    return out
+                grad = grad or C.in_backward()
+                if (mask or grad) and not tr.scores_only:
+                    info = tr._info_for(out, create=True)
+                    info.mask = mask
+                    info.grad = grad
+                    info.gen += 1
+                return out
+            tr._on_op(func, args, kwargs, out)
+        except Exception as exc:  # a tracer bug must not change what the submission computes
+            tr._internal_error(func, exc)
+        return out
