@@ -131,6 +131,10 @@ def _paths(ctx: ModuleContext, stmts: list[Stmt]) -> set[str]:
             if S.TRAIN_OR_SCORE.match(dotted(c.func).split(".")[-1] or "")}
 
 
+PATH_FIX = ("Take the same scoring and training path whatever the run id, paths, device, world size or clock; "
+            "choose it with a hyperparameter the README's command sets.")
+
+
 class AuditTampering(Rule):
     id = "GA013"
     name = "audit-tampering"
@@ -168,8 +172,8 @@ def eval_ttt(model, chunks, opt):
     references = ("issue #14 (submissions that know they are audited)",
                   "README: a validation token may be trained on only after it has been scored",
                   "PR #518 (closed: adapt-then-score), the order such code would hide")
-    fix = ("Remove the code that inspects or changes the instrumentation; run the same scoring and training "
-           "path whatever the environment, device, world size or clock.")
+    fix = ("Remove the code that inspects or changes the instrumentation (mode stacks, trace hooks, gc, "
+           "sys.modules, frames); nothing in training or scoring needs it.")
 
     VALID = [
         Valid('''
@@ -330,7 +334,7 @@ def final_eval(model, eval_val, eval_ttt):
                     sign, evidence = found
                     f = self.finding(Layer.STATIC, f"chooses its scoring/training path by {sign}, a sign of "
                                      "being audited: the audited path may not be the one that produced the score",
-                                     ctx.location(st.line, where), evidence, **ctx.reach_fields(q, st))
+                                     ctx.location(st.line, where), evidence, fix=PATH_FIX, **ctx.reach_fields(q, st))
                     f.severity = Severity.MEDIUM
                     yield f
 
