@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import libcst as cst
 
-from harness.core.findings import Confidence, Layer, Severity
+from harness.core.findings import Confidence, Layer, Location, Severity
 from harness.core.rule import Invalid, Rule, Valid
+from harness.dynamic.judge.synthetic import TraceExample
 from harness.static.engine import ModuleContext, Stmt, dotted, walk
 from rules import _audit_signs as S
 
@@ -140,7 +141,8 @@ class AuditTampering(Rule):
     name = "audit-tampering"
     severity = Severity.HIGH  # touching the instrumentation; a path chosen by audit signs is medium
     confidence = Confidence.MEDIUM
-    layers = (Layer.STATIC,)
+    layers = (Layer.STATIC, Layer.TRACE)
+    judges_untrusted = True  # the judge reads the tracer's integrity record
     summary = ("Finds code that touches the audit's instrumentation (torch mode stacks, trace hooks, gc, "
                "sys.modules, callers' frames) or picks its scoring/training path by signs of an audit.")
     why = ("The dynamic audit runs the submission at toy scale under a torch dispatch mode and hooks, and "
@@ -314,6 +316,33 @@ def final_eval(model, eval_val, eval_ttt):
     return fn(model)
 ''', line=4, note="a ternary on the world size"),
     ]
+
+    TRACE_VALID = [TraceExample(events=(), meta={"integrity": {"0": {}}}, note="instrumentation intact to the end")]
+    TRACE_INVALID = [TraceExample(
+        events=(), line=412, function="eval_val_sliding_ttt", message_contains="dispatch mode",
+        meta={"integrity": {"0": {"missing": ["the tracer's dispatch mode is no longer on the torch dispatch-mode "
+                                              "stack"], "when": "at exit", "seq": 4096,
+                                  "frame": {"path": "train_gpt.py", "line": 412, "function": "eval_val_sliding_ttt",
+                                            "code": "loss_sum += nll.sum()"}}},
+              "untrusted": "rank 0: the tracer's dispatch mode is no longer on the torch dispatch-mode stack"},
+        note="the mode was popped: found at exit, located at the last score seen")]
+
+    def judge(self, trace):
+        """The tracer's integrity record: the first time (per rank) its modes, hooks or patches
+        were found missing, and the last score/update it saw before."""
+        for rank, rec in sorted((trace.meta.get("integrity") or {}).items()):
+            if not rec or not rec.get("missing"):
+                continue
+            frame = rec.get("frame") or {}
+            loc = Location(path=frame.get("path") or "train_gpt.py", line=int(frame.get("line") or 0),
+                           function=frame.get("function"), source_line=frame.get("code", ""))
+            where = (f"the last score/update the tracer saw was at {loc.path}:{loc.line}" if frame
+                     else "the tracer saw no score or update before")
+            yield self.finding(Layer.TRACE, f"the run removed the audit's instrumentation ({rec['missing'][0]}): "
+                               "what it did afterwards was not recorded", loc,
+                               [f"rank {rank}, {rec.get('when', '')}: " + "; ".join(rec["missing"]), where,
+                                "trace judges skipped; the verdict on the scores is the black-box probe's"],
+                               confidence=Confidence.HIGH)
 
     def check_static(self, ctx: ModuleContext):
         module_taint = _taint(ctx, "<module>", {}) if "<module>" in ctx.functions else {}

@@ -196,6 +196,18 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
     trace = _result_trace(result, folder, env, data, tokens_path)
     trace.meta["claimed_label"] = _claimed_label(folder)
     _shim_notes(res, trace)
+    if trace.meta.get("untrusted"):
+        # the submission removed the tracer's modes/hooks mid-run: what the trace lacks proves
+        # nothing, so only judges of the trace's integrity run, and the printed totals are
+        # judged by the black-box probe, which needs no instrumentation
+        res.notes.append(f"trace not trusted ({trace.meta['untrusted']}): trace judges skipped, verdict from "
+                         "the black-box code-length probe")
+        for rule in all_rules():
+            if rule.has_judge() and rule.judges_untrusted and Layer.TRACE in rule.layers:
+                res.findings.extend(_judge(rule, trace, res))
+        _blackbox(folder, env, data, opts, trace, res, required=True)
+        res.stats["dynamic_wall_s"] = round(time.perf_counter() - t_start, 1)
+        return res
     if not trace.of(Scored) and opts.get("blackbox") == "off":
         res.not_audited.append(NotAudited(
             path=str(folder), layer=Layer.TRACE,

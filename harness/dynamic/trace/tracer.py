@@ -25,6 +25,7 @@ Bootstrap uses `install()` / `finish(path)` around `runpy.run_path`. How it work
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import glob
 import itertools
@@ -320,6 +321,7 @@ class _Mode(C.TorchDispatchMode):
 
 
 _COMPOSITE: dict = {}
+_WATCHED_EVENTS = (LossComputed, Scored, Update)  # the integrity check runs at each of these
 
 
 # ---------------------------------------------------------------- the tracer
@@ -342,6 +344,11 @@ class Tracer:
         self._seq = itertools.count(1)
         self._modes: list = []
         self._undo: list = []
+        # what the integrity check (trace/integrity.py) verifies is still in place
+        self.patched: list[tuple] = []  # (owner, attribute, our wrapper)
+        self.hook_handles: list = []
+        self._last_frame: Frame | None = None  # of the last score/update recorded
+        self.tampered: dict | None = None  # the first integrity failure
         self._lock = threading.RLock()
         self._in_step = 0
         self._step_frame: Frame | None = None
@@ -397,6 +404,7 @@ class Tracer:
     def uninstall(self) -> None:
         if not self.installed:
             return
+        self._check_integrity("at exit", stack=True)
         self.installed = False
         for mode in reversed(self._modes):
             try:
@@ -420,13 +428,34 @@ class Tracer:
 
     def trace(self) -> Trace:
         meta = {"tracer_errors": self.errors[:50], "tracer_notes": list(self.cfg.notes),
+                # per rank: {} when the instrumentation stayed in place to the end
+                "integrity": {str(self.rank): self.tampered or {}},
                 "capture_scores_only": self.scores_only,
                 # per state written with validation positions: the seq of the last scored loss
                 # whose forward read it (rank-local names); judges skip writes no score reads
                 "last_read": {f"{self.rank}:{k}": v for k, v in self._last_read.items()},
                 "watched": sorted(f"{self.rank}:{v}" for v in self._watched_names)}
+        if self.tampered:
+            meta["untrusted"] = f"rank {self.rank}: " + "; ".join(self.tampered["missing"])
         return Trace(events=sorted(self.events, key=lambda e: e.seq), submission_dir=self.cfg.submission_dir,
                      meta=meta)
+
+    def _check_integrity(self, when: str, *, stack: bool) -> None:
+        """Record the first time the instrumentation is found incomplete, with the last
+        score/update seen before (the nearest the trace can point to the tampering)."""
+        if self.tampered is not None:
+            return
+        from harness.dynamic.trace.integrity import missing
+
+        try:
+            gone = missing(self, stack=stack)
+        except Exception as exc:  # a check that fails is not evidence against the submission
+            self.errors.append(f"integrity check: {type(exc).__name__}: {exc}")
+            return
+        if gone:
+            frame = self._last_frame
+            self.tampered = {"missing": gone, "when": when, "seq": self._seq_now,
+                             "frame": dataclasses.asdict(frame) if frame is not None else None}
 
     def save(self, path: str | Path) -> None:
         self.trace().save(path)
@@ -436,6 +465,10 @@ class Tracer:
         ev = cls(seq=seq if seq is not None else next(self._seq) * _SEQ_STRIDE, rank=self.rank, **fields)
         self.events.append(ev)
         self._seq_now = max(self._seq_now, ev.seq)
+        if cls in _WATCHED_EVENTS and self.tampered is None:
+            self._check_integrity(f"at a recorded {ev.kind}", stack=False)
+            if getattr(ev, "frame", None) is not None:
+                self._last_frame = ev.frame
         return ev
 
     def _frame(self) -> Frame | None:
@@ -1393,6 +1426,7 @@ class Tracer:
             self._in_step = max(0, self._in_step - 1)
 
         handles += [opt.register_optimizer_step_pre_hook(pre), opt.register_optimizer_step_post_hook(post)]
+        self.hook_handles.extend(handles)
         self._undo.append(lambda: [h.remove() for h in handles])
 
     def _scan_existing_modules(self) -> None:
@@ -1444,7 +1478,9 @@ class Tracer:
 
         def patch(owner, attr, make):
             real = getattr(owner, attr)
-            setattr(owner, attr, make(real))
+            wrapper = make(real)
+            setattr(owner, attr, wrapper)
+            self.patched.append((owner, attr, getattr(owner, attr)))  # as read back (a function on a class)
             self._undo.append(lambda: setattr(owner, attr, real))
 
         def host(how):
