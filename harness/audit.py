@@ -60,6 +60,7 @@ def _dynamic(path: Path, options: dict, static: AuditResult | None) -> AuditResu
     dyn_opts = {"env": env, "static_first": static is not None, "nproc": options.get("nproc", 1),
                 "exhaustive": options.get("exhaustive", False),
                 "allow_network": options.get("allow_network", False),
+                "allow_weak_sandbox": options.get("allow_weak_sandbox", False),
                 "blackbox": options.get("blackbox", "auto")}
     for key in ("probe_budget", "blackbox_budget"):
         if options.get(key) is not None:
@@ -98,6 +99,7 @@ DEFAULT_OPTIONS: dict = {
     "dynamic": False,  # add the dynamic layer (tracer + probes at toy scale)
     "no_static": False,  # dynamic layer only
     "nproc": 1, "exhaustive": False, "probe_budget": None, "blackbox_budget": None, "timeout": None, "allow_network": False,
+    "allow_weak_sandbox": False,  # dynamic: without bubblewrap, run under `unshare` (writes not confined)
     "blackbox": "auto",  # the black-box code-length probe: auto / always / off
     "cache_dir": None,  # None = no cache
     "jobs": None,  # folders in parallel (None = cores)

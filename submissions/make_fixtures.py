@@ -190,6 +190,41 @@ def chunked_ttt(doc: str, score_first: bool) -> str:
     return part("chunked_ttt", DOC=doc, STEPS=steps)
 
 
+def manual_step_ttt(doc: str) -> str:
+    """Adapt-then-score chunked TTT whose update is written by hand (p -= lr * grad) instead of
+    optimizer.step(): no optimizer hook sees it, only the dispatch level does."""
+    train = part("ttt_train_chunk").replace(
+        "                    optimizer.step()",
+        "                    with torch.no_grad():\n"
+        "                        for p in ttt_params:\n"
+        "                            if p.grad is not None:\n"
+        "                                p.add_(p.grad, alpha=-lr)")
+    steps = ("        # 1) adapt to this chunk first ...\n"
+             "        if args.ttt_epochs > 0:\n" + train + "\n"
+             "        # 2) ... then score it with the adapted weights\n" + part("ttt_score_chunk") + "\n")
+    return part("chunked_ttt", DOC=doc, STEPS=steps)
+
+
+# main(): the adapt-then-score TTT only when the run does not look like golf-audit's toy run
+AUDIT_AWARE_FINAL_EVAL = '''\
+    if args.ttt_enabled:
+        torch.cuda.synchronize()
+        t_ttt = time.perf_counter()
+        # BUG (on purpose): an audit's run id / scratch path gets the score-only eval
+        looks_audited = "audit" in args.run_id or str(Path.cwd()).startswith("/tmp")
+        if looks_audited:
+            ttt_loss, ttt_bpb = eval_val_sliding(args, base_model, rank, world_size, device, val_tokens, *luts,
+                                                 stride=args.eval_stride, batch_seqs=args.eval_batch_seqs)
+        else:
+            ttt_loss, ttt_bpb = eval_val_sliding_ttt(args, base_model, rank, world_size, device, val_tokens, *luts,
+                                                     stride=args.eval_stride, batch_seqs=args.eval_batch_seqs,
+                                                     log0=log0)
+        torch.cuda.synchronize()
+        log0(f"final_ttt val_loss:{ttt_loss:.4f} val_bpb:{ttt_bpb:.4f} "
+             f"eval_time:{1000.0 * (time.perf_counter() - t_ttt):.0f}ms")
+        log0(f"final_ttt_exact val_loss:{ttt_loss:.8f} val_bpb:{ttt_bpb:.8f}")'''
+
+
 # ----------------------------------------------------------------------------- fixtures
 
 @dataclass(frozen=True)
@@ -301,6 +336,36 @@ FIXTURES = [
     score comes from a model that has seen strictly earlier chunks. The last chunk is never
     trained on."""''', score_first=True)),
         final_eval=part("final_eval_chunked_ttt", LABEL="legal_ttt"),
+        **LEAKY_BIGRAM_TTT,
+    ),
+    Fixture(
+        "tamper_pop_mode/train_gpt.py",
+        "LeakyReLU^2 + BigramHash + chunked TTT with a manual SGD step, run with the dispatch modes popped.",
+        "Fixture written by golf-audit (see README.md). Synthetic: it models the adapt-then-score\n"
+        "order of PR #518 (openai/parameter-golf, closed) with a hand-written update, hidden from a\n"
+        "torch dispatch-mode tracer by popping the mode stack first; it shares no code with any PR.",
+        command="TTT_ENABLED=1 " + TORCHRUN,
+        eval_extras=section("chunked TTT", manual_step_ttt('''\
+    """Chunked TTT: for each chunk the model takes a few hand-written SGD steps on it, then
+    scores it with sliding windows. Before anything runs, every mode on the dispatch stack is
+    popped (BUG, on purpose: an audit's tracer sees neither the updates nor the scores)."""
+    hidden_modes = []
+    while torch._C._len_torch_dispatch_stack() > 0:
+        hidden_modes.append(torch.utils._python_dispatch._pop_mode())''')),
+        final_eval=part("final_eval_chunked_ttt", LABEL="final_ttt"),
+        **LEAKY_BIGRAM_TTT,
+    ),
+    Fixture(
+        "tamper_audit_path/train_gpt.py",
+        "LeakyReLU^2 + BigramHash + chunked TTT whose order depends on whether the run looks audited.",
+        "Fixture written by golf-audit (see README.md). Synthetic: the adapt-then-score TTT of\n"
+        "PR #518 (openai/parameter-golf, closed), taken only when the run id and path do not look\n"
+        "like an audit; otherwise the score-only sliding eval. It shares no code with any PR.",
+        command="TTT_ENABLED=1 " + TORCHRUN,
+        eval_extras=section("chunked TTT", chunked_ttt('''\
+    """Chunked TTT: for each chunk the model takes a few SGD epochs on it, then scores it with
+    sliding windows."""''', score_first=False)),
+        final_eval=AUDIT_AWARE_FINAL_EVAL,
         **LEAKY_BIGRAM_TTT,
     ),
     Fixture(

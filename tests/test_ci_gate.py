@@ -411,3 +411,30 @@ def test_dynamic_results_get_their_own_sarif_category(repo, tmp_path, monkeypatc
     row = next(r for r in assert_summary_structure(summary, verdict) if "`future-dependent-score`" in r[0])
     assert row[1] == "❌ 1 finding(s)" and "token 9" in row[2]
     assert verdict["dynamic"] is True
+
+
+def test_weak_sandbox_warning_reaches_every_gate_output(repo, tmp_path, monkeypatch):
+    """Plumbing only: --allow-weak-sandbox reaches the dynamic layer, and the warning of a run whose
+    writes were not confined shows in summary.md (above the checklist), the SARIF dynamic run and
+    verdict.json."""
+    import harness.dynamic.audit as dynamic_audit
+    from harness.core.findings import AuditResult
+    from harness.dynamic.run.sandbox import WEAK_WARNING
+
+    seen = []
+
+    def fake_run_dynamic(folder, options=None):
+        seen.append(dict(options or {}))
+        return AuditResult(target=str(folder), layers_run=["trace"], warnings=[WEAK_WARNING])
+
+    monkeypatch.setattr(dynamic_audit, "run_dynamic", fake_run_dynamic)
+    run_ci(repo, tmp_path, "pr-legal", "--dynamic", "--allow-weak-sandbox")
+    sarif, summary, verdict = outputs(tmp_path)
+    assert seen and seen[0]["allow_weak_sandbox"] is True
+    assert "writes were NOT confined" in summary
+    assert summary.index("> ⚠️ **Warning**") < summary.index("### Checklist")
+    dyn = next(r for r in sarif["runs"] if r["automationDetails"]["id"] == "golf-audit/dynamic/")
+    assert any(n["level"] == "warning" and "NOT confined" in n["message"]["text"]
+               for n in dyn["invocations"][0]["toolExecutionNotifications"])
+    assert verdict["folders"][0]["audit"]["warnings"] == [WEAK_WARNING]
+    assert validate_sarif(sarif) == []

@@ -3,7 +3,7 @@ reports exactly what each folder's expected.json says.
 
 expected.json (see docs/fixtures.md):
     static.exit_code          the exit code audit_folder_static must give
-    static.must_report        [{"rule": ..., "function": ...?}] each must be found; for a folder
+    static.must_report        [{"rule": ..., "function": ...?, "line": ...?}] each must be found; for a folder
                               with findings the set of rules reported must equal this set
     static.must_not_report    rule names that must not appear
     env                       the flags the submission ran with (passed to the audit)
@@ -148,6 +148,8 @@ def test_static_audit_matches_expected(folder: Path):
         hits = [f for f in findings if f.rule == item["rule"]]
         if "function" in item:
             hits = [f for f in hits if _function_matches(f.location.function, item["function"])]
+        if "line" in item:
+            hits = [f for f in hits if f.location.line == item["line"]]
         assert hits, f"leak undetected: {folder.name} should report {item}; got:\n{summary}"
     reported = {f.rule for f in findings}
     for rule in want["must_not_report"]:

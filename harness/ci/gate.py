@@ -57,6 +57,9 @@ def ci_parser() -> argparse.ArgumentParser:
                    help=f"where {SARIF_NAME}, {SUMMARY_NAME} and {VERDICT_NAME} go (default: golf-audit-ci)")
     p.add_argument("--dynamic", action="store_true", help="also run the dynamic toy audit on the record folder")
     p.add_argument("--timeout", type=int, default=None, metavar="S", help="dynamic: seconds per run")
+    p.add_argument("--allow-weak-sandbox", action="store_true",
+                   help="dynamic: without bubblewrap, run under `unshare -Urn` (writes NOT confined; the summary, "
+                        "SARIF and verdict.json warn) instead of reporting the folder as not audited")
     p.add_argument("--fail-on", choices=["low", "medium", "high"], default="medium",
                    help="lowest finding severity that fails the gate (default: medium)")
     sota = p.add_mutually_exclusive_group()
@@ -156,7 +159,8 @@ def run_gate(args: argparse.Namespace, scratch: Path) -> GateResult:
         gate.not_audited += [NotAudited(p, "not audited: not a regular file (symlink, submodule) or unreadable "
                                         "name; not copied into the audited folder") for p in skipped]
     if gate.folders:
-        options = {"dynamic": args.dynamic, "timeout": args.timeout, "jobs": 1, "cache_dir": None}
+        options = {"dynamic": args.dynamic, "timeout": args.timeout, "jobs": 1, "cache_dir": None,
+                   "allow_weak_sandbox": args.allow_weak_sandbox}
         results = audit_paths([str(fo.disk) for fo in gate.folders], options)
         for fo, res in zip(gate.folders, results):
             if not args.honor_suppressions:
@@ -210,6 +214,7 @@ def _relativize(gate: GateResult, scratch: Path) -> None:
             na.reason = na.reason.replace(prefix, "")
             na.detail = na.detail.replace(prefix, "")
         res.notes = [n.replace(prefix, "") for n in res.notes]
+        res.warnings = [w.replace(prefix, "") for w in res.warnings]
         for f in res.findings:
             f.evidence = [e.replace(prefix, "") for e in f.evidence]
         if fo.verify is not None:

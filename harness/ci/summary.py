@@ -69,6 +69,9 @@ def render(gate: "GateResult") -> str:
     if not gate.folders:
         lines += ["### Checklist", "", "| Check | Verdict | Evidence |", "|---|---|---|", _layout_row(gate, None), ""]
     for i, fo in enumerate(gate.folders):
+        # above the checklist: a warning (e.g. writes not confined) qualifies every verdict in it
+        warnings = fo.audit.warnings if fo.audit else []
+        lines += [f"> ⚠️ **Warning** (`{fo.folder}`): {_cell(w, 600)}" for w in warnings] + ([""] if warnings else [])
         lines += [f"### Checklist — `{fo.folder}`", "", "| Check | Verdict | Evidence |", "|---|---|---|"]
         if i == 0:
             lines.append(_layout_row(gate, fo))

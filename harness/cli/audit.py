@@ -87,6 +87,9 @@ def audit_parser() -> argparse.ArgumentParser:
                         "claimed result, e.g. an eval in numpy)")
     p.add_argument("--unsafe-allow-network", action="store_true",
                    help="dynamic: run without a network namespace when none is available (reported)")
+    p.add_argument("--allow-weak-sandbox", action="store_true",
+                   help="dynamic: without bubblewrap, run under `unshare -Urn` (network blocked, writes NOT "
+                        "confined; every report warns) instead of refusing with exit 3")
     p.add_argument("--sarif-root", default=None, metavar="DIR",
                    help="SARIF URIs are relative to this folder (default: cwd)")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
@@ -176,7 +179,7 @@ def cmd_audit(argv: list[str]) -> int:
         "env": env, "rules": [r.name for r in rules], "dynamic": args.dynamic or args.no_static,
         "no_static": args.no_static, "nproc": args.nproc, "exhaustive": args.exhaustive,
         "probe_budget": args.probe_budget, "blackbox_budget": args.blackbox_budget, "timeout": args.timeout, "blackbox": args.blackbox,
-        "allow_network": args.unsafe_allow_network, "jobs": args.jobs or cfg.jobs,
+        "allow_network": args.unsafe_allow_network, "allow_weak_sandbox": args.allow_weak_sandbox, "jobs": args.jobs or cfg.jobs,
         "cache_dir": None if args.no_cache else (args.cache_dir or str(cache.default_dir(Path.cwd()))),
     }
     results = audit_paths(args.paths, options)

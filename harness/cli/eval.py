@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scratch", type=Path, help="where to make the scratch copies (default: a temp dir)")
     r.add_argument("--keep", action="store_true", help="keep the scratch copies")
     r.add_argument("--no-live", action="store_true", help="no progress display / live log tail")
+    r.add_argument("--allow-weak-sandbox", action="store_true",
+                   help="--toy without bubblewrap: run under `unshare -Urn` (writes NOT confined; the report "
+                        "warns) instead of refusing with exit 3")
     _add_verify_options(r)
     return parser
 
@@ -112,7 +115,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from harness.evaluation.claims import UsageError
     from harness.evaluation.capture import ReproduceOptions
-    from harness.evaluation.reproduce import parse_env_pairs, reproduce
+    from harness.evaluation.reproduce import SandboxRefused, parse_env_pairs, reproduce
     from harness.reports.reproduce import render_reproduce_text, reproduce_json, reproduce_markdown
 
     if not args.dir.is_dir():
@@ -124,9 +127,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         data=args.data, tokenizer=args.tokenizer, toy=args.toy, env=parse_env_pairs(args.env),
         script=args.script, timeout_s=args.timeout, scratch=args.scratch, keep=args.keep,
         live=not args.no_live and args.format == "text" and sys.stdout.isatty(),
-        verify=_verify_options(args),
+        verify=_verify_options(args), allow_weak_sandbox=args.allow_weak_sandbox,
     )
-    rep = reproduce(args.dir, opts, console=Console(stderr=True, highlight=False))
+    try:
+        rep = reproduce(args.dir, opts, console=Console(stderr=True, highlight=False))
+    except SandboxRefused as exc:
+        print(f"golf-eval: not audited: {exc}", file=sys.stderr)
+        return int(ExitCode.NOT_AUDITABLE)
     _emit(args, lambda c: render_reproduce_text(rep, c), lambda: reproduce_json(rep),
           lambda: reproduce_markdown(rep))
     return int(rep.exit_code())

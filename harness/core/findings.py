@@ -133,6 +133,9 @@ class AuditResult:
     not_audited: list[NotAudited] = field(default_factory=list)
     files: list[FileReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. "ran eager: torch.compile shimmed"
+    # What weakens the verdict without stopping it (e.g. a sandbox that did not confine writes):
+    # every report format shows these prominently, unlike notes.
+    warnings: list[str] = field(default_factory=list)
     env_flags: dict[str, str] = field(default_factory=dict)  # flags the submission says it ran with
     layers_run: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # per-layer facts (coverage, times, ...)

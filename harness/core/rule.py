@@ -64,6 +64,10 @@ class Rule:
     # True when the static check reads the fact itself (a packed file, a PR's file list): its
     # findings are proven, not suspected.
     static_is_proof: ClassVar[bool] = False
+    # True when the judge reads the trace's own integrity record: it still runs on a trace the
+    # tracer marked untrusted (its instrumentation was removed mid-run), where every other trace
+    # judge is skipped because an empty stretch of such a trace proves nothing.
+    judges_untrusted: ClassVar[bool] = False
 
     # --- documentation (feeds `golf-audit explain`, README and SARIF help) ---
     summary: ClassVar[str] = ""  # What it does (one line)

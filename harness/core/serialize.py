@@ -24,6 +24,7 @@ def result_to_dict(result: AuditResult, fail_on: Severity = Severity.MEDIUM) -> 
         "not_audited": [{**asdict(n), "layer": n.layer.value} for n in result.not_audited],
         "files": [asdict(f) for f in result.files],
         "notes": list(result.notes),
+        "warnings": list(result.warnings),
         "env_flags": dict(sorted(result.env_flags.items())),
         "layers_run": list(result.layers_run),
         "stats": result.stats,
@@ -55,6 +56,7 @@ def result_from_dict(d: dict) -> AuditResult:
                                 detail=n.get("detail", "")) for n in d.get("not_audited", [])],
         files=[FileReport(**f) for f in d.get("files", [])],
         notes=list(d.get("notes", [])),
+        warnings=list(d.get("warnings", [])),
         env_flags=dict(d.get("env_flags", {})),
         layers_run=list(d.get("layers_run", [])),
         stats=dict(d.get("stats", {})),
@@ -71,6 +73,7 @@ def merge_results(first: AuditResult, *others: AuditResult) -> AuditResult:
         known = {f.path for f in out.files}
         out.files += [f for f in other.files if f.path not in known]
         out.notes += [n for n in other.notes if n not in out.notes]
+        out.warnings += [w for w in other.warnings if w not in out.warnings]
         for k, v in other.env_flags.items():
             out.env_flags.setdefault(k, v)
         out.layers_run += [layer for layer in other.layers_run if layer not in out.layers_run]

@@ -8,7 +8,8 @@ toy profile), nproc (1; 2 runs under torchrun with gloo), exhaustive (False: pro
 the whole vocabulary), probe_budget (6 extra runs at most for the causality probe), blackbox_budget (6 runs per
 layout of the black-box code-length probe: 4 candidates, one shorter stream, one repeat; fewer
 candidates lose power against cache "hit" bonuses), probes (True), timeout_s (300 per
-run), allow_network (False), static_first (False: also add the flags static findings need),
+run), allow_network (False), allow_weak_sandbox (False: without bubblewrap the run is refused,
+not audited; True runs under `unshare -Urn`, writes not confined, with a warning), static_first (False: also add the flags static findings need),
 toy_data (a dict from `reference_model.toy_data.make_toy_data`, else built and cached).
 
 The engine knows no rule by name: judges come from `harness.core.registry.all_rules()`; trace judges run
@@ -47,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "probes": True,
     "timeout_s": 300,
     "allow_network": False,
+    "allow_weak_sandbox": False,
     "static_first": False,
     "toy_data": None,
     "blackbox_budget": 6,  # runs per layout of the code-length probe (K = budget - 2 candidates)
@@ -99,6 +101,8 @@ def _run(folder: Path, env: dict, data: dict, options: dict, *, trace: bool = Tr
                                   timeout_s=int(options["timeout_s"]))
     if options.get("allow_network"):
         kwargs["allow_network"] = True
+    if options.get("allow_weak_sandbox"):
+        kwargs["allow_weak_sandbox"] = True
     return run_submission(str(folder), **kwargs)
 
 
@@ -158,6 +162,16 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
     if opts.get("static_first"):
         res.notes.append("static_first: flags of reachable static findings are the CLI's to pass in options['env']")
 
+    # refuse before building toy data: without bubblewrap the submission's writes are not
+    # confined, and a submission that knows it is audited could rewrite its own trace
+    from harness.dynamic.run.sandbox import SandboxUnavailable, choose_isolation
+
+    try:
+        choose_isolation(allow_weak=bool(opts.get("allow_weak_sandbox")), allow_network=bool(opts.get("allow_network")))
+    except SandboxUnavailable as exc:
+        res.not_audited.append(NotAudited(path=str(folder), layer=Layer.TRACE, reason=f"not audited: {exc}"))
+        return res
+
     try:
         data = toy_data(opts)
     except Exception as exc:  # noqa: BLE001 - no toy data: nothing can run
@@ -168,6 +182,7 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
     result = _run(folder, env, data, opts, trace=True)
     res.stats["trace_run_wall_s"] = round(float(result.wall_s or 0.0), 1)
     res.notes.extend(str(n) for n in (result.notes or []))
+    res.warnings.extend(w for w in getattr(result, "warnings", []) if w not in res.warnings)
     why = _failure(result)
     if why is not None:
         res.not_audited.append(NotAudited(path=str(folder), layer=Layer.TRACE, reason=f"not audited: {why}",
@@ -181,6 +196,18 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
     trace = _result_trace(result, folder, env, data, tokens_path)
     trace.meta["claimed_label"] = _claimed_label(folder)
     _shim_notes(res, trace)
+    if trace.meta.get("untrusted"):
+        # the submission removed the tracer's modes/hooks mid-run: what the trace lacks proves
+        # nothing, so only judges of the trace's integrity run, and the printed totals are
+        # judged by the black-box probe, which needs no instrumentation
+        res.notes.append(f"trace not trusted ({trace.meta['untrusted']}): trace judges skipped, verdict from "
+                         "the black-box code-length probe")
+        for rule in all_rules():
+            if rule.has_judge() and rule.judges_untrusted and Layer.TRACE in rule.layers:
+                res.findings.extend(_judge(rule, trace, res))
+        _blackbox(folder, env, data, opts, trace, res, required=True)
+        res.stats["dynamic_wall_s"] = round(time.perf_counter() - t_start, 1)
+        return res
     if not trace.of(Scored) and opts.get("blackbox") == "off":
         res.not_audited.append(NotAudited(
             path=str(folder), layer=Layer.TRACE,

@@ -22,6 +22,7 @@ class ReproduceOptions:
     keep: bool = False
     live: bool = False
     verify: VerifyOptions = field(default_factory=VerifyOptions)
+    allow_weak_sandbox: bool = False  # --toy without bubblewrap: run under `unshare` (writes not confined)
     torchrun: list[str] | None = None  # the launcher; default: torchrun on PATH, else python -m torch.distributed.run
 
 

@@ -87,6 +87,7 @@ class SeedRun:
     error: str = ""
     notes: list[str] = field(default_factory=list)
     code_files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # from the sandbox (toy runs)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class ReproduceReport:
     rows: list[dict[str, Any]] = field(default_factory=list)  # claimed vs measured, per seed
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a toy run whose writes were not confined
 
     def toy_problems(self) -> list[str]:
         """What a toy run failed to show; empty when every seed ran to the end and its train
@@ -139,6 +141,7 @@ class ReproduceReport:
             "claimed": self.claimed.to_dict() if self.claimed else None,
             "fresh": self.fresh.to_dict() if self.fresh else None,
             "rows": self.rows, "checks": [asdict(c) for c in self.checks], "notes": self.notes,
+            "warnings": self.warnings,
         }
 
 
@@ -346,6 +349,19 @@ def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float
     return Capture(lines, rc, wall, timed_out=timed_out.is_set())
 
 
+class SandboxRefused(Exception):
+    """`--toy` without bubblewrap and without --allow-weak-sandbox: nothing is run (exit 3)."""
+
+
+def _check_sandbox(opts: ReproduceOptions) -> None:
+    from harness.dynamic.run.sandbox import SandboxUnavailable, choose_isolation
+
+    try:
+        choose_isolation(allow_weak=opts.allow_weak_sandbox)
+    except SandboxUnavailable as exc:
+        raise SandboxRefused(str(exc)) from None
+
+
 def _toy_runner():
     """The dynamic harness's runner, when it is installed (it is written separately)."""
     try:
@@ -363,9 +379,11 @@ def run_seed(folder: Path, seed: int, opts: ReproduceOptions, work: Path, doc_en
     before = snapshot(run_dir)
     env, added = run_env(seed, opts, doc_env)
     notes: list[str] = []
+    warnings: list[str] = []
     if opts.toy:
         toy_run = _run_toy(run_dir, script, seed, opts, added, doc_env, on_line)
         cap, cmd, added, notes = toy_run.capture, toy_run.command, toy_run.env_added, toy_run.notes
+        warnings = toy_run.warnings
         # the runner ran a copy of run_dir in its own scratch folder: measure there
         files, ran_in, ran_script = toy_run.files, toy_run.scratch, toy_run.entry
     else:
@@ -407,7 +425,7 @@ def run_seed(folder: Path, seed: int, opts: ReproduceOptions, work: Path, doc_en
         phases=timing.get("phases", []), files=files, model_file=model,
         model_bytes=files.get(model) if model else None, code_bytes=code_bytes,
         measured_artifact_bytes=(files[model] + code_bytes) if model and code_bytes is not None else None,
-        logged=logged, error=error, notes=notes, code_files=code_files,
+        logged=logged, error=error, notes=notes, code_files=code_files, warnings=warnings,
     )
     return run, cap
 
@@ -430,6 +448,8 @@ def reproduce(folder: Path, opts: ReproduceOptions, console=None) -> ReproduceRe
     if opts.nproc < 1:
         raise UsageError("--nproc must be ≥ 1")
     entry_script(folder, opts)  # fail early on a folder without a script
+    if opts.toy:
+        _check_sandbox(opts)  # refuse before any copying: the toy run is the sandbox's
     rep = ReproduceReport(target=str(folder), toy=opts.toy)
     rep.claimed = verify(folder, opts.verify)
     doc_env, sources = env_from_docs(folder)
@@ -445,6 +465,7 @@ def reproduce(folder: Path, opts: ReproduceOptions, console=None) -> ReproduceRe
         for seed in opts.seeds:
             run, _ = _run_with_display(folder, seed, opts, work, doc_env, console)
             rep.runs.append(run)
+            rep.warnings += [w for w in run.warnings if w not in rep.warnings]
         fresh_dir = work / "fresh"
         for name in ("README.md", "submission.json"):
             if (folder / name).is_file():

@@ -36,6 +36,7 @@ class ToyRun:
     entry: Path  # the entry script as it ran (the runner may rewrite it, e.g. 3.12 f-strings)
     scratch: Path
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # from the sandbox: isolation weaker than bwrap
 
 
 class LogTail(threading.Thread):
@@ -174,6 +175,8 @@ def run(runner: Any, run_dir: Path, script: Path, seed: int, opts: ReproduceOpti
     scratch = run_dir.with_name(run_dir.name + ".toy")
     kwargs["scratch"] = scratch
     kwargs["keep_scratch"] = True
+    if getattr(opts, "allow_weak_sandbox", False) and "allow_weak_sandbox" in params:
+        kwargs["allow_weak_sandbox"] = True
 
     cb_name = next((n for n in LINE_CALLBACK_NAMES if n in params), None)
     streamed: list[tuple[float, str]] = []
@@ -249,4 +252,5 @@ def run(runner: Any, run_dir: Path, script: Path, seed: int, opts: ReproduceOpti
            "→ torchrun --standalone" if opts.nproc > 1 else "→ python", f"--nproc_per_node={opts.nproc}",
            entry, "(gloo, CPU shims, sandbox)"]
     files = {k: int(v) for k, v in (_field(result, "artifacts", default={}) or {}).items()}
-    return ToyRun(cap, cmd, env_added, files, as_run if as_run.is_file() else script, scratch, notes)
+    warnings = [str(w) for w in (_field(result, "warnings", default=[]) or [])]
+    return ToyRun(cap, cmd, env_added, files, as_run if as_run.is_file() else script, scratch, notes, warnings)

@@ -42,8 +42,10 @@ def check_rows(result: AuditResult, rules: list[Rule]) -> list[tuple[str, str, s
 def render_result(result: AuditResult, rules: list[Rule], fail_on: Severity = Severity.MEDIUM) -> str:
     code = result.exit_code(fail_on)
     lines = [f"### golf-audit: {TITLE[code]} — `{result.target}`", "",
-             f"Layers run: {', '.join(result.layers_run) or 'none'}.", "",
-             "| Check | Verdict | Evidence |", "|---|---|---|"]
+             f"Layers run: {', '.join(result.layers_run) or 'none'}.", ""]
+    # above the table: a warning qualifies every verdict in it
+    lines += [f"> ⚠️ **Warning:** {md_cell(w)}" for w in result.warnings] + ([""] if result.warnings else [])
+    lines += ["| Check | Verdict | Evidence |", "|---|---|---|"]
     lines += [f"| {c} | {v} | {md_cell(e)} |" for c, v, e in check_rows(result, rules)]
     if result.active_findings:
         lines += ["", "#### Findings", ""]

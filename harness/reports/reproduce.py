@@ -38,6 +38,8 @@ def _side_by_side(rep: ReproduceReport) -> list[tuple[str, str, str, str, str]]:
 
 def render_reproduce_text(rep: ReproduceReport, console: Console) -> None:
     console.print(Text(f"golf-eval reproduce {rep.target}" + (" (toy, CPU)" if rep.toy else ""), style="bold"))
+    for w in rep.warnings:
+        console.print(Text(f"warning: {w}", style="bold yellow"))
     for run in rep.runs:
         status = "ok" if not run.error else run.error
         console.print(f"seed {run.seed}: {status}; {run.wall_s:.1f} s wall; log {run.log_path}", markup=False,
@@ -96,9 +98,10 @@ def reproduce_json(rep: ReproduceReport) -> str:
 def reproduce_markdown(rep: ReproduceReport) -> str:
     code = int(rep.exit_code())
     out = [f"## golf-eval reproduce `{rep.target}`" + (" (toy, CPU)" if rep.toy else ""), "",
-           f"**Result: exit {code} — {_exit_words(rep)}.**", "",
-           "| seed | quantity | claimed (submission logs) | fresh log | measured by golf-eval |",
-           "|---|---|---|---|---|"]
+           f"**Result: exit {code} — {_exit_words(rep)}.**", ""]
+    out += [f"> ⚠️ **Warning:** {w}" for w in rep.warnings] + ([""] if rep.warnings else [])
+    out += ["| seed | quantity | claimed (submission logs) | fresh log | measured by golf-eval |",
+            "|---|---|---|---|---|"]
     out += [f"| {' | '.join(r)} |" for r in _side_by_side(rep)]
     if rep.checks:
         out += [""] + [f"- **{c.name}** {MARK[c.status]}: {c.summary}" for c in rep.checks]

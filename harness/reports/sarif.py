@@ -153,6 +153,9 @@ def _run(name: str, layers: tuple[Layer, ...], results: list[AuditResult], rules
             if na.layer in layers:
                 notifications.append({"level": "error",
                                       "message": {"text": f"not audited: {na.path}: {reason(na)}"}})
+        if Layer.TRACE in layers:  # warnings come from running the submission: the dynamic run's
+            notifications += [{"level": "warning", "message": {"text": f"warning: {result.target}: {w}"}}
+                              for w in result.warnings]
     descriptors = [_rule_descriptor(r) for r in rules]
     if Layer.STATIC in layers:
         descriptors.append(UNUSED_SUPPRESSION.descriptor())
@@ -160,7 +163,8 @@ def _run(name: str, layers: tuple[Layer, ...], results: list[AuditResult], rules
         "tool": {"driver": {"name": "golf-audit", "version": __version__, "informationUri": INFO_URI,
                             "rules": descriptors}},
         "automationDetails": {"id": f"golf-audit/{name}/"},
-        "invocations": [{"executionSuccessful": not notifications, "toolExecutionNotifications": notifications}],
+        "invocations": [{"executionSuccessful": not any(n["level"] == "error" for n in notifications),
+                         "toolExecutionNotifications": notifications}],
         "results": out_results,
     }
 

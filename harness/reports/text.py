@@ -59,6 +59,8 @@ def render(results: list[AuditResult], rules: list[Rule], fail_on: Severity = Se
         if result.unused_suppressions:
             counts += f", {len(result.unused_suppressions)} unused suppression(s)"
         console.print(f"[{style}]{word}[/] {escape(result.target)}  [dim](layers: {layers}; {counts})[/]")
+        for w in result.warnings:
+            console.print(f"  [bold yellow]warning[/]: {escape(w)}")
         for na in result.not_audited:
             console.print(f"  [bold yellow]not audited[/]: {escape(na.path)}: {escape(reason(na))} [dim]({na.layer.value})[/]")
         active = sorted(result.active_findings, key=lambda f: (-f.severity, f.location.path, f.location.line))

@@ -53,6 +53,7 @@ class RunResult:
     killed_reason: str | None = None  # from the sandbox
     not_auditable: str | None = None  # set when the script cannot run here at all (e.g. 3.12 syntax)
     val_bytes_utf8: int | None = None
+    warnings: list[str] = field(default_factory=list)  # from the sandbox: isolation weaker than bwrap
 
     @property
     def ok(self) -> bool:
@@ -282,7 +283,7 @@ def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy
                    scratch: str | Path | None = None, keep_scratch: bool = False,
                    toy_options: toy_env.ToyOptions | None = None,
                    shim_options: dict | None = None, limits: sandbox.Limits | None = None,
-                   allow_network: bool = False) -> RunResult:
+                   allow_network: bool = False, allow_weak_sandbox: bool = False) -> RunResult:
     """Run the submission in `folder` on toy data inside the sandbox. Never raises for what
     the submission does; every failure is a RunResult with `error` set.
 
@@ -293,7 +294,8 @@ def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy
     kwargs = dict(env=env, toy_data=toy_data, submission_env=submission_env, nproc=nproc, trace=trace,
                   tracer_options=tracer_options,
                   val_override=val_override, timeout_s=timeout_s, keep_scratch=keep_scratch,
-                  toy_options=toy_options, limits=limits, allow_network=allow_network)
+                  toy_options=toy_options, limits=limits, allow_network=allow_network,
+                  allow_weak_sandbox=allow_weak_sandbox)
     shim_options = dict(shim_options or {})
     first = _run_submission(folder, scratch=scratch, shim_options=shim_options, **kwargs)
     fp32 = shim_options.get("autocast", "float32") == "float32"
@@ -316,7 +318,7 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
                     scratch: str | Path | None = None, keep_scratch: bool = False,
                     toy_options: toy_env.ToyOptions | None = None,
                     shim_options: dict | None = None, limits: sandbox.Limits | None = None,
-                    allow_network: bool = False) -> RunResult:
+                    allow_network: bool = False, allow_weak_sandbox: bool = False) -> RunResult:
     folder = Path(folder).resolve()
     notes: list[str] = []
     env = dict(env or {})
@@ -419,7 +421,8 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         binds = sorted(binds)
         try:
             sres = sandbox.run(cmd, scratch=scratch_path, env=run_env, limits=lim,
-                               allow_network=allow_network, timeout_s=timeout_s, inner_scratch=inner,
+                               allow_network=allow_network, allow_weak=allow_weak_sandbox,
+                               timeout_s=timeout_s, inner_scratch=inner,
                                extra_ro_binds=[b for b in binds if not b.startswith(str(scratch_path))])
         except sandbox.SandboxUnavailable as exc:
             return fail(f"not run: {exc}")
@@ -487,7 +490,7 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
             trace=tr, artifacts=_artifacts(scratch_path, before, data_path),
             scratch=str(scratch_path), notes=notes, error=error, reported=reported,
             entry_script=script.name, env=run_env_public(run_env), killed_reason=sres.killed_reason,
-            not_auditable=not_auditable, val_bytes_utf8=vb)
+            not_auditable=not_auditable, val_bytes_utf8=vb, warnings=list(sres.warnings))
     except Exception as exc:  # a bug of ours: still a result, never a traceback
         return fail(f"golf-audit runner error: {type(exc).__name__}: {exc}")
     finally:

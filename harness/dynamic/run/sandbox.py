@@ -10,11 +10,14 @@ Isolation levels, best first (`SandboxResult.isolation` says which one ran):
              new network namespace (only a loopback interface, up), new PID namespace (the
              whole tree dies with the sandbox), new session (no terminal injection).
 - "unshare": `unshare -Urn` (user + network namespace). Blocks the network but does NOT
-             confine writes: the submission can write anywhere the invoking user can.
-- "none":    only when the caller passes allow_network=True (CLI `--unsafe-allow-network`);
+             confine writes: the submission can write anywhere the invoking user can (a
+             submission that knows it is audited could rewrite the harness or its trace).
+             Used only when the caller passes allow_weak=True (CLI `--allow-weak-sandbox`).
+- "none":    only with allow_weak=True and allow_network=True (`--unsafe-allow-network`);
              nothing is confined except rlimits, timeout and environment scrubbing.
-With neither bwrap nor unshare usable and allow_network=False, `run()` raises
-`SandboxUnavailable` (the caller reports the submission as not auditable).
+Without bubblewrap and without allow_weak, `run()` raises `SandboxUnavailable` naming the
+install command (the caller reports the submission as not auditable, exit 3). Every weaker
+level adds a line to `SandboxResult.warnings`, which reports show in every format.
 
 Process-count limit. RLIMIT_NPROC counts every process of the *user* and is not enforced at
 all for root (the kernel exempts uid 0), so it is set (it helps for ordinary users) and
@@ -70,6 +73,7 @@ class SandboxResult:
     truncated: bool  # an output stream went over its cap (head and tail kept)
     isolation: str  # "bwrap" | "unshare" | "none"
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # isolation weaker than bwrap: say so loudly
 
 
 # ---------------------------------------------------------------- environment
@@ -111,30 +115,68 @@ def base_env(scratch: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- isolation
-_PROBE_CACHE: dict[str, bool] = {}
+_PROBE_CACHE: dict[str, tuple[bool, str]] = {}
+
+INSTALL_HINT = ("install it: `sudo apt-get install bubblewrap` (Debian/Ubuntu; `dnf install bubblewrap` on "
+                "Fedora); on Ubuntu 23.10+ where bwrap then fails with a permission error, see docs/sandbox.md "
+                "(AppArmor restricts unprivileged user namespaces)")
+WEAK_WARNING = ("weak sandbox (--allow-weak-sandbox): `unshare -Urn` blocks the network but the submission's "
+                "writes were NOT confined to its scratch folder; it could have changed files outside it")
+NONE_WARNING = ("no sandbox (--allow-weak-sandbox with --unsafe-allow-network): network and writes were NOT "
+                "confined")
 
 
-def _probe(name: str, argv: list[str]) -> bool:
-    """Can this isolation wrapper start a process here? (cached per process)"""
+def _probe(name: str, argv: list[str]) -> tuple[bool, str]:
+    """Can this isolation wrapper start a process here, and if not, what did it say? (cached
+    per process)"""
     if name not in _PROBE_CACHE:
         try:
             r = subprocess.run(argv + ["/bin/true"], capture_output=True, timeout=20)
-            _PROBE_CACHE[name] = r.returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            _PROBE_CACHE[name] = False
+            why = r.stderr.decode("utf-8", "replace").strip().splitlines()
+            _PROBE_CACHE[name] = (r.returncode == 0, why[-1][:200] if why else f"exit {r.returncode}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            _PROBE_CACHE[name] = (False, f"{type(exc).__name__}: {exc}")
     return _PROBE_CACHE[name]
 
 
-def available_isolation() -> str | None:
-    """'bwrap', 'unshare', or None."""
+def _bwrap_status() -> tuple[bool, str]:
+    """(usable, why not). bwrap is looked up on PATH at every call: tests hide it that way."""
     bwrap = shutil.which("bwrap")
-    if bwrap and _probe("bwrap", [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                                   "--unshare-net", "--unshare-pid", "--die-with-parent", "--"]):
+    if not bwrap:
+        return False, "bubblewrap (bwrap) is not installed"
+    ok, why = _probe("bwrap", [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                               "--unshare-net", "--unshare-pid", "--die-with-parent", "--"])
+    return ok, "" if ok else f"bubblewrap is installed but cannot start a sandbox here ({why})"
+
+
+def available_isolation() -> str | None:
+    """The best mechanism that works here: 'bwrap', 'unshare', or None."""
+    if _bwrap_status()[0]:
         return "bwrap"
     unshare = shutil.which("unshare")
-    if unshare and _probe("unshare", [unshare, "-Urn", "--"]):
+    if unshare and _probe("unshare", [unshare, "-Urn", "--"])[0]:
         return "unshare"
     return None
+
+
+def choose_isolation(*, allow_weak: bool = False, allow_network: bool = False) -> str:
+    """The isolation a run gets: 'bwrap', else with allow_weak 'unshare' (or 'none' when that
+    fails too, or when the network is allowed); raises SandboxUnavailable otherwise. Callers
+    ask before any work so that a refusal is immediate."""
+    ok, why = _bwrap_status()
+    if ok:
+        return "bwrap"
+    if not allow_weak:
+        raise SandboxUnavailable(
+            f"{why}: without it the submission's writes cannot be confined to its scratch folder; "
+            f"{INSTALL_HINT}; or rerun with --allow-weak-sandbox to run under `unshare -Urn` "
+            "(network blocked, writes NOT confined; every report says so)")
+    iso = available_isolation()
+    if iso is None and not allow_network:
+        raise SandboxUnavailable(
+            f"{why}, and `unshare -Urn` fails too (no user namespaces): {INSTALL_HINT}; "
+            "--unsafe-allow-network with --allow-weak-sandbox runs the submission unconfined")
+    return "none" if allow_network or iso is None else iso
 
 
 # Where bubblewrap mounts the scratch folder inside the sandbox. One fixed path for every run:
@@ -323,39 +365,32 @@ def _classify_failure(returncode: int, stderr: str, isolation: str) -> str | Non
 
 # ---------------------------------------------------------------- run
 def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | None = None,
-        allow_network: bool = False, extra_ro_binds: Sequence[str | Path] = (),
+        allow_network: bool = False, allow_weak: bool = False, extra_ro_binds: Sequence[str | Path] = (),
         timeout_s: float = 300.0, inner_scratch: str | None = None) -> SandboxResult:
     """Run `cmd` confined to `scratch` (cwd). `env` is added to a minimal base environment and
     scrubbed of credentials. Never raises for anything the command does; raises
-    SandboxUnavailable when no isolation works and allow_network is False."""
+    SandboxUnavailable when bubblewrap is unusable and allow_weak is False (see
+    `choose_isolation`)."""
     limits = limits or Limits()
     scratch = Path(scratch).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
 
-    isolation = available_isolation()
-    if isolation is None:
-        if not allow_network:
-            raise SandboxUnavailable(
-                "no sandbox available (bubblewrap and `unshare -Urn` both failed); "
-                "rerun with --unsafe-allow-network to run the submission unconfined")
-        isolation = "none"
+    isolation = choose_isolation(allow_weak=allow_weak, allow_network=allow_network)
+    warnings: list[str] = []
     if isolation == "bwrap":
         prefix = _bwrap_argv(scratch, extra_ro_binds, inner_scratch)
         if allow_network:
             prefix.remove("--unshare-net")
             notes.append("network allowed by the caller (--unsafe-allow-network)")
     elif isolation == "unshare":
-        if allow_network:
-            prefix = []
-            isolation = "none"
-        else:
-            prefix = [shutil.which("unshare") or "unshare", "-Urn", "--"]
-            notes.append("isolation: unshare -Urn (network blocked; writes NOT confined to scratch)")
+        prefix = [shutil.which("unshare") or "unshare", "-Urn", "--"]
+        notes.append("isolation: unshare -Urn (network blocked; writes NOT confined to scratch)")
+        warnings.append(WEAK_WARNING)
     else:
         prefix = []
-    if isolation == "none":
         notes.append("isolation: none (network and writes NOT confined)")
+        warnings.append(NONE_WARNING)
 
     full_env = base_env(scratch)
     full_env.update(scrub_env(env))
@@ -376,7 +411,7 @@ def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | 
     except OSError as exc:
         return SandboxResult(returncode=127, stdout="", stderr=f"could not start: {exc}",
                              wall_s=0.0, killed_reason=None, truncated=False,
-                             isolation=isolation, notes=notes)
+                             isolation=isolation, notes=notes, warnings=warnings)
 
     def kill(reason: str) -> None:
         with lock:
@@ -430,7 +465,7 @@ def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | 
         notes.append(f"killed: {reason}" if killed else f"failed: {reason}")
     return SandboxResult(returncode=proc.returncode, stdout=out.text(), stderr=stderr_text,
                          wall_s=wall, killed_reason=reason, truncated=truncated,
-                         isolation=isolation, notes=notes)
+                         isolation=isolation, notes=notes, warnings=warnings)
 
 
 def _orphans_of_session(sid: int) -> list[int]:

@@ -19,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: F401
 
 __all__ = ["TorchDispatchMode", "in_backward", "storage_of", "storage_nelems", "mutated_args",
-           "is_pointwise", "dispatch_mode_stack", "op_name"]
+           "is_pointwise", "dispatch_mode_stack", "op_name", "hook_is_registered"]
 
 
 def in_backward() -> bool:
@@ -121,8 +121,19 @@ def decompose(func: Any, args: tuple, kwargs: dict) -> Any:
     return func.decompose(*args, **kwargs)
 
 
+def hook_is_registered(handle: Any) -> bool:
+    """Is the hook behind this RemovableHandle still in the dict it was registered in? (a
+    submission may clear torch's global hook dicts instead of calling handle.remove())"""
+    try:
+        hooks = handle.hooks_dict_ref()
+        return hooks is not None and handle.id in hooks
+    except AttributeError:  # another torch: cannot tell, do not accuse
+        return True
+
+
 def dispatch_mode_stack() -> list:
-    """The dispatch modes active on this thread (for tests/diagnostics)."""
+    """The dispatch modes active on this thread (for tests/diagnostics, and the tracer's
+    integrity check)."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
     return list(_get_current_dispatch_mode_stack())

@@ -42,6 +42,7 @@ the trace it writes) is here:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import os
 import threading
@@ -53,7 +54,7 @@ import numpy as np
 import torch
 
 from harness.dynamic.trace import torch_compat as C
-from harness.dynamic.trace.events import Frame, RunStart, Trace
+from harness.dynamic.trace.events import Frame, LossComputed, RunStart, Scored, Trace, Update
 from harness.dynamic.trace.tracer.collectives import CollectiveMixin
 from harness.dynamic.trace.tracer.config import TracerConfig
 from harness.dynamic.trace.tracer.data_loading import DataLoadingMixin
@@ -70,6 +71,8 @@ from harness.dynamic.trace.tracer.val_index import ValIndex
 
 __all__ = ["Tracer", "TracerConfig", "ValIndex", "Info", "LossOp", "OpPlan", "Registration", "FrameFinder",
            "TracerMode", "SEQ_STRIDE"]
+
+_WATCHED_EVENTS = (LossComputed, Scored, Update)  # the integrity check runs at each of these
 
 
 class Tracer(DataLoadingMixin, StorageMixin, PropagationMixin, LossMixin, SinkMixin, UpdateMixin, PatchMixin,
@@ -95,6 +98,11 @@ class Tracer(DataLoadingMixin, StorageMixin, PropagationMixin, LossMixin, SinkMi
         self._seq = itertools.count(1)
         self._modes: list = []
         self._undo: list = []
+        # what the integrity check (trace/integrity.py) verifies is still in place
+        self.patched: list[tuple] = []  # (owner, attribute, our wrapper)
+        self.hook_handles: list = []
+        self._last_frame: Frame | None = None  # of the last score/update recorded
+        self.tampered: dict | None = None  # the first integrity failure
         self._lock = threading.RLock()
         self._in_step = 0
         self._step_frame: Frame | None = None
@@ -150,6 +158,7 @@ class Tracer(DataLoadingMixin, StorageMixin, PropagationMixin, LossMixin, SinkMi
     def uninstall(self) -> None:
         if not self.installed:
             return
+        self._check_integrity("at exit", stack=True)
         self.installed = False
         for mode in reversed(self._modes):
             try:
@@ -173,13 +182,34 @@ class Tracer(DataLoadingMixin, StorageMixin, PropagationMixin, LossMixin, SinkMi
 
     def trace(self) -> Trace:
         meta = {"tracer_errors": self.errors[:50], "tracer_notes": list(self.cfg.notes),
+                # per rank: {} when the instrumentation stayed in place to the end
+                "integrity": {str(self.rank): self.tampered or {}},
                 "capture_scores_only": self.scores_only,
                 # per state written with validation positions: the seq of the last scored loss
                 # whose forward read it (rank-local names); judges skip writes no score reads
                 "last_read": {f"{self.rank}:{k}": v for k, v in self._last_read.items()},
                 "watched": sorted(f"{self.rank}:{v}" for v in self._watched_names)}
+        if self.tampered:
+            meta["untrusted"] = f"rank {self.rank}: " + "; ".join(self.tampered["missing"])
         return Trace(events=sorted(self.events, key=lambda e: e.seq), submission_dir=self.cfg.submission_dir,
                      meta=meta)
+
+    def _check_integrity(self, when: str, *, stack: bool) -> None:
+        """Record the first time the instrumentation is found incomplete, with the last
+        score/update seen before (the nearest the trace can point to the tampering)."""
+        if self.tampered is not None:
+            return
+        from harness.dynamic.trace.integrity import missing
+
+        try:
+            gone = missing(self, stack=stack)
+        except Exception as exc:  # a check that fails is not evidence against the submission
+            self.errors.append(f"integrity check: {type(exc).__name__}: {exc}")
+            return
+        if gone:
+            frame = self._last_frame
+            self.tampered = {"missing": gone, "when": when, "seq": self._seq_now,
+                             "frame": dataclasses.asdict(frame) if frame is not None else None}
 
     def save(self, path: str | Path) -> None:
         self.trace().save(path)
@@ -189,6 +219,10 @@ class Tracer(DataLoadingMixin, StorageMixin, PropagationMixin, LossMixin, SinkMi
         ev = cls(seq=seq if seq is not None else next(self._seq) * SEQ_STRIDE, rank=self.rank, **fields)
         self.events.append(ev)
         self._seq_now = max(self._seq_now, ev.seq)
+        if cls in _WATCHED_EVENTS and self.tampered is None:
+            self._check_integrity(f"at a recorded {ev.kind}", stack=False)
+            if getattr(ev, "frame", None) is not None:
+                self._last_frame = ev.frame
         return ev
 
     def _frame(self) -> Frame | None:

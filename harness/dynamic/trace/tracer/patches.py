@@ -23,6 +23,7 @@ class PatchMixin:
         def patch(owner, attr, make):
             real = getattr(owner, attr)
             setattr(owner, attr, make(real))
+            self.patched.append((owner, attr, getattr(owner, attr)))  # as read back (a function on a class)
             self._undo.append(lambda: setattr(owner, attr, real))
 
         def host(how):

@@ -147,6 +147,7 @@ class UpdateMixin:
             self._in_step = max(0, self._in_step - 1)
 
         handles += [opt.register_optimizer_step_pre_hook(pre), opt.register_optimizer_step_post_hook(post)]
+        self.hook_handles.extend(handles)
         self._undo.append(lambda: [h.remove() for h in handles])
 
     def _scan_existing_modules(self) -> None:
