@@ -1,8 +1,10 @@
 """`golf-eval verify`: check a submission folder's claims against its own logs.
 
 Each check ends in one of: pass, fail (a claim is contradicted by the logs or breaks a budget),
-unverified (the logs do not hold what the check needs), info (reported, not judged).
-Exit: 1 if any check fails, else 3 if any is unverified, else 0.
+unverified (the logs do not hold what the check needs), info (reported, not judged), and has a
+tier (harness.evaluation.tiers): blocking (the challenge's rules) or advisory (submission format).
+Exit: 1 if a blocking check fails, else 3 if a blocking check is unverified, else 0. Advisory
+checks are listed and never change the exit code.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from typing import Any
 
 from harness.evaluation.logs import ParsedLog, ResultLine, parse_folder_logs
 from harness.evaluation.significance import TestResult, one_sample_one_sided, welch_one_sided
+from harness.evaluation.tiers import ADVISORY, BLOCKING, EXAMPLE_FIELDS, TIME_CHECKS, RuleSet, \
+    missing_readme_fields, rules_for, tier_of
 from harness.core.findings import ExitCode
 
 PASS, FAIL, UNVERIFIED, INFO = "pass", "fail", "unverified", "info"
-REQUIRED_FIELDS = ("name", "github_id", "author", "val_bpb", "date", "bytes_total")
+REQUIRED_FIELDS = EXAMPLE_FIELDS  # kept for importers; what is required is in tiers.py
 
 
 class UsageError(Exception):
@@ -36,6 +40,7 @@ class VerifyOptions:
     eval_cap_s: float = 600.0
     # A wallclock-capped loop stops after the step in flight, so logs show 600.03 s; allow it.
     train_slack_s: float = 1.0
+    track: str | None = None  # None: from the folder's place under records/track_*/
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Check:
     claimed: Any = None
     measured: Any = None
     evidence: list[str] = field(default_factory=list)
+    tier: str = BLOCKING  # set by verify from tiers.tier_of
 
 
 @dataclass
@@ -77,12 +83,23 @@ class VerifyReport:
     score_label: str | None = None
     significance: TestResult | None = None
     notes: list[str] = field(default_factory=list)
+    rules: RuleSet | None = None
+
+    def blocking(self) -> list[Check]:
+        return [c for c in self.checks if c.tier == BLOCKING and c.status != INFO]
+
+    def blocking_failures(self) -> list[Check]:
+        return [c for c in self.blocking() if c.status == FAIL]
+
+    def advisories(self) -> list[Check]:
+        """Advisory checks with something to say (failed or could not be checked)."""
+        return [c for c in self.checks if c.tier == ADVISORY and c.status in (FAIL, UNVERIFIED)]
 
     def exit_code(self) -> ExitCode:
-        statuses = {c.status for c in self.checks}
+        statuses = {c.status for c in self.blocking()}
         if FAIL in statuses:
             return ExitCode.FINDINGS
-        if UNVERIFIED in statuses or not self.checks:
+        if UNVERIFIED in statuses or not statuses:
             return ExitCode.NOT_AUDITABLE
         return ExitCode.CLEAN
 
@@ -93,6 +110,9 @@ class VerifyReport:
         d = asdict(self)
         d["exit_code"] = int(self.exit_code())
         d["significance"] = self.significance.to_dict() if self.significance else None
+        d["rules"] = self.rules.to_dict() if self.rules else None
+        d["blocking_failures"] = [c.name for c in self.blocking_failures()]
+        d["advisories"] = [c.name for c in self.advisories()]
         return d
 
 
@@ -268,12 +288,15 @@ def verify(folder: Path, opts: VerifyOptions | None = None) -> VerifyReport:
         raise UsageError(f"not a folder: {folder}")
     rep = VerifyReport(target=str(folder))
     sub, sub_name, sub_err = load_submission(folder)
+    rep.rules = rules_for(folder, sub, opts.track)
     all_logs = parse_folder_logs(folder)
     rep.logs_found = [lg.path for lg in all_logs]
-    logs, rep.logs_skipped = pick_seed_logs(all_logs, sub)
+    claim_logs, other_runs = logs_of_claimed_seeds(all_logs, sub)
+    logs, rep.logs_skipped = pick_seed_logs(claim_logs, sub)
+    rep.logs_skipped += other_runs
 
     _check_files(rep, folder, sub_name, sub_err, all_logs)
-    _check_fields(rep, sub)
+    _check_fields(rep, sub, rep.rules)
 
     claimed_bpb = _number(sub.get("val_bpb")) if sub else None
     claimed_loss = _number(sub.get("val_loss")) if sub else None
@@ -300,7 +323,7 @@ def verify(folder: Path, opts: VerifyOptions | None = None) -> VerifyReport:
                              f"({lg.seed_source})")
 
     _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss,
-                 single if single else lines, loss_holds_bpb)
+                 single if single else lines, loss_holds_bpb, claimed_seeds(sub or {}))
     _check_per_seed(rep, logs, sub, label, train_logs)
     rep.seeds = [_seed_row(lg, label, tl) for lg, tl in zip(logs, train_logs)]
     _check_sizes(rep, train_logs, sub, opts)
@@ -310,7 +333,46 @@ def verify(folder: Path, opts: VerifyOptions | None = None) -> VerifyReport:
     for lg in all_logs:
         if lg.missing:
             rep.notes.append(f"{lg.path}: not found in log: {', '.join(lg.missing)}")
+    _assign_tiers(rep, opts)
     return rep
+
+
+def _assign_tiers(rep: VerifyReport, opts: VerifyOptions) -> None:
+    rules = rep.rules
+    assert rules is not None
+    record_given = opts.sota_bpb is not None or opts.sota_logs is not None
+    for c in rep.checks:
+        c.tier = tier_of(c.name, rules, record_given)
+        if c.name in TIME_CHECKS and not rules.time_limits and c.status in (FAIL, UNVERIFIED, PASS):
+            # The non-record track has no time limits (README "Non-record Submissions"): the
+            # measured times are reported, not judged.
+            c.status = INFO
+            c.summary = f"no time limit on {rules.track} ({rules.track_source}); measured: {c.summary}"
+
+
+def claimed_seeds(sub: dict[str, Any]) -> list[str]:
+    """The seeds submission.json says its claim is over (per-seed results or a seed list)."""
+    seeds = list(_per_seed_claims(sub))
+    block = sub.get("seeds")
+    if not seeds and isinstance(block, list):
+        seeds = [str(x) for x in block if isinstance(x, (int, str)) and str(x).isdigit()]
+    return seeds
+
+
+def logs_of_claimed_seeds(logs: list[ParsedLog], sub: dict[str, Any] | None) -> tuple[list[ParsedLog], list[str]]:
+    """A folder may hold logs of other runs (ablations, other context lengths, earlier seeds).
+    When submission.json names its seeds and every named seed has a log, the claim is checked on
+    those logs only; the others are listed as not used."""
+    seeds = claimed_seeds(sub or {})
+    if not seeds:
+        return logs, []
+    have = {str(lg.seed) for lg in logs if lg.seed is not None}
+    if not set(seeds) <= have:
+        return logs, []
+    keep = [lg for lg in logs if str(lg.seed) in seeds]
+    other = [f"{lg.path} (seed {lg.seed}: not one of the seeds submission.json claims, {', '.join(seeds)})"
+             for lg in logs if lg not in keep]
+    return keep, other
 
 
 def _check_files(rep: VerifyReport, folder: Path, sub_name: str, sub_err: str, logs: list[ParsedLog]) -> None:
@@ -336,24 +398,32 @@ def _check_files(rep: VerifyReport, folder: Path, sub_name: str, sub_err: str, l
                                 evidence=evidence))
 
 
-def _check_fields(rep: VerifyReport, sub: dict[str, Any] | None) -> None:
+def _check_fields(rep: VerifyReport, sub: dict[str, Any] | None, rules: RuleSet) -> None:
     if sub is None:
         rep.checks.append(Check("submission-fields", FAIL, "no readable submission.json"))
         return
+    required = missing_readme_fields(sub, rules)
     missing = [f for f in REQUIRED_FIELDS if f not in sub]
-    evidence = []
+    evidence = [f"rules of {rules.date or 'today'} ({rules.date_source}): the README asks for your name, "
+                "GitHub ID and val_bpb; the other fields follow the example runs"]
     date = sub.get("date")
     if date is not None and not re.match(r"^\d{4}-\d{2}-\d{2}", str(date)):
         evidence.append(f"date {date!r} is not YYYY-MM-DD")
-    if missing or evidence:
-        rep.checks.append(Check("submission-fields", FAIL,
-                                ("missing fields: " + ", ".join(missing)) if missing else "malformed fields",
+    if missing or len(evidence) > 1:
+        parts = []
+        if required:
+            parts.append("missing fields the README asks for: " + ", ".join(required))
+        optional = [f for f in missing if not any(f in alts.split("/") for alts in required)]
+        if optional:
+            parts.append("missing fields of the example runs: " + ", ".join(optional))
+        rep.checks.append(Check("submission-fields", FAIL, "; ".join(parts) or "malformed fields",
                                 evidence=evidence + [f"fields present: {', '.join(sorted(sub))}"]))
     else:
         rep.checks.append(Check("submission-fields", PASS, "name, github_id, author, val_bpb, date, bytes_total present"))
 
 
-def _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss, lines, loss_holds_bpb) -> None:
+def _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss, lines, loss_holds_bpb,
+                 seeds_claimed: list[str] | None = None) -> None:
     if not logs:
         rep.checks.append(Check("claimed-score", UNVERIFIED, "no train logs to compare with"))
         return
@@ -370,6 +440,13 @@ def _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss, line
     elif claimed_bpb is None and not loss_holds_bpb:
         rep.checks.append(Check("claimed-score", UNVERIFIED, f"no val_bpb claimed; final line '{label}'",
                                 measured=mean_bpb, evidence=evidence))
+    elif not matched and (absent := _claimed_seeds_without_log(logs, seeds_claimed or [])):
+        # A mean over seeds whose logs are not in the folder cannot be contradicted by the logs
+        # that are (they may be of another run): the claim is unverified, not false.
+        rep.checks.append(Check("claimed-score", UNVERIFIED,
+                                f"the claim is over seeds {', '.join(seeds_claimed or [])}; no log of seed(s) "
+                                f"{', '.join(absent)} in the folder ({why})",
+                                claimed=claimed_bpb, measured=mean_bpb, evidence=evidence))
     else:
         claim = claimed_loss if loss_holds_bpb else claimed_bpb
         status = PASS if matched else FAIL
@@ -396,6 +473,11 @@ def _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss, line
                                     f"val_loss {claimed_loss} ≠ {which} val_loss {mean_loss:.6g} of '{label}'"
                                     + (f"; it matches '{other}'" if other else ""),
                                     claimed=claimed_loss, measured=mean_loss))
+
+
+def _claimed_seeds_without_log(logs: list[ParsedLog], seeds: list[str]) -> list[str]:
+    have = {str(lg.seed) for lg in logs}
+    return [s for s in seeds if s not in have]
 
 
 def _which_line(logs: list[ParsedLog], value: float, which: str) -> str | None:
@@ -586,7 +668,10 @@ def _check_eval_time(rep: VerifyReport, logs: list[ParsedLog], sub: dict[str, An
         evidence.append(line)
         if not lg.phases:
             unmeasured.append(f"seed {lg.seed}: no eval phase found")
-        elif known > opts.eval_cap_s:
+        elif known - diag > opts.eval_cap_s:
+            # Passes the script labels diagnostic report no score the submission claims (one
+            # scores the pre-quantisation model, not the artifact); the submission is evaluated
+            # without them, so they are shown but not counted against the limit.
             over.append(f"seed {lg.seed} {known:.1f} s" + (" (+ unmeasured passes)" if lg.unmeasured_phases else "")
                         + (f" ({known - diag:.1f} s without diagnostic passes)" if diag else ""))
         elif lg.unmeasured_phases:

@@ -12,7 +12,32 @@ from harness.reports.common import md_cell, number
 
 STYLE = {PASS: "green", FAIL: "bold red", UNVERIFIED: "yellow", INFO: "cyan"}
 MARK = {PASS: "PASS", FAIL: "FAIL", UNVERIFIED: "UNVERIFIED", INFO: "info"}
-EXIT_WORDS = {0: "all claims hold", 1: "a claim fails", 2: "usage error", 3: "could not verify everything"}
+EXIT_WORDS = {0: "every blocking check holds", 1: "a blocking check fails", 2: "usage error",
+              3: "could not verify every blocking check"}
+
+
+def _mark(c) -> str:
+    """An advisory that fails or could not be checked is listed as advisory, not as a failure."""
+    if c.tier == "advisory" and c.status in (FAIL, UNVERIFIED):
+        return f"advisory ({MARK[c.status].lower()})"
+    return MARK[c.status]
+
+
+def tier_line(rep: VerifyReport) -> str:
+    """One line: the blocking verdict with its counts (the first thing a reader needs)."""
+    code = int(rep.exit_code())
+    blocking, adv = rep.blocking_failures(), rep.advisories()
+    unverified = [c for c in rep.blocking() if c.status == UNVERIFIED]
+    verdict = {0: "not blocked", 1: "BLOCKED", 3: "not verified"}.get(code, EXIT_WORDS.get(code, ""))
+    out = f"{verdict}: {len(blocking)} blocking failure(s)"
+    if blocking:
+        out += " (" + ", ".join(c.name for c in blocking) + ")"
+    if unverified:
+        out += f", {len(unverified)} blocking unverified (" + ", ".join(c.name for c in unverified) + ")"
+    out += f", {len(adv)} advisory"
+    if rep.rules:
+        out += f"; rules of {rep.rules.date or 'today'}, {rep.rules.track}"
+    return out
 
 
 def _seed_key(row) -> tuple:
@@ -25,14 +50,17 @@ def _seed_key(row) -> tuple:
 def render_verify_text(rep: VerifyReport, console: Console, verbose: bool = True, show_exit: bool = True) -> None:
     code = int(rep.exit_code())
     console.print(Text(f"golf-eval verify {rep.target}", style="bold"))
+    console.print(Text(tier_line(rep), style="bold " + ("red" if code == 1 else "green" if code == 0 else "yellow")))
     if rep.score_label:
         console.print(f"claimed score line: [bold]{rep.score_label}[/bold]")
     checks = Table(show_header=True, header_style="bold", expand=False)
     checks.add_column("check")
+    checks.add_column("tier")
     checks.add_column("status")
     checks.add_column("result", overflow="fold")
     for c in rep.checks:
-        checks.add_row(c.name, Text(MARK[c.status], style=STYLE[c.status]), c.summary)
+        style = "dim" if c.tier == "advisory" and c.status in (FAIL, UNVERIFIED) else STYLE[c.status]
+        checks.add_row(c.name, c.tier, Text(_mark(c), style=style), c.summary)
     console.print(checks)
 
     seeds = Table(title="per seed (from the logs)", show_header=True, header_style="bold")
@@ -58,7 +86,7 @@ def render_verify_text(rep: VerifyReport, console: Console, verbose: bool = True
     if verbose:
         for c in rep.checks:
             if c.evidence and c.status != PASS:
-                console.print(Text(f"{c.name}:", style=STYLE[c.status]))
+                console.print(Text(f"{c.name} ({c.tier}):", style=STYLE[c.status]))
                 for e in c.evidence:
                     console.print(f"  - {e}", markup=False, highlight=False)
         for row in rows:
@@ -98,11 +126,11 @@ def verify_json(rep: VerifyReport) -> str:
 def verify_markdown(rep: VerifyReport) -> str:
     code = int(rep.exit_code())
     out = [f"## golf-eval verify `{rep.target}`", ""]
-    out.append(f"**Result: exit {code} — {EXIT_WORDS[code]}.**"
+    out.append(f"**Result: exit {code} — {EXIT_WORDS[code]}.** {tier_line(rep)}."
                + (f" Claimed score line: `{rep.score_label}`." if rep.score_label else ""))
-    out += ["", "| check | status | result |", "|---|---|---|"]
+    out += ["", "| check | tier | status | result |", "|---|---|---|---|"]
     for c in rep.checks:
-        out.append(f"| {c.name} | {MARK[c.status]} | {md_cell(c.summary)} |")
+        out.append(f"| {c.name} | {c.tier} | {_mark(c)} | {md_cell(c.summary)} |")
     out += ["", "### Per seed", "",
             "| seed | log | val_loss | val_bpb | train s | eval s (logged) | unmeasured eval | artifact bytes |",
             "|---|---|---|---|---|---|---|---|"]
@@ -112,10 +140,11 @@ def verify_markdown(rep: VerifyReport) -> str:
                    f"{number(row.train_s, 1)} | {number(row.eval_logged_s, 1)} | {md_cell(um)} | "
                    f"{number(row.artifact_bytes)} |")
     details = [c for c in rep.checks if c.evidence and c.status != PASS]
+    details.sort(key=lambda c: c.tier != "blocking")
     if details:
         out += ["", "### Details", ""]
         for c in details:
-            out.append(f"- **{c.name}** ({MARK[c.status]})")
+            out.append(f"- **{c.name}** ({c.tier}, {MARK[c.status]})")
             out += [f"  - {md_cell(e)}" for e in c.evidence]
     if rep.notes:
         out += ["", "### Not found in logs", ""] + [f"- {md_cell(n)}" for n in rep.notes]
