@@ -116,7 +116,38 @@ def test_missing_files_and_unparseable_json(tmp_path):
     assert checks["required-files"].status == FAIL
     assert "README.md" in checks["required-files"].summary and "train log" in checks["required-files"].summary
     assert checks["submission-fields"].status == FAIL
+    # both are format (advisory); with no log the blocking claims cannot be verified at all
+    assert checks["required-files"].tier == "advisory" and checks["submission-fields"].tier == "advisory"
+    assert checks["claimed-score"].tier == "blocking" and checks["claimed-score"].status == UNVERIFIED
+    assert rep.exit_code() == ExitCode.NOT_AUDITABLE
+
+
+def test_advisories_alone_do_not_block(tmp_path):
+    sub = {k: v for k, v in GOOD_SUB.items() if k not in ("bytes_total", "date")}
+    root = make_submission(tmp_path / "s", GOOD, sub)
+    rep = verify(root, VerifyOptions(sota_bpb=1.2))
+    adv = [c.name for c in rep.advisories()]
+    assert "submission-fields" in adv and rep.blocking_failures() == []
+    assert rep.exit_code() == ExitCode.CLEAN
+    from harness.reports.verify import tier_line
+    assert tier_line(rep).startswith("not blocked: 0 blocking failure(s)") and f"{len(adv)} advisory" in tier_line(rep)
+
+
+def test_non_record_track_has_no_time_limits_but_keeps_the_size_cap(tmp_path):
+    track = tmp_path / "records" / "track_non_record_16mb"
+    slow = make_submission(track / "slow", GOOD, GOOD_SUB, train_ms=7_200_000)
+    rep = verify(slow)
+    checks = by_name(rep)
+    assert rep.rules.track == "track_non_record_16mb" and not rep.rules.time_limits
+    assert checks["train-time"].tier == "advisory" and rep.exit_code() == ExitCode.CLEAN
+    big = make_submission(track / "big", GOOD, dict(GOOD_SUB, bytes_total=16_100_000), artifact=16_100_000)
+    rep = verify(big)
+    assert by_name(rep)["artifact-size"].status == FAIL and by_name(rep)["artifact-size"].tier == "blocking"
     assert rep.exit_code() == ExitCode.FINDINGS
+    main_track = make_submission(tmp_path / "records" / "track_10min_16mb" / "slow", GOOD, GOOD_SUB,
+                                 train_ms=7_200_000)
+    rep = verify(main_track)
+    assert by_name(rep)["train-time"].status == FAIL and rep.exit_code() == ExitCode.FINDINGS
 
 
 def test_train_time_over_cap_and_claim_mismatch(tmp_path):
@@ -148,8 +179,10 @@ def test_cli_formats_and_exit_codes(tmp_path, capsys):
     assert main(["verify", str(new), "--format", "markdown", "--sota-bpb", "1.2"]) == 0
     md = capsys.readouterr().out
     assert md.startswith("## golf-eval verify") and "| significance |" in md
-    assert main(["verify", str(new)]) == 3  # no record given: significance not tested
-    assert "significance" in capsys.readouterr().out
+    # no record given: significance is not tested, listed as an advisory, and blocks nothing
+    assert main(["verify", str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "significance" in out and "not blocked" in out.splitlines()[1]
 
 
 def test_cli_usage_errors(tmp_path, capsys):
