@@ -141,6 +141,10 @@ def assert_summary_structure(summary: str, verdict: dict) -> list[list[str]]:
     lines = summary.splitlines()
     assert lines[0] == "<!-- golf-audit-ci -->"
     assert lines[1].startswith("## golf-audit CI: ") and f"(exit {verdict['exit_code']})" in lines[1]
+    # the heading is the blocking verdict in one line: counts per tier
+    counts = re.search(r"— (\d+) blocking, (\d+) not verified, (\d+) advisory", lines[1])
+    assert counts, lines[1]
+    assert (int(counts.group(1)) > 0) == (verdict["exit_code"] == 1), lines[1]
     rows = checklist_rows(summary)
     assert rows and all(len(r) == 3 and r[0] and r[1] and r[2] for r in rows), rows
     titles = [r[0] for r in rows]
@@ -162,10 +166,10 @@ def test_legal_record_passes(repo, tmp_path):
     assert [f["folder"] for f in verdict["folders"]] == [f"{TRACK}/2026-04-01_LegalTTT"]
     assert verdict["layout"] == []
     assert all(not run["results"] for run in sarif["runs"])
-    # significance could not be tested (no record given): shown, but informational
+    # significance could not be tested (no record given): shown, but advisory (its tier without a record)
     rows = assert_summary_structure(summary, verdict)
     sig = next(r for r in rows if "(`significance`)" in r[0])
-    assert sig[1].startswith("ℹ️ informational") and "no record given" in sig[2]
+    assert sig[1].startswith("ℹ️ advisory") and "no record given" in sig[2]
     assert "significance" not in verdict["folders"][0]["gating_checks"]
     assert "What could not be audited" in summary and "dynamic" in summary
 
@@ -188,7 +192,10 @@ def test_pr713_fails_with_findings_in_sarif_and_summary(repo, tmp_path):
     rows = assert_summary_structure(summary, verdict)
     row = next(r for r in rows if "`train-before-score`" in r[0])
     assert row[1].startswith("❌") and "lora_ttt_eval()" in row[2] and f"{folder}/train_gpt.py:" in row[2]
-    assert next(r for r in rows if "(`val_loss-field`)" in r[0])[1] == "❌ fail"
+    # the bpb stored in val_loss is a format fault: advisory, a SARIF note, never the gate's verdict
+    assert next(r for r in rows if "(`val_loss-field`)" in r[0])[1] == "ℹ️ advisory (fail)"
+    levels = {r["ruleId"]: r["level"] for r in sarif_results(sarif, "claims")}
+    assert levels["golf-eval/val_loss-field"] == "note" and levels["golf-eval/eval-time"] == "error"
     assert next(r for r in rows if "(`eval-time`)" in r[0])[1] == "❌ fail"
     assert "### Findings" in summary and "*Fix:*" in summary
     assert "test_time_train()" in summary  # the pre-quant TTT finding, with evidence lines

@@ -77,7 +77,12 @@ def build_run(items: list[tuple[str, Path, VerifyReport, set[str]]]) -> dict:
     results, notes = [], []
     for rel, disk, rep, gating in items:
         for check in rep.checks:
-            if check.name not in gating or check.name not in index:
+            if check.name not in index:
+                continue
+            if check.name not in gating:
+                # an advisory (format) failure is shown as a note: it never gates
+                if check.status == FAIL and getattr(check, "tier", "") == "advisory":
+                    results.append(_result(rel, disk, check, index[check.name], level="note"))
                 continue
             if check.status == FAIL:
                 results.append(_result(rel, disk, check, index[check.name]))
@@ -93,7 +98,7 @@ def build_run(items: list[tuple[str, Path, VerifyReport, set[str]]]) -> dict:
     }
 
 
-def _result(rel: str, disk: Path, check: Check, idx: int) -> dict:
+def _result(rel: str, disk: Path, check: Check, idx: int, level: str = "error") -> dict:
     name, line = _field_line(disk, CHECKS.get(check.name, (None, None, None))[2])
     uri = f"{rel}/{name}"
     text = f"golf-eval verify: {check.name}: {one_line(check.summary)}"
@@ -101,6 +106,6 @@ def _result(rel: str, disk: Path, check: Check, idx: int) -> dict:
         text += "\nEvidence: " + "; ".join(one_line(e) for e in check.evidence[:6])
     # no line number in the fingerprint: the folder, the check and the file it points at
     fp = hashlib.sha256(f"{rule_id(check.name)}\x1f{uri}".encode()).hexdigest()[:32]
-    return {"ruleId": rule_id(check.name), "ruleIndex": idx, "level": "error", "message": {"text": text},
+    return {"ruleId": rule_id(check.name), "ruleIndex": idx, "level": level, "message": {"text": text},
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}, "region": {"startLine": line}}}],
             "partialFingerprints": {"primaryLocationLineHash": fp}}

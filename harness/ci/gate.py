@@ -197,8 +197,10 @@ def _verify(fo: FolderOutcome, args: argparse.Namespace, repo: Path, significanc
         if args.debug:
             traceback.print_exc()
         return
+    # the blocking tier gates (golf-eval verify's own); advisories (format) are listed only
     fo.gating = {c.name for c in fo.verify.checks
-                 if c.name not in INFORMATIONAL and (c.name != "significance" or significance_gates)}
+                 if c.name not in INFORMATIONAL and getattr(c, "tier", "blocking") == "blocking"
+                 and (c.name != "significance" or significance_gates)}
 
 
 def _relativize(gate: GateResult, scratch: Path) -> None:

@@ -57,10 +57,41 @@ def _where(fo: "FolderOutcome | None", f: Finding) -> str:
     return f"`{path}{line}`{fn}"
 
 
+def tier_counts(gate: "GateResult") -> str:
+    """The blocking verdict in words: blocking failures (compliance findings at fail-on and
+    blocking claim checks), what could not be verified, advisories, and the fused status of the
+    compliance findings."""
+    blocking, unverified, advisory = 0, 0, 0
+    status: dict[str, int] = {}
+    blocking += sum(1 for f in gate.layout if f.severity >= gate.fail_on)
+    for fo in gate.folders:
+        if fo.audit is not None:
+            for f in fo.audit.active_findings:
+                if f.severity >= gate.fail_on:
+                    blocking += 1
+                status[f.status or "static"] = status.get(f.status or "static", 0) + 1
+            unverified += len(fo.audit.not_audited)
+        else:
+            unverified += 1
+        if fo.verify is None:
+            unverified += 1
+            continue
+        for c in fo.verify.checks:
+            if c.name in fo.gating:
+                blocking += c.status == "fail"
+                unverified += c.status == "unverified"
+            elif c.status in ("fail", "unverified"):
+                advisory += 1
+    out = f"{blocking} blocking, {unverified} not verified, {advisory} advisory"
+    if status:
+        out += " (findings: " + ", ".join(f"{n} {k}" for k, n in sorted(status.items())) + ")"
+    return out
+
+
 def render(gate: "GateResult") -> str:
     code = gate.exit_code()
     layers = ["layout", "static", "claims"] + (["dynamic (toy scale)"] if gate.dynamic else [])
-    lines = [MARKER, f"## golf-audit CI: {HEADLINE[code]} (exit {int(code)})", "",
+    lines = [MARKER, f"## golf-audit CI: {HEADLINE[code]} (exit {int(code)}) — {tier_counts(gate)}", "",
              f"Base `{gate.base[:12]}` → head `{gate.head[:12]}` (merge base `{gate.merge_base[:12]}`), "
              f"{len(gate.changes)} changed path(s). Checks: {', '.join(layers)}. "
              f"Fails on severity ≥ {gate.fail_on.name.lower()}. "
@@ -108,7 +139,8 @@ def _verify_rows(gate: "GateResult", fo: "FolderOutcome") -> list[str]:
     for c in fo.verify.checks:
         verdict = STATUS.get(c.status, c.status)
         if c.name not in fo.gating and c.status != "info":
-            verdict = f"ℹ️ informational ({c.status})"
+            word = "advisory" if getattr(c, "tier", "") == "advisory" else "informational"
+            verdict = f"ℹ️ {word} ({c.status})"
         ev = c.summary
         if c.evidence and c.status in ("fail", "unverified"):
             ev += " — " + "; ".join(c.evidence[:3])
