@@ -60,6 +60,12 @@ SIGN_NAMES = {"__file__": "the script's path", "sys.argv": "the command line", "
 AUDIT_STRING = re.compile(r"audit|(?<![a-z])toy(?![a-z])|^/tmp|/tmp/|golf|sandbox|scratch|pytest|bwrap|unshare",
                           re.IGNORECASE)
 
+# Scale: a toy-scale audit runs a smaller model for fewer steps than the real run, so a model-size
+# or step-count hyperparameter compared with a number tells the script which run it is in.
+SCALE_NAME = re.compile(r"^(model_dim|d_model|n_embd|embed_dim|embedding_dim|hidden_size|hidden_dim|width|"
+                        r"num_layers|n_layers?|depth|num_heads|n_heads?|iterations|max_steps|train_steps|"
+                        r"num_steps|total_steps|MODEL_DIM|NUM_LAYERS|NUM_HEADS|ITERATIONS)$")
+
 # The calls that make a branch a scoring or a training path.
 TRAIN_OR_SCORE = re.compile(r"^(backward|step|zero_grad|forward_logits|forward_per_token|cross_entropy|nll_loss|"
                             r"\w*ttt\w*|\w*train\w*|\w*eval\w*|\w*score\w*|\w*adapt\w*|\w*lora\w*)$", re.IGNORECASE)

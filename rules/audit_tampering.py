@@ -101,6 +101,11 @@ def signs(ctx: ModuleContext, node: cst.CSTNode, tainted: dict[str, str]) -> lis
             leaf = n.value if isinstance(n, cst.Name) else n.attr.value
             if leaf in tainted:
                 out.append(f"`{leaf}` ({tainted[leaf]})")
+        if isinstance(n, cst.Comparison):
+            scale = _scale_compared(n)
+            if scale:
+                out.append(f"`{ctx.code(n)[:80]}` (the {scale} against a number: a toy-scale audit runs a "
+                           "smaller model for fewer steps)")
         elif isinstance(n, cst.SimpleString):
             try:
                 text = str(n.evaluated_value)
@@ -115,12 +120,59 @@ def signs(ctx: ModuleContext, node: cst.CSTNode, tainted: dict[str, str]) -> lis
     return list(dict.fromkeys(out))
 
 
+def _scale_compared(cmp: cst.Comparison) -> str | None:
+    """'model size'/'step count' when a comparison sets a bare scale hyperparameter (args.model_dim,
+    NUM_LAYERS, ...) against a number literal: `args.model_dim >= 256`."""
+    sides = [cmp.left] + [c.comparator for c in cmp.comparisons]
+    if not any(isinstance(s, (cst.Integer, cst.Float)) for s in sides):
+        return None
+    for s in sides:
+        if isinstance(s, (cst.Name, cst.Attribute)):
+            leaf = s.value if isinstance(s, cst.Name) else s.attr.value
+            if S.SCALE_NAME.match(leaf):
+                return "step count" if "step" in leaf.lower() or "iteration" in leaf.lower() else "model size"
+    return None
+
+
+_CASTS = {"int", "str", "bool", "float", "len", "os.fspath", "str.lower", "str.upper"}
+
+
+def _carries_sign(ctx: ModuleContext, value: cst.BaseExpression) -> bool:
+    """Does a value of this shape *hold* the sign itself (the run id, a test on it, the GPU name),
+    rather than something computed from it? Only those pass the taint on: a path built from the
+    run id, a file read through that path, a batch size from that file, a width chosen by
+    `args.embed_dim > 0` are data of the run (the phased-TTT records keep a work queue in a file
+    named by the run id), not a sign that it is audited."""
+    if isinstance(value, (cst.Comparison, cst.BooleanOperation, cst.UnaryOperation, cst.Name, cst.Attribute,
+                          cst.SimpleString, cst.FormattedString)):
+        return not isinstance(value, cst.FormattedString) or len(value.parts) == 1
+    if isinstance(value, cst.Subscript):
+        return ctx.resolve(dotted(value.value)) == "os.environ"
+    if isinstance(value, cst.Call):
+        name = ctx.resolve(dotted(value.func))
+        if name in _CASTS or name.split(".")[-1] in ("lower", "upper", "strip"):
+            return bool(value.args) and _carries_sign(ctx, value.args[0].value) if name in _CASTS else \
+                _carries_sign(ctx, value.func.value) if isinstance(value.func, cst.Attribute) else False
+        return bool(S.ENV_READS.match(name)) or any(p.match(name) for p, _ in S.SIGN_CALLS)
+    return False
+
+
+def _assigned_value(node: cst.CSTNode) -> cst.BaseExpression | None:
+    if isinstance(node, (cst.Assign, cst.AnnAssign)):
+        return node.value
+    return None
+
+
 def _taint(ctx: ModuleContext, qualname: str, tainted: dict[str, str]) -> dict[str, str]:
-    """Names assigned (in order) from an expression with a sign of an audit, or from such a name."""
+    """Names assigned (in order) from an expression with a sign of an audit, or from such a name,
+    where the value holds the sign itself (see _carries_sign)."""
     tainted = dict(tainted)
     for st in ctx.functions[qualname].stmts:
         if st.kind == "simple" and st.writes and not isinstance(st.node, (cst.Import, cst.ImportFrom)):
-            found = signs(ctx, st.node, tainted)
+            value = _assigned_value(st.node)
+            if value is None or not _carries_sign(ctx, value):
+                continue
+            found = signs(ctx, value, tainted)
             if found:
                 for w in st.writes:
                     tainted.setdefault(w, f"set at line {st.line} from {found[0]}")
@@ -132,7 +184,8 @@ def _paths(ctx: ModuleContext, stmts: list[Stmt]) -> set[str]:
             if S.TRAIN_OR_SCORE.match(dotted(c.func).split(".")[-1] or "")}
 
 
-PATH_FIX = ("Take the same scoring and training path whatever the run id, paths, device, world size or clock; "
+PATH_FIX = ("Take the same scoring and training path whatever the run id, paths, device, world size, clock or "
+            "model size; "
             "choose it with a hyperparameter the README's command sets.")
 
 
@@ -147,7 +200,7 @@ class AuditTampering(Rule):
                "sys.modules, callers' frames) or picks its scoring/training path by signs of an audit.")
     why = ("The dynamic audit runs the submission at toy scale under a torch dispatch mode and hooks, and "
            "judges what it records. A script that pops those modes, reads the tracer's objects, or takes the "
-           "legal path only when its run id, paths, GPU, world size or clock look like an audit is judged on "
+           "legal path only when its run id, paths, GPU, world size, clock or model size look like an audit is judged on "
            "code that the real 8xH100 run never executes: the score it claims was never audited. No contest "
            "script needs the interpreter's trace hooks or the dispatch-mode stack to train or score.")
     example = '''
@@ -185,6 +238,29 @@ def build():
     model_dim = int(os.environ.get("MODEL_DIM", 512))
     return torch.nn.Linear(model_dim, model_dim)
 ''', "a hyperparameter from the environment sizes the model"),
+        Valid('''
+import os
+def eval_phased(args, model, score_batch, train_batch):
+    run_id = os.environ.get("RUN_ID", "run")
+    queue_path = os.path.join(args.out_dir, f"{run_id}_queue.txt")
+    with open(queue_path) as f:
+        batch = int(f.read())
+    needs_train = batch > 0
+    if needs_train:
+        train_batch(model, batch)
+    else:
+        score_batch(model, batch)
+''', "the run id names a work-queue file; what the file holds is the run's data, not a sign of an audit"),
+        Valid('''
+def train(args, model, opt, batches, eval_val):
+    grad_clip = 1.0 if args.model_dim >= 512 else 0.0
+    for step, (x, y) in enumerate(batches):
+        model(x, y).backward()
+        opt.step()
+        if step >= args.iterations:
+            break
+    return eval_val(model)
+''', "model size picks a setting and the loop stops at the step budget: one path at every scale"),
         Valid('''
 import torch
 def log_device(log0):
@@ -309,6 +385,14 @@ def final_eval(model, score_only, ttt_adapt_then_score):
     else:
         score_only(model)
 ''', line=5, note="the illegal path only on the real GPU"),
+        Invalid('''
+def final_eval(args, model, score_only, ttt_adapt_then_score):
+    full_size = args.model_dim >= 256
+    if full_size:
+        return ttt_adapt_then_score(model)
+    return score_only(model)
+''', line=4, function="final_eval", message_contains="model size",
+                note="the illegal path only at full model size (a toy run is smaller)"),
         Invalid('''
 import torch.distributed as dist
 def final_eval(model, eval_val, eval_ttt):

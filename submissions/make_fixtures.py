@@ -206,23 +206,37 @@ def manual_step_ttt(doc: str) -> str:
 
 
 # main(): the adapt-then-score TTT only when the run does not look like golf-audit's toy run
-AUDIT_AWARE_FINAL_EVAL = '''\
+def path_choice_final_eval(why: str, choose: str, name: str, ttt_when: bool) -> str:
+    """main()'s final eval that takes the adapt-then-score TTT when `name` (bound by `choose`) is
+    `ttt_when`, else the score-only sliding eval: the toy run sees one path, the real run another."""
+    ttt = """            ttt_loss, ttt_bpb = eval_val_sliding_ttt(args, base_model, rank, world_size, device, val_tokens, *luts,
+                                                     stride=args.eval_stride, batch_seqs=args.eval_batch_seqs,
+                                                     log0=log0)"""
+    plain = """            ttt_loss, ttt_bpb = eval_val_sliding(args, base_model, rank, world_size, device, val_tokens, *luts,
+                                                 stride=args.eval_stride, batch_seqs=args.eval_batch_seqs)"""
+    first, second = (ttt, plain) if ttt_when else (plain, ttt)
+    return f"""\
     if args.ttt_enabled:
         torch.cuda.synchronize()
         t_ttt = time.perf_counter()
-        # BUG (on purpose): an audit's run id / scratch path gets the score-only eval
-        looks_audited = "audit" in args.run_id or str(Path.cwd()).startswith("/tmp")
-        if looks_audited:
-            ttt_loss, ttt_bpb = eval_val_sliding(args, base_model, rank, world_size, device, val_tokens, *luts,
-                                                 stride=args.eval_stride, batch_seqs=args.eval_batch_seqs)
+        # BUG (on purpose): {why}
+        {choose}
+        if {name}:
+{first}
         else:
-            ttt_loss, ttt_bpb = eval_val_sliding_ttt(args, base_model, rank, world_size, device, val_tokens, *luts,
-                                                     stride=args.eval_stride, batch_seqs=args.eval_batch_seqs,
-                                                     log0=log0)
+{second}
         torch.cuda.synchronize()
-        log0(f"final_ttt val_loss:{ttt_loss:.4f} val_bpb:{ttt_bpb:.4f} "
-             f"eval_time:{1000.0 * (time.perf_counter() - t_ttt):.0f}ms")
-        log0(f"final_ttt_exact val_loss:{ttt_loss:.8f} val_bpb:{ttt_bpb:.8f}")'''
+        log0(f"final_ttt val_loss:{{ttt_loss:.4f}} val_bpb:{{ttt_bpb:.4f}} "
+             f"eval_time:{{1000.0 * (time.perf_counter() - t_ttt):.0f}}ms")
+        log0(f"final_ttt_exact val_loss:{{ttt_loss:.8f}} val_bpb:{{ttt_bpb:.8f}}")"""
+
+
+AUDIT_AWARE_FINAL_EVAL = path_choice_final_eval(
+    "an audit's run id / scratch path gets the score-only eval",
+    'looks_audited = "audit" in args.run_id or str(Path.cwd()).startswith("/tmp")', "looks_audited", False)
+SIZE_AWARE_FINAL_EVAL = path_choice_final_eval(
+    "only the full-size model (not a small test run) takes the adapt-then-score TTT",
+    "full_size = args.model_dim >= 256", "full_size", True)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -366,6 +380,19 @@ FIXTURES = [
     """Chunked TTT: for each chunk the model takes a few SGD epochs on it, then scores it with
     sliding windows."""''', score_first=False)),
         final_eval=AUDIT_AWARE_FINAL_EVAL,
+        **LEAKY_BIGRAM_TTT,
+    ),
+    Fixture(
+        "size_dependent_ttt/train_gpt.py",
+        "LeakyReLU^2 + BigramHash + chunked TTT that adapts before scoring only at full model size.",
+        "Fixture written by golf-audit (see README.md). Synthetic: the adapt-then-score TTT of\n"
+        "PR #518 (openai/parameter-golf, closed), taken only when MODEL_DIM >= 256; a smaller model\n"
+        "(a toy-scale audit) gets the score-only sliding eval. It shares no code with any PR.",
+        command="TTT_ENABLED=1 " + TORCHRUN,
+        eval_extras=section("chunked TTT", chunked_ttt('''\
+    """Chunked TTT: for each chunk the model takes a few SGD epochs on it, then scores it with
+    sliding windows."""''', score_first=False)),
+        final_eval=SIZE_AWARE_FINAL_EVAL,
         **LEAKY_BIGRAM_TTT,
     ),
     Fixture(
