@@ -167,6 +167,74 @@ def test_per_seed_claims_checked(tmp_path):
     assert any("1337" in e for e in checks["per-seed-claims"].evidence)
 
 
+
+# ---- shapes seen in the merged records (synthetic logs) -------------------------------------
+
+
+def test_per_seed_scores_pick_the_log_when_the_named_seed_is_not_the_logged_one(tmp_path):
+    """submission.json names seed 7, but the run it scored logs another seed (a default seed);
+    the folder also holds a log of seed 7 from another configuration. The per-seed scores pick
+    the logs; the claim holds; the seed label is reported (advisory), not a blocking failure."""
+    sub = dict(GOOD_SUB, val_bpb=1.3005, val_loss=2.2010, seeds=[7, 8], bytes_total=15_900_000,
+               seed_results={"7": {"val_bpb": 1.3000, "val_loss": 2.2000},
+                             "8": {"val_bpb": 1.3010, "val_loss": 2.2020}})
+    root = make_submission(tmp_path / "s", {}, sub)
+    write_log(root / "run_ctx4k_seed7.log", 7, loss=2.0500, bpb=1.2100)   # other config, seed 7
+    write_log(root / "run_ctx8k.log", 9, loss=2.2000, bpb=1.3000)         # the scored run: seed 9
+    write_log(root / "run_ctx8k_seed8.log", 8, loss=2.2020, bpb=1.3010)
+    rep = verify(root)
+    checks = by_name(rep)
+    assert checks["claimed-score"].status == PASS, checks["claimed-score"].summary
+    assert sorted(s.log for s in rep.seeds) == ["run_ctx8k.log", "run_ctx8k_seed8.log"]
+    assert any("seed 7" in n and "seed 9" in n for n in rep.notes)
+    assert checks["per-seed-claims"].tier == "advisory" and checks["per-seed-claims"].status == FAIL
+    assert rep.exit_code() == ExitCode.CLEAN
+
+
+def test_claim_of_an_artifact_the_logs_do_not_show_is_unverified(tmp_path):
+    """The log's roundtrip is of one artifact (its size on a 'model: … | Total submission: …'
+    line); the claimed score and bytes_total are of another quantisation run not logged."""
+    root = make_submission(tmp_path / "s", {}, dict(GOOD_SUB, val_bpb=1.2000, val_loss=2.0300,
+                                                     bytes_total=15_700_000))
+    (root / "train.log").write_text("\n".join([
+        "step:0/100 val_loss:6.9 val_bpb:4.1 train_time:0ms step_avg:0.01ms",
+        "step:100/100 val_loss:2.0100 val_bpb:1.1900 train_time:590000ms step_avg:5900ms",
+        "INT5+zlib model: 15300000 bytes | Total submission: 15370000 bytes",
+        "final_INT5_zlib_roundtrip val_loss:2.0700 val_bpb:1.2300",
+    ]) + "\n")
+    rep = verify(root)
+    checks = by_name(rep)
+    assert checks["artifact-size"].status == PASS and checks["artifact-size"].measured == 15_370_000
+    assert checks["claimed-score"].status == UNVERIFIED
+    assert "15,700,000 is no logged artifact" in checks["claimed-score"].summary
+    assert rep.blocking_failures() == [] and rep.exit_code() == ExitCode.NOT_AUDITABLE
+    # the same claim with the logged artifact's size is contradicted by the log: blocking
+    (root / "submission.json").write_text(json.dumps(dict(GOOD_SUB, val_bpb=1.2000, bytes_total=15_370_000)))
+    assert by_name(verify(root))["claimed-score"].status == FAIL
+
+
+def test_no_log_but_metadata_states_limits_broken(tmp_path):
+    """No train log; submission.json itself states an artifact over 16,000,000 bytes and a
+    training time over 600 s: both blocking failures (the submitter's own numbers)."""
+    root = tmp_path / "records" / "track_10min_16mb" / "s"
+    root.mkdir(parents=True)
+    (root / "README.md").write_text("# t\n")
+    (root / "train_gpt.py").write_text("print('val_bpb')\n")
+    (root / "submission.json").write_text(json.dumps(
+        {"name": "t", "github_id": "me", "val_bpb": 1.13, "compressed_size_bytes": 16_300_000,
+         "training_time_seconds": 2000}))
+    rep = verify(root)
+    checks = by_name(rep)
+    assert checks["artifact-size"].status == FAIL and "16,300,000" in checks["artifact-size"].summary
+    assert checks["train-time"].status == FAIL and "2000 s" in checks["train-time"].summary
+    assert rep.exit_code() == ExitCode.FINDINGS
+    # within the limits, the same metadata proves nothing: not verified
+    (root / "submission.json").write_text(json.dumps(
+        {"name": "t", "github_id": "me", "val_bpb": 1.13, "bytes_total": 15_900_000, "training_time_seconds": 590}))
+    rep = verify(root)
+    assert by_name(rep)["artifact-size"].status == UNVERIFIED and by_name(rep)["train-time"].status == UNVERIFIED
+    assert rep.exit_code() == ExitCode.NOT_AUDITABLE
+
 # ---- CLI ------------------------------------------------------------------------------------
 
 

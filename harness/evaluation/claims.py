@@ -310,6 +310,20 @@ def verify(folder: Path, opts: VerifyOptions | None = None) -> VerifyReport:
         if m2:
             label, matched, why, loss_holds_bpb = lb2, True, why2 + " (value taken from val_loss)", True
             single = single2
+    if not matched and claimed_bpb is not None:
+        # submission.json may name a seed its log does not print (a default seed, a renamed run):
+        # its per-seed scores then pick the logs, whatever seed the logs say.
+        alt, alt_notes = logs_matching_seed_claims(all_logs, sub or {})
+        if alt is not None and {lg.path for lg in alt} != {lg.path for lg in logs}:
+            single3: list[ResultLine] = []
+            lb3, m3, why3 = claimed_score_label(alt, claimed_bpb, single3)
+            if m3:
+                used = {lg.path for lg in alt}
+                rep.logs_skipped = [f"{lg.path} (its score matches no per-seed claim of submission.json)"
+                                    for lg in all_logs if lg.path not in used]
+                logs, label, matched, single = alt, lb3, True, single3
+                why = why3 + "; logs picked by submission.json's per-seed scores"
+                rep.notes += alt_notes
     rep.score_label = label
     lines = score_lines(logs, label) if label else []
     train_logs = [train_info_log(lg, all_logs) for lg in logs]
@@ -323,11 +337,12 @@ def verify(folder: Path, opts: VerifyOptions | None = None) -> VerifyReport:
                              f"({lg.seed_source})")
 
     _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss,
-                 single if single else lines, loss_holds_bpb, claimed_seeds(sub or {}))
+                 single if single else lines, loss_holds_bpb, claimed_seeds(sub or {}),
+                 _number(sub.get("bytes_total")) if sub else None)
     _check_per_seed(rep, logs, sub, label, train_logs)
     rep.seeds = [_seed_row(lg, label, tl) for lg, tl in zip(logs, train_logs)]
     _check_sizes(rep, train_logs, sub, opts)
-    _check_train_time(rep, train_logs, opts)
+    _check_train_time(rep, train_logs, opts, sub)
     _check_eval_time(rep, logs, sub, opts)
     _check_significance(rep, logs, lines, opts)
     for lg in all_logs:
@@ -373,6 +388,42 @@ def logs_of_claimed_seeds(logs: list[ParsedLog], sub: dict[str, Any] | None) -> 
     other = [f"{lg.path} (seed {lg.seed}: not one of the seeds submission.json claims, {', '.join(seeds)})"
              for lg in logs if lg not in keep]
     return keep, other
+
+
+def logs_matching_seed_claims(logs: list[ParsedLog], sub: dict[str, Any]) -> tuple[list[ParsedLog] | None, list[str]]:
+    """One log per per-seed claim of submission.json, chosen by the claimed score: a log of that
+    seed whose result line (after training) gives the claimed val_bpb (and val_loss, if claimed),
+    else the one log of any seed that does. None when some claim has no such log, or two claims
+    would share one."""
+    claims = _per_seed_claims(sub)
+    if not claims:
+        return None, []
+    chosen: list[ParsedLog] = []
+    notes: list[str] = []
+
+    def gives(lg: ParsedLog, vals: dict[str, float]) -> bool:
+        for r in lg.results:
+            if not r.after_training:
+                continue
+            if all(abs(getattr(r, k) - vals[k]) <= _tolerance(vals[k], [r], k)
+                   for k in ("val_bpb", "val_loss") if k in vals):
+                return True
+        return False
+
+    for seed, vals in claims.items():
+        if "val_bpb" not in vals:
+            return None, []
+        cands = [lg for lg in logs if lg not in chosen and gives(lg, vals)]
+        same = [lg for lg in cands if str(lg.seed) == seed]
+        if same:
+            chosen.append(same[0])
+        elif len(cands) == 1:
+            chosen.append(cands[0])
+            notes.append(f"submission.json seed {seed}: its score {vals['val_bpb']} is in {cands[0].path}, "
+                         f"which says seed {cands[0].seed} ({cands[0].seed_source})")
+        else:
+            return None, []
+    return chosen, notes
 
 
 def _check_files(rep: VerifyReport, folder: Path, sub_name: str, sub_err: str, logs: list[ParsedLog]) -> None:
@@ -423,7 +474,7 @@ def _check_fields(rep: VerifyReport, sub: dict[str, Any] | None, rules: RuleSet)
 
 
 def _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss, lines, loss_holds_bpb,
-                 seeds_claimed: list[str] | None = None) -> None:
+                 seeds_claimed: list[str] | None = None, claimed_bytes: float | None = None) -> None:
     if not logs:
         rep.checks.append(Check("claimed-score", UNVERIFIED, "no train logs to compare with"))
         return
@@ -446,6 +497,11 @@ def _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss, line
         rep.checks.append(Check("claimed-score", UNVERIFIED,
                                 f"the claim is over seeds {', '.join(seeds_claimed or [])}; no log of seed(s) "
                                 f"{', '.join(absent)} in the folder ({why})",
+                                claimed=claimed_bpb, measured=mean_bpb, evidence=evidence))
+    elif not matched and (other := _claimed_artifact_not_logged(logs, claimed_bytes)):
+        # The claim is of an artifact the logs do not show (e.g. a re-quantisation run after the
+        # logged one): the logs' scores are of another artifact and cannot contradict it.
+        rep.checks.append(Check("claimed-score", UNVERIFIED, f"{why}; {other}",
                                 claimed=claimed_bpb, measured=mean_bpb, evidence=evidence))
     else:
         claim = claimed_loss if loss_holds_bpb else claimed_bpb
@@ -473,6 +529,15 @@ def _check_score(rep, logs, label, matched, why, claimed_bpb, claimed_loss, line
                                     f"val_loss {claimed_loss} ≠ {which} val_loss {mean_loss:.6g} of '{label}'"
                                     + (f"; it matches '{other}'" if other else ""),
                                     claimed=claimed_loss, measured=mean_loss))
+
+
+def _claimed_artifact_not_logged(logs: list[ParsedLog], claimed_bytes: float | None) -> str:
+    sizes = [lg.artifact.value for lg in logs if lg.artifact is not None]
+    if claimed_bytes is None or not sizes or int(claimed_bytes) in sizes \
+            or (len(sizes) > 1 and abs(claimed_bytes - mean(sizes)) <= 1.0):
+        return ""
+    return (f"submission.json bytes_total {int(claimed_bytes):,} is no logged artifact "
+            f"({', '.join(f'{v:,}' for v in sizes)}): the claim is of an artifact these logs do not show")
 
 
 def _claimed_seeds_without_log(logs: list[ParsedLog], seeds: list[str]) -> list[str]:
@@ -565,7 +630,15 @@ def _check_sizes(rep: VerifyReport, logs: list[ParsedLog], sub: dict[str, Any] |
     known = [(s, a) for s, a in sizes if a is not None]
     evidence = [f"seed {s}: {a.value:,} bytes (line {a.line}, 'Total submission size {a.label}')" for s, a in known]
     over = [(s, a) for s, a in known if a.value > opts.size_cap_bytes]
-    if not logs or not known:
+    declared = _declared(sub, SIZE_FIELDS)
+    if (not logs or not known) and declared and declared[1] > opts.size_cap_bytes:
+        # No log prints the size, but the submission's own metadata states one over the cap.
+        key, value = declared
+        rep.checks.append(Check("artifact-size", FAIL,
+                                f"no artifact size in the logs; submission.json {key} = {int(value):,} bytes, "
+                                f"over {opts.size_cap_bytes:,}", claimed=int(value),
+                                evidence=evidence + [f"submission.json {key}: {int(value)}"]))
+    elif not logs or not known:
         rep.checks.append(Check("artifact-size", UNVERIFIED, "no artifact size in the logs", evidence=evidence))
     elif over:
         rep.checks.append(Check("artifact-size", FAIL,
@@ -604,11 +677,33 @@ def _check_sizes(rep: VerifyReport, logs: list[ParsedLog], sub: dict[str, Any] |
                                 claimed=int(claimed_code), measured=codes))
 
 
-def _check_train_time(rep: VerifyReport, logs: list[ParsedLog], opts: VerifyOptions) -> None:
+# submission.json fields where authors state the artifact size / the training time themselves.
+SIZE_FIELDS = ("bytes_total", "compressed_size_bytes", "artifact_bytes")
+TRAIN_TIME_FIELDS = ("training_time_seconds", "train_time_seconds", "train_time_s", "wallclock_seconds")
+
+
+def _declared(sub: dict[str, Any] | None, keys: tuple[str, ...]) -> tuple[str, float] | None:
+    for key in keys:
+        if sub and (v := _number(sub.get(key))) is not None:
+            return key, v
+    return None
+
+
+def _check_train_time(rep: VerifyReport, logs: list[ParsedLog], opts: VerifyOptions,
+                      sub: dict[str, Any] | None = None) -> None:
+    limit = opts.train_cap_s + opts.train_slack_s
+    declared = _declared(sub, TRAIN_TIME_FIELDS)
+    if declared and declared[1] > limit and all(lg.train_total_s is None for lg in logs):
+        # No log prints the train time, but the submission's own metadata states one over the cap.
+        key, value = declared
+        rep.checks.append(Check("train-time", FAIL,
+                                f"no train time in the logs; submission.json {key} = {value:g} s, "
+                                f"over {opts.train_cap_s:.0f} s", claimed=value,
+                                evidence=[f"submission.json {key}: {value:g}"]))
+        return
     if not logs:
         rep.checks.append(Check("train-time", UNVERIFIED, "no train logs"))
         return
-    limit = opts.train_cap_s + opts.train_slack_s
     evidence, over, unknown = [], [], []
     for lg in logs:
         t = lg.train_total_s

@@ -49,6 +49,8 @@ SEED_IN_DUMP = re.compile(r"(?:^|\s)seed=(\d+)(?=\s|$)")  # "… run_id=x seed=1
 SERIALIZED = re.compile(r"^Serialized model(?:\s+([^:]+?))?:\s*(\d+)\s*bytes\b")
 CODE_SIZE = re.compile(r"^Code size(?:\s*\(([^)]*)\))?:\s*(\d+)\s*bytes\b")
 TOTAL_SIZE = re.compile(r"^Total submission size(?:\s+([^:]+?))?:\s*(\d+)\s*bytes\b")
+# "INT7+zlib model: 15370972 bytes | Total submission: 15441941 bytes" (model and total on one line)
+TOTAL_INLINE = re.compile(r"^(?:(\S.*?)\s+model:\s*\d+\s*bytes\s*\|\s*)?Total submission:\s*(\d+)\s*bytes\b")
 BUDGET_SIZE = re.compile(r"^budget:(\d+)/\d+")  # "budget:15995705/16000000 (…) FITS"
 ARTIFACT_CODE = re.compile(r"^artifact:.*\bcode:(\d+)")  # "artifact:15.92MB … code:70853"
 SCRIPT_TOTAL_EVAL = re.compile(r"^total_eval_time:\s*(" + NUM + r")s\b")
@@ -299,7 +301,7 @@ def parse_log_text(text: str, path: str = "<log>") -> ParsedLog:
         if log.seed is None and "(" not in body and (m := SEED_IN_DUMP.search(body)):
             log.seed, log.seed_source = int(m.group(1)), f"log line {i + 1}"
             continue
-        if m := TOTAL_SIZE.match(body):
+        if m := (TOTAL_SIZE.match(body) or TOTAL_INLINE.match(body)):
             log.sizes.append(SizeLine("total", (m.group(1) or "").strip(), int(m.group(2)), i + 1))
             continue
         if m := SERIALIZED.match(body):
