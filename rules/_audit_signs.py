@@ -26,6 +26,12 @@ INSTRUMENTATION = [
     # describes the data format (the reference model reads shards with it)
     (re.compile(r"^(harness\.dynamic|golf_audit)(\.|$)"), "golf-audit's dynamic layer"),
 ]
+# A name in a statement that can reach INSTRUMENTATION has one of these as a component (after
+# the import table): the rule walks only statements that have one (most statements have none).
+KEY_PARTS = {"_python_dispatch", "_C", "overrides", "settrace", "setprofile", "gettrace", "getprofile", "monitoring",
+             "get_objects", "get_referrers", "stack", "getouterframes", "trace", "modules", "_getframe", "harness",
+             "golf_audit"}
+KEY_PREFIX = "_global_"
 # The same names spelled as strings (getattr(torch._C, "_len_torch_dispatch_stack"),
 # importlib.import_module("torch.utils._python_dispatch")).
 PRIVATE_NAMES = {

@@ -49,6 +49,33 @@ def instrumentation_touch(ctx: ModuleContext, st: Stmt) -> tuple[str, str] | Non
                 return what, full
     if names:
         return None  # a plain import of anything else (sys, gc, inspect) is not a touch
+    if _may_touch(ctx, st):
+        found = _walk_touch(ctx, st)
+        if found is not None:
+            return found
+    if S.FRAME_ATTRS & st.attrs:
+        return "the callers' frames", ".f_back"
+    for s in st.strings:
+        if s in S.PRIVATE_NAMES:
+            return "the instrumentation, by a name spelled as a string", repr(s)
+    return None
+
+
+def _may_touch(ctx: ModuleContext, st: Stmt) -> bool:
+    """A cheap test first: does any name or attribute of the statement, resolved through the
+    import table, have a component that instrumentation names have? (Only simple statements
+    record their attributes: a compound statement's header is always walked.)"""
+    if st.kind != "simple":
+        return True
+    for word in st.reads | st.writes | st.attrs:
+        for part in ctx.imports.get(word, word).split("."):
+            if part in S.KEY_PARTS or part.startswith(S.KEY_PREFIX):
+                return True
+    return False
+
+
+def _walk_touch(ctx: ModuleContext, st: Stmt) -> tuple[str, str] | None:
+    node = st.node
     allowed: set[int] = set()  # sys.modules[...] = m (registering a module), sys.modules[__name__]
     for part in _header(st):
         for n in walk(part):
@@ -73,11 +100,6 @@ def instrumentation_touch(ctx: ModuleContext, st: Stmt) -> tuple[str, str] | Non
             for pattern, what in S.INSTRUMENTATION:
                 if pattern.match(full):
                     return what, full
-    if S.FRAME_ATTRS & st.attrs:
-        return "the callers' frames", ".f_back"
-    for s in st.strings:
-        if s in S.PRIVATE_NAMES:
-            return "the instrumentation, by a name spelled as a string", repr(s)
     return None
 
 

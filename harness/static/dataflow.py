@@ -362,6 +362,8 @@ def scoring_helper_call(ctx: ModuleContext, fn: Function, st: Stmt, losses: set[
                         summaries) -> tuple[str, int] | None:
     """`_accumulate_bpb(per_tok_loss, ..., loss_sum, ...)`: a call that hands a loss and an accumulator
     to a function that adds into that accumulator. Returns (accumulator, order)."""
+    if not st.calls or not st.reads & losses:  # no loss among the statement's names: no such call
+        return None
     project = project_of(ctx)
     by_name = {f.name: f for f in ctx.functions.values()}
     for call in st.calls:
