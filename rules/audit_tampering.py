@@ -7,7 +7,7 @@ import libcst as cst
 from harness.core.findings import Confidence, Layer, Location, Severity
 from harness.core.rule import Invalid, Rule, Valid
 from harness.dynamic.judge.synthetic import TraceExample
-from harness.static.engine import ModuleContext, Stmt, dotted, walk
+from harness.static.engine import ModuleContext, Stmt, dotted, string_value, walk
 from rules import _audit_signs as S
 
 
@@ -130,7 +130,7 @@ def signs(ctx: ModuleContext, node: cst.CSTNode, tainted: dict[str, str]) -> lis
                            "smaller model for fewer steps)")
         elif isinstance(n, cst.SimpleString):
             try:
-                text = str(n.evaluated_value)
+                text = string_value(n)
             except Exception:  # noqa: BLE001 - bytes or odd escapes: not a sign
                 continue
             if S.AUDIT_STRING.search(text):
@@ -490,13 +490,13 @@ def final_eval(model, eval_val, eval_ttt):
                                   f"if taken: {', '.join(sorted(a)) or 'none'}; "
                                   f"otherwise: {', '.join(sorted(b)) or 'none'}"]
             return None
-        for part in _header(st):
-            for n in walk(part):
-                if isinstance(n, cst.IfExp):
-                    found = signs(ctx, n.test, tainted)
-                    names = [{x.split(".")[-1] for x in (dotted(m) for m in walk(side)
-                                                         if isinstance(m, (cst.Name, cst.Attribute)))
-                              if S.TRAIN_OR_SCORE.match(x.split(".")[-1] or "")} for side in (n.body, n.orelse)]
-                    if found and names[0] != names[1]:
-                        return found[0], [f"`{ctx.code(n)[:160]}`: " + "; ".join(found[:3])]
+        ifexps = st.ifexps if st.ifexps is not None else [
+            n for part in _header(st) for n in walk(part) if isinstance(n, cst.IfExp)]
+        for n in ifexps:
+            found = signs(ctx, n.test, tainted)
+            names = [{x.split(".")[-1] for x in (dotted(m) for m in walk(side)
+                                                 if isinstance(m, (cst.Name, cst.Attribute)))
+                      if S.TRAIN_OR_SCORE.match(x.split(".")[-1] or "")} for side in (n.body, n.orelse)]
+            if found and names[0] != names[1]:
+                return found[0], [f"`{ctx.code(n)[:160]}`: " + "; ".join(found[:3])]
         return None

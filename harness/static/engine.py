@@ -111,6 +111,19 @@ class _Collector:
         self.attrs: set[str] = set()  # names read as attributes: `val_files` in `args.val_files`
         self.calls: list[cst.Call] = []
         self.strings: list[str] = []
+        self.ifexps: list[cst.IfExp] = []
+
+
+def string_value(node: cst.SimpleString) -> str:
+    """A string literal's text. LibCST's evaluated_value compiles every literal (ast.literal_eval);
+    a plain or raw literal without escapes is its text between the quotes."""
+    raw = node.value
+    prefix = node.prefix.lower()
+    if "b" not in prefix and ("\\" not in raw or "r" in prefix):
+        body = raw[len(prefix):]
+        q = 3 if body[:3] in ('"""', "'''") else 1
+        return body[q:-q]
+    return str(node.evaluated_value)
 
 
 def collect(node: cst.CSTNode | None) -> _Collector:
@@ -126,9 +139,11 @@ def collect(node: cst.CSTNode | None) -> _Collector:
             c.calls.append(n)
         elif isinstance(n, cst.SimpleString):
             try:
-                c.strings.append(str(n.evaluated_value))
+                c.strings.append(string_value(n))
             except Exception:  # noqa: BLE001
                 pass
+        elif isinstance(n, cst.IfExp):
+            c.ifexps.append(n)
     return c
 
 
@@ -200,6 +215,7 @@ class Stmt:
     calls: tuple[cst.Call, ...] = ()
     strings: tuple[str, ...] = ()
     attrs: frozenset[str] = frozenset()
+    ifexps: tuple[cst.IfExp, ...] | None = None  # a simple statement's conditional expressions
 
     def call_names(self) -> list[str]:
         return [dotted(c.func) for c in self.calls]
@@ -322,10 +338,11 @@ class _Builder:
                 self._compound(s, fn, guards, loops, withs, prefix)
 
     def _add(self, fn: Function, node, kind, guards, loops, withs, reads=frozenset(), writes=frozenset(),
-             calls=(), strings=(), attrs=frozenset()) -> Stmt:
+             calls=(), strings=(), attrs=frozenset(), ifexps=None) -> Stmt:
         line = next(self.lines)
         st = Stmt(len(fn.stmts), line, node, kind, tuple(guards), tuple(loops), tuple(withs),
-                  frozenset(reads), frozenset(writes), tuple(calls), tuple(strings), frozenset(attrs))
+                  frozenset(reads), frozenset(writes), tuple(calls), tuple(strings), frozenset(attrs),
+                  tuple(ifexps) if ifexps is not None else None)
         fn.stmts.append(st)
         return st
 
@@ -339,7 +356,7 @@ class _Builder:
             writes |= target_names(node.target)
         elif isinstance(node, (cst.Import, cst.ImportFrom)):
             self._import(node)
-        self._add(fn, node, "simple", guards, loops, withs, c.names, writes, c.calls, c.strings, c.attrs)
+        self._add(fn, node, "simple", guards, loops, withs, c.names, writes, c.calls, c.strings, c.attrs, c.ifexps)
 
     def _import(self, node) -> None:
         if isinstance(node, cst.Import):
