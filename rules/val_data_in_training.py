@@ -20,6 +20,12 @@ CALIBRATION = re.compile(r"hessian|calibrat|gptq|awq|collect_stats|quantiz|ema|s
 # layer's question: future-dependent-score, improper-distribution); the weight-changing family above
 # (Hessians, EMA, fitting) stays a finding wherever it runs.
 EVAL_CACHE = re.compile(r"prefill|build_cache|ngram|hint", re.I)
+# Calls that compress or write data out: validation tokens through one of them can ride in the
+# artifact ("paid prefix", PR #262). A re-tokenised validation shard (fineweb_val_*) is data prep.
+STORE_CALL = re.compile(r"(^|\.)(compress|write_bytes|tofile|save|savez|savez_compressed|dump)$")
+# a parameter named like validation data that holds a number (`training_time_ms_val`)
+SCALAR_NAME = re.compile(r"time|_ms|ms_|step|count|loss|bpb|lr|rate|num", re.I)
+VAL_SHARD_PATH = re.compile(r"fineweb_val|_val_\d|val_\d+\.bin", re.I)
 
 _GPTQ_ON_VAL = '''
 def main(args, model):
@@ -107,6 +113,26 @@ def main(args, model):
 '''
 
 
+# validation target tokens compressed and written out by a helper script: a paid prefix
+_VAL_TOKENS_STORED = '''
+import lzma
+from pathlib import Path
+def build_prefix(args):
+    val_tokens = load_val_tokens(args.val_dir)
+    stored = val_tokens[1:args.num_tokens + 1].astype("<u2").tobytes()
+    blob = lzma.compress(stored)
+    Path(args.output).write_bytes(blob)
+'''
+
+# a data-prep script that re-tokenises the validation split into its shard name: legal
+_VAL_SHARD_RETOKENISED = '''
+def retokenize(args, sp):
+    val_tokens = encode_docs(load_val_docs(args.docs), sp)
+    write_shard(f"{args.out}/fineweb_val_000000.bin", val_tokens)
+    val_tokens.tofile(f"{args.out}/fineweb_val_000000.bin")
+'''
+
+
 class ValDataInTraining(Rule):
     id = "GA004"
     name = "val-data-in-training"
@@ -114,6 +140,7 @@ class ValDataInTraining(Rule):
     confidence = Confidence.MEDIUM
     layers = (Layer.STATIC, Layer.TRACE)
     refuted_by = ("update",)
+    counts_in_prep_scripts = True  # a prefix builder the README runs ships its blob with the run
     summary = ("Finds validation tokens (or their loader) passed to training, weight averaging, n-gram prefill or "
                "quantization calibration before the final eval.")
     why = ("README: 'You CANNOT access validation data during training'. Calibrating GPTQ Hessians on val_tokens, "
@@ -130,7 +157,8 @@ class ValDataInTraining(Rule):
     VALID = [Valid(_GPTQ_ON_TRAIN, "calibration on training data"),
              Valid(_TRAIN_LOOP.replace("DistributedTokenLoader(args.val_files", "DistributedTokenLoader(args.train_files"),
                    "training loop over the training shards"),
-             Valid(_HINTS_INSIDE_THE_EVAL, "an n-gram hint pass built by a helper of the eval: eval-time state")]
+             Valid(_HINTS_INSIDE_THE_EVAL, "an n-gram hint pass built by a helper of the eval: eval-time state"),
+             Valid(_VAL_SHARD_RETOKENISED, "the validation split re-tokenised into its own shard name (data prep)")]
     INVALID = [Invalid(_GPTQ_ON_VAL, line=4, function="main", note="GPTQ Hessians on val_tokens"),
                Invalid(_TRAIN_LOOP, line=10, function="main", message_contains="loader",
                        note="training loader built over the validation shards"),
@@ -138,7 +166,9 @@ class ValDataInTraining(Rule):
                Invalid(_HESSIANS_HANDED_ON, line=11, function="main",
                        note="Hessians from val tokens handed to the quantizer: reported at the calibration"),
                Invalid(_NGRAM_TABLE_IN_ARTIFACT, line=5, function="main",
-                       note="an n-gram table over val tokens saved into the artifact")]
+                       note="an n-gram table over val tokens saved into the artifact"),
+               Invalid(_VAL_TOKENS_STORED, line=7, function="build_prefix", message_contains="stores",
+                       note="val target tokens compressed into a blob (PR #262's paid prefix)")]
 
     def check_project(self, project) -> dict[int, list]:
         """Judged once for the whole project: a function that only receives the *results* of a
@@ -154,6 +184,7 @@ class ValDataInTraining(Rule):
             if loop_hit is not None:
                 plan.setdefault(id(ctx), []).append(loop_hit)
                 continue
+            before = len(candidates)
             for st in fn.stmts:
                 for call in st.calls:
                     name = dotted(call.func).split(".")[-1]
@@ -166,6 +197,9 @@ class ValDataInTraining(Rule):
                     if EVAL_CACHE.search(name) and self._for_the_eval(project, fn):
                         continue
                     candidates.append((ctx, fn, st, name, hit))
+            stored = self._stored(ctx, fn, tainted) if len(candidates) == before else None
+            if stored is not None:  # a calibration call above is the finding where there is one
+                plan.setdefault(id(ctx), []).append(stored)
         # id(fn) -> names holding what its calibration calls returned (and values computed from them)
         returned: dict[int, tuple] = {}
         for ctx, fn, st, _, _ in candidates:
@@ -231,6 +265,33 @@ class ValDataInTraining(Rule):
                  f"{t.what} at line {t.stmt.line}: `{t.code}` on a loss computed from those batches"],
                 fix="Build the training loader over the training shards (train_files); validation shards may "
                     "only be read by the final eval.", **ctx.reach_fields(fn.qualname, t.stmt))
+        return None
+
+    def _stored(self, ctx: ModuleContext, fn, tainted: set[str]):
+        """Validation tokens themselves (not scores of them) compressed or written out outside the
+        eval: whatever is stored can be shipped in the artifact and read back as graded text."""
+        if D.EVAL_FUNC.search(fn.name):
+            return None
+        scalars = {p for p in fn.params if p in tainted and SCALAR_NAME.search(p)}
+        from_scalars = D.tainted_names(ctx, fn, scalars) if scalars else set()
+        for st in fn.stmts:
+            for call in st.calls:
+                name = ctx.resolve(dotted(call.func))
+                if not STORE_CALL.search(name) or VAL_SHARD_PATH.search(ctx.code(st.node)):
+                    continue
+                args = {n.value for a in call.args for n in D._names(a.value)}
+                if isinstance(call.func, cst.Attribute) and name.split(".")[-1] == "tofile":
+                    args.add(D.base_name(call.func.value))
+                hit = {n for n in args & tainted - from_scalars if not D.LOSS_NAME.search(n) and "bpb" not in n.lower()}
+                if not hit:
+                    continue
+                return self.finding(
+                    Layer.STATIC,
+                    f"{fn.qualname}() stores validation tokens ({', '.join(sorted(hit))}) with {name}(): stored "
+                    "graded text can ride in the artifact (a paid prefix)",
+                    ctx.location(st.line, fn.qualname), [f"`{ctx.code(st.node)[:160]}`"],
+                    fix="Store nothing derived from the validation tokens; the artifact may hold only what "
+                        "training on the training shards produced.", **ctx.reach_fields(fn.qualname, st))
         return None
 
     @staticmethod

@@ -113,6 +113,42 @@ def test_helper_script_outside_the_run_is_low(tmp_path: Path):
         f.severity == Severity.LOW and f.reachable is False for f in by_path["download_data.py"])
 
 
+_PREFIX_BUILDER = """import lzma
+from pathlib import Path
+
+def load_val_tokens(path):
+    return open(path, "rb").read()
+
+def main(args):
+    val_tokens = load_val_tokens(args.val_files)
+    blob = lzma.compress(val_tokens[1:1000])
+    Path(args.output).write_bytes(blob)
+
+if __name__ == "__main__":
+    main(parse())
+"""
+
+
+def test_prep_script_the_readme_runs_keeps_its_val_data_finding(tmp_path: Path):
+    """A prefix builder the README tells you to run ships its blob with the run (PR #262's paid
+    prefix); a download helper the README runs is still outside the run for other rules."""
+    (tmp_path / "train_gpt.py").write_text("def main():\n    return 1\n\nmain()\n")
+    (tmp_path / "build_prefix.py").write_text(_PREFIX_BUILDER)
+    (tmp_path / "download_data.py").write_text("import requests\n\nrequests.get('https://example.com')\n")
+    (tmp_path / "README.md").write_text("```bash\npython3 download_data.py\npython build_prefix.py --val-dir data "
+                                        "--output prefix.xz\ntorchrun --standalone train_gpt.py\n```\n")
+    result = audit_folder_static(tmp_path)
+    stored = [f for f in result.findings if f.location.path == "build_prefix.py"]
+    assert [f.rule for f in stored] == ["val-data-in-training"] and stored[0].severity == Severity.HIGH
+    assert any("run by a command in the README" in e for e in stored[0].evidence)
+    net = [f for f in result.findings if f.location.path == "download_data.py"]
+    assert net and all(f.severity == Severity.LOW and f.reachable is False for f in net)
+    # the same builder that no command runs is listed at low severity
+    (tmp_path / "README.md").write_text("A submission.\n")
+    stored = [f for f in audit_folder_static(tmp_path).findings if f.location.path == "build_prefix.py"]
+    assert stored and all(f.severity == Severity.LOW for f in stored)
+
+
 def test_dead_function_is_low():
     code = SCRIPT.replace("        print(f\"ttt_final", "        pass  # print(f\"ttt_final")
     found = _by_function(audit_source(code, env={"TTT_ENABLED": "1"}))

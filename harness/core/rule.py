@@ -68,6 +68,9 @@ class Rule:
     # tracer marked untrusted (its instrumentation was removed mid-run), where every other trace
     # judge is skipped because an empty stretch of such a trace proves nothing.
     judges_untrusted: ClassVar[bool] = False
+    # a finding in a preparation script the README runs (not the train script) keeps its
+    # severity: what such a script stores or builds ships with the run (a paid prefix)
+    counts_in_prep_scripts: ClassVar[bool] = False
 
     # --- documentation (feeds `golf-audit explain`, README and SARIF help) ---
     summary: ClassVar[str] = ""  # What it does (one line)

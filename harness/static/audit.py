@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,8 +71,30 @@ def audit_folder_static(folder: str | Path, env: dict[str, str] | None = None,
         texts[rel] = loaded.text
     _audit_built(built, rules, result)
     if folder.is_dir():
-        _settle_files(result, run_files(imports, texts))
+        run = run_files(imports, texts)
+        _settle_files(result, run, prep_files(imports, texts, _readme_text(base), run), rules)
     return result
+
+
+def _readme_text(base: Path) -> str:
+    try:
+        return (base / "README.md").read_text(encoding="utf-8", errors="replace")[:200_000]
+    except OSError:
+        return ""
+
+
+def prep_files(imports: dict[str, set[str]], texts: dict[str, str], readme: str,
+               run: set[str] | None) -> set[str]:
+    """Scripts the README's commands run besides the train script (`python build_prefix.py ...`:
+    the submission is reproduced that way), with what they import or name."""
+    if run is None:
+        return set()
+    entries = set()
+    for rel in imports:
+        name = re.escape(rel.rsplit("/", 1)[-1])
+        if rel not in run and re.search(rf"(?:python3?|torchrun|uv run|-m)\b[^\n]*?[\s/]{name}\b", readme):
+            entries.add(rel)
+    return (_closure(entries, imports, texts) - run) if entries else set()
 
 
 def run_files(imports: dict[str, set[str]], texts: dict[str, str]) -> set[str] | None:
@@ -81,6 +104,10 @@ def run_files(imports: dict[str, set[str]], texts: dict[str, str]) -> set[str] |
     entries = {rel for rel in imports if "/" not in rel and rel.startswith("train")}
     if not entries:
         return None
+    return _closure(entries, imports, texts)
+
+
+def _closure(entries: set[str], imports: dict[str, set[str]], texts: dict[str, str]) -> set[str]:
     by_module = {}
     for rel in imports:
         mod = rel[:-3].replace("/", ".")
@@ -106,13 +133,20 @@ def run_files(imports: dict[str, set[str]], texts: dict[str, str]) -> set[str] |
     return seen
 
 
-def _settle_files(result: AuditResult, run: set[str] | None) -> None:
+def _settle_files(result: AuditResult, run: set[str] | None, prep: set[str] = frozenset(),
+                  rules: list[Rule] = ()) -> None:
     """Findings in files the run never executes (a data-download helper shipped in the folder)
-    are listed at low severity, marked not reachable."""
+    are listed at low severity, marked not reachable. A preparation script the README runs is
+    such a file too, except for the rules that say its findings count (Rule.counts_in_prep_scripts)."""
     if run is None:
         return
+    prep_rules = {r.name for r in rules if r.counts_in_prep_scripts}
     for f in result.findings:
         if f.location.path in run:
+            continue
+        if f.location.path in prep and f.rule in prep_rules:
+            f.evidence.append(f"{f.location.path} is run by a command in the README (a preparation step): "
+                              "what it stores ships with the run")
             continue
         f.reachable = False
         f.evidence.append(f"{f.location.path} is not the train script and is not imported or run by it; "
