@@ -9,7 +9,7 @@ import libcst as cst
 from harness.static import dataflow as D
 from harness.static import summaries as S
 from harness.static.engine import ModuleContext, dotted
-from harness.core.findings import Confidence, Layer, Severity
+from harness.core.findings import Confidence, Layer, Location, Severity
 from harness.core.rule import Invalid, Rule, Valid
 from rules import _val_order_examples as X
 
@@ -23,6 +23,11 @@ EVAL_CACHE = re.compile(r"prefill|build_cache|ngram|hint", re.I)
 # Calls that compress or write data out: validation tokens through one of them can ride in the
 # artifact ("paid prefix", PR #262). A re-tokenised validation shard (fineweb_val_*) is data prep.
 STORE_CALL = re.compile(r"(^|\.)(compress|write_bytes|tofile|save|savez|savez_compressed|dump)$")
+# Commands that make a training shard of a validation shard: `ln -s …/fineweb_val_000000.bin
+# …/fineweb_train_000000.bin` (PR #44), `cp`, or a training path/glob set to validation files.
+VAL_FILE = r"\S*(?:fineweb_val|_val_\d|/val_?\d*\.bin)\S*"
+ALIAS_COMMAND = re.compile(rf"\b(?:ln|cp|mv|rsync)\b[^\n]*?\s{VAL_FILE}\s+\S*train\S*", re.I)
+TRAIN_PATH_SET = re.compile(rf"\b(?:TRAIN_FILES|TRAIN_PATH|TRAIN_DATA\w*|--train[-_]files?)[= ]\s*[\"']?{VAL_FILE}", re.I)
 # a parameter named like validation data that holds a number (`training_time_ms_val`)
 SCALAR_NAME = re.compile(r"time|_ms|ms_|step|count|loss|bpb|lr|rate|num", re.I)
 VAL_SHARD_PATH = re.compile(r"fineweb_val|_val_\d|val_\d+\.bin", re.I)
@@ -293,6 +298,23 @@ class ValDataInTraining(Rule):
                     fix="Store nothing derived from the validation tokens; the artifact may hold only what "
                         "training on the training shards produced.", **ctx.reach_fields(fn.qualname, st))
         return None
+
+    def check_texts(self, texts: dict[str, str]):
+        """The run instructions alias validation shards as training data: the training code is the
+        baseline's, the data it reads is the graded text (PR #44 symlinked the val shard as the
+        train shard)."""
+        for path, text in texts.items():
+            for i, line in enumerate(text.splitlines(), start=1):
+                m = ALIAS_COMMAND.search(line) or TRAIN_PATH_SET.search(line)
+                if m is None:
+                    continue
+                yield self.finding(
+                    Layer.STATIC, f"the run instructions in {path} feed validation files to training: "
+                    f"`{m.group(0).strip()[:120]}`", Location(path=path, line=i, source_line=line.strip()[:200]),
+                    [f"{path}:{i}: `{line.strip()[:200]}`",
+                     "the training loader reads whatever files the training path names"],
+                    fix="Train on the training shards only (fineweb_train_*); the validation shard may be read "
+                        "only by the final eval.", confidence=Confidence.HIGH)
 
     @staticmethod
     def _eval_time_state(fn, st) -> bool:

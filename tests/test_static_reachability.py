@@ -159,3 +159,19 @@ def test_submission_json_flags(tmp_path: Path):
     (tmp_path / "submission.json").write_text(
         '{"name": "x", "env": {"TTT_ENABLED": "1", "SEED": "42"}, "command": "EMA_ENABLED=0 torchrun train_gpt.py"}')
     assert submission_flags(tmp_path) == {"TTT_ENABLED": "1", "EMA_ENABLED": "0"}
+
+
+def test_run_instructions_that_alias_the_val_shard_as_training_data(tmp_path: Path):
+    """PR #44's shape: baseline code, and a README that symlinks the validation shard as the
+    training shard. Legal look-alikes: the usual download command and a val-only eval path."""
+    (tmp_path / "train_gpt.py").write_text("def main():\n    return 1\n\nmain()\n")
+    readme = ("# run\n```bash\npython3 data/cached_challenge_fineweb.py --variant sp1024\n"
+              "export VAL_FILES=./data/fineweb10B_sp1024/fineweb_val_*.bin\n```\n")
+    (tmp_path / "README.md").write_text(readme)
+    assert not [f for f in audit_folder_static(tmp_path).findings if f.rule == "val-data-in-training"]
+    (tmp_path / "README.md").write_text(readme + "ln -s /d/fineweb_val_000000.bin /d/valonly/fineweb_train_000000.bin\n")
+    (tmp_path / "run.sh").write_text("TRAIN_FILES=/d/fineweb_val_000000.bin torchrun train_gpt.py\n")
+    found = {(f.location.path, f.location.line): f for f in audit_folder_static(tmp_path).findings
+             if f.rule == "val-data-in-training"}
+    assert set(found) == {("README.md", 6), ("run.sh", 1)}
+    assert all(f.severity == Severity.HIGH for f in found.values())

@@ -103,13 +103,22 @@ class Rule:
         merge base. Default: no change check."""
         return []
 
+    def check_texts(self, texts: dict[str, str]) -> Iterable[Finding]:
+        """Read the folder's run instructions (README.md, shell scripts: path -> text), where the
+        commands that reproduce the submission live. Default: no text check."""
+        return ()
+
     def judge(self, trace: "Trace") -> Iterable[Finding]:
         """Judge the events a traced run recorded; a pure function. Default: no judge."""
         return ()
 
     @classmethod
     def has_static(cls) -> bool:
-        return cls.check_static is not Rule.check_static or cls.has_project_check()
+        return cls.check_static is not Rule.check_static or cls.has_project_check() or cls.has_text_check()
+
+    @classmethod
+    def has_text_check(cls) -> bool:
+        return cls.check_texts is not Rule.check_texts
 
     @classmethod
     def has_project_check(cls) -> bool:

@@ -73,7 +73,24 @@ def audit_folder_static(folder: str | Path, env: dict[str, str] | None = None,
     if folder.is_dir():
         run = run_files(imports, texts)
         _settle_files(result, run, prep_files(imports, texts, _readme_text(base), run), rules)
+        # the run instructions are read as written: what they run is the run
+        docs = run_instructions(base)
+        for rule in rules:
+            if rule.has_text_check():
+                result.findings.extend(rule.check_texts(docs))
     return result
+
+
+def run_instructions(base: Path, limit: int = 200_000) -> dict[str, str]:
+    """The folder's README.md and shell scripts (top level): the commands that reproduce it."""
+    out: dict[str, str] = {}
+    for path in sorted(base.iterdir()):
+        if path.is_file() and not path.is_symlink() and (path.name.lower() == "readme.md" or path.suffix == ".sh"):
+            try:
+                out[path.name] = path.read_text(encoding="utf-8", errors="replace")[:limit]
+            except OSError:
+                continue
+    return out
 
 
 def _readme_text(base: Path) -> str:
