@@ -177,3 +177,23 @@ def test_unsupported_syntax_is_not_audited():
     result = audit_source("type Point = tuple[float, float]\n")  # 3.12 type alias: not indexable on 3.11
     if result.not_audited:
         assert _one_line(result.not_audited[0].reason)
+
+
+def test_minified_code_libcst_rejects_is_audited_with_its_lines(tmp_path: Path):
+    """PR #1850's unpacked source is minified: CPython accepts `sum((x)for x in xs)`, LibCST
+    refuses `sum((0 if i==0 else k)for i in xs)` (no space before `for`). The audit inserts the space within the line, says so,
+    and keeps the file's line numbers."""
+    src = ("import torch\n"
+           "def eval_ttt(model, opt, val_chunks):\n"
+           "\tn=sum((0 if x is None else k)for x,k in val_chunks)\n"
+           "\tfor(x,y)in val_chunks:\n"
+           "\t\tloss=model(x,y);loss.backward();opt.step()\n"
+           "\t\twith torch.no_grad():\n"
+           "\t\t\tval_loss_sum=model(x,y).sum()\n"
+           "\treturn val_loss_sum/n\n")
+    (tmp_path / "train_gpt.py").write_text(src)
+    result = audit_folder_static(tmp_path)
+    assert result.not_audited == [], [n.reason for n in result.not_audited]
+    assert any("spaces inserted before keywords" in r for f in result.files for r in f.rewrites)
+    lines = {f.location.line for f in result.findings if f.rule == "train-before-score"}
+    assert lines and lines <= {4, 5}, lines

@@ -9,6 +9,7 @@ reported at its statement's line.
 from __future__ import annotations
 
 import ast
+import re
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -502,6 +503,36 @@ def _guard_size(tree: ast.Module) -> None:
                              "(the largest real train_gpt.py has about 37,000)")
 
 
+_GLUED_KEYWORD = re.compile(r"(?<=[\)\]\}0-9\"'])(?=(?:for|if|else|in|and|or|not|is|async)\b)")
+
+
+def _space_keywords(source: str) -> str:
+    return _GLUED_KEYWORD.sub(" ", source)
+
+
+def _py312_tree(source: str, rewrites: list[str]) -> ast.Module | None:
+    """The ast of the source with its 3.12 f-strings rewritten to 3.11 form (same lines), or None."""
+    from harness.static.py312 import rewrite
+
+    try:
+        fixed, count = rewrite(source)
+        tree = ast.parse(fixed)
+    except RecursionError:
+        raise ParseError("expression nesting too deep to parse") from None
+    except Exception:  # noqa: BLE001 - the interpreter does not accept it either
+        return None
+    if count:
+        rewrites.append(f"{count} Python 3.12 f-string(s) (PEP 701) rewritten to 3.11 form for indexing")
+    return tree
+
+
+def _normalised(tree: ast.Module, exc: Exception) -> cst.Module:
+    try:
+        return cst.parse_module(ast.unparse(tree))
+    except (cst.ParserSyntaxError, cst.CSTValidationError, RecursionError, ValueError):
+        raise ParseError(f"LibCST rejected the source, and its ast form too: {exc}") from None
+
+
 def build_context(source: str, path: str, env: dict[str, str] | None = None) -> ModuleContext:
     """Parse once and index. Raises ParseError with a one-line reason."""
     # the stdlib parse first: ~0.1x LibCST's cost, and it sizes the file before LibCST sees it
@@ -516,30 +547,42 @@ def build_context(source: str, path: str, env: dict[str, str] | None = None) -> 
             pass
     if tree is not None:
         _guard_size(tree)
+    rewrites: list[str] = []
     try:
         module = cst.parse_module(source)
-    except cst.ParserSyntaxError as exc:
-        if first is not None:  # the interpreter's own message points at the right line more often
+    except (cst.ParserSyntaxError, cst.CSTValidationError) as exc:
+        spaced = _space_keywords(source) if isinstance(exc, cst.CSTValidationError) else source
+        if spaced != source:
+            # minified code (`x=[a for a in b]if c else d`, `1if`): a space before each glued
+            # keyword, within its line, so every line number stays the file's own
+            ctx = build_context(spaced, path, env)
+            ctx.analysis["rewrites"].insert(0, "spaces inserted before keywords glued to the previous token "
+                                                f"(LibCST rejected the minified source: {str(exc)[:120]})")
+            ctx.lines = source.splitlines()
+            return ctx
+        if tree is not None:
+            # CPython accepts it, LibCST does not (minified code: `x=[a for a in b]if c else d`):
+            # audit the same statements as ast writes them back; the line index below is still the
+            # original file's, so findings keep its line numbers
+            module = _normalised(tree, exc)
+            first_line = str(getattr(exc, "message", exc)).splitlines()[0][:160]
+            rewrites.append(f"normalised through Python's ast (LibCST rejected the source: {first_line}); "
+                            "findings keep the original statements' lines, their code is shown as ast writes it")
+        elif first is not None:  # the interpreter's own message points at the right line more often
             raise ParseError(f"syntax error at line {first.lineno}: {first.msg}") from None
-        raise ParseError(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: "
-                         f"{str(exc.message).splitlines()[0]}") from None
+        elif isinstance(exc, cst.ParserSyntaxError):
+            raise ParseError(f"syntax error at line {exc.raw_line}, column {exc.raw_column}: "
+                             f"{str(exc.message).splitlines()[0]}") from None
+        else:
+            raise ParseError(f"LibCST rejected the source: {exc}") from None
     except RecursionError:
         raise ParseError("expression nesting too deep to parse") from None
-    rewrites: list[str] = []
     if tree is None:
         # PEP 701 (3.12) f-strings parse in LibCST but not in this interpreter's ast: rewrite only
         # those f-strings into 3.11 form for the line index; the audited tree is LibCST's own.
-        from harness.static.py312 import rewrite
-
-        try:
-            fixed, count = rewrite(source)
-            tree = ast.parse(fixed)
-        except RecursionError:
-            raise ParseError("expression nesting too deep to parse") from None
-        except Exception:  # noqa: BLE001 - LibCST accepted it, the interpreter does not
+        tree = _py312_tree(source, rewrites)
+        if tree is None:
             raise ParseError(f"syntax error at line {first.lineno}: {first.msg}") from None
-        if count:
-            rewrites.append(f"{count} Python 3.12 f-string(s) (PEP 701) rewritten to 3.11 form for indexing")
     line_list = _ast_statement_lines(tree)
     builder = _Builder(module, iter(line_list))
     try:
