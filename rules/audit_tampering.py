@@ -207,8 +207,7 @@ def _paths(ctx: ModuleContext, stmts: list[Stmt]) -> set[str]:
 
 
 PATH_FIX = ("Take the same scoring and training path whatever the run id, paths, device, world size, clock or "
-            "model size; "
-            "choose it with a hyperparameter the README's command sets.")
+            "model size; choose it with a hyperparameter the README's command sets.")
 
 
 class AuditTampering(Rule):
