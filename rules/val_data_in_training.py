@@ -28,8 +28,6 @@ STORE_CALL = re.compile(r"(^|\.)(compress|write_bytes|tofile|save|savez|savez_co
 VAL_FILE = r"\S*(?:fineweb_val|_val_\d|/val_?\d*\.bin)\S*"
 ALIAS_COMMAND = re.compile(rf"\b(?:ln|cp|mv|rsync)\b[^\n]*?\s{VAL_FILE}\s+\S*train\S*", re.I)
 TRAIN_PATH_SET = re.compile(rf"\b(?:TRAIN_FILES|TRAIN_PATH|TRAIN_DATA\w*|--train[-_]files?)[= ]\s*[\"']?{VAL_FILE}", re.I)
-# a parameter named like validation data that holds a number (`training_time_ms_val`)
-SCALAR_NAME = re.compile(r"time|_ms|ms_|step|count|loss|bpb|lr|rate|num", re.I)
 VAL_SHARD_PATH = re.compile(r"fineweb_val|_val_\d|val_\d+\.bin", re.I)
 
 _GPTQ_ON_VAL = '''
@@ -277,8 +275,10 @@ class ValDataInTraining(Rule):
         eval: whatever is stored can be shipped in the artifact and read back as graded text."""
         if D.EVAL_FUNC.search(fn.name):
             return None
-        scalars = {p for p in fn.params if p in tainted and SCALAR_NAME.search(p)}
-        from_scalars = D.tainted_names(ctx, fn, scalars) if scalars else set()
+        # only what the function loads itself: data handed in (a state dict a caller trained, a
+        # parameter named like `training_time_ms_val`) is judged where it was made
+        handed = set(fn.params) & tainted
+        from_params = D.tainted_names(ctx, fn, handed) if handed else set()
         for st in fn.stmts:
             for call in st.calls:
                 name = ctx.resolve(dotted(call.func))
@@ -287,7 +287,7 @@ class ValDataInTraining(Rule):
                 args = {n.value for a in call.args for n in D._names(a.value)}
                 if isinstance(call.func, cst.Attribute) and name.split(".")[-1] == "tofile":
                     args.add(D.base_name(call.func.value))
-                hit = {n for n in args & tainted - from_scalars if not D.LOSS_NAME.search(n) and "bpb" not in n.lower()}
+                hit = {n for n in args & tainted - from_params if not D.LOSS_NAME.search(n) and "bpb" not in n.lower()}
                 if not hit:
                     continue
                 return self.finding(
