@@ -12,6 +12,7 @@ import base64
 import binascii
 import lzma
 import re
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,10 +141,17 @@ def _const_eval(node: ast.AST, aliases: dict[str, str]):
     raise ValueError("unsupported")
 
 
+# The probes prepare their runs in threads; CPython 3.11's ast.parse keeps its recursion-depth
+# bookkeeping per interpreter, and two threads parsing at once can raise "SystemError: AST
+# constructor recursion depth mismatch" (seen in the suite on the opaque_hash_key evasion).
+_AST_LOCK = threading.Lock()
+
+
 def unpack_payloads(source: str) -> list[str]:
     """Sources packed one layer deep as exec(<decoder chain>(literal)); [] when none."""
     try:
-        tree = ast.parse(source)
+        with _AST_LOCK:
+            tree = ast.parse(source)
     except SyntaxError:
         return []
     aliases: dict[str, str] = {}
