@@ -13,6 +13,7 @@ import binascii
 import lzma
 import re
 import threading
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,7 @@ def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None) -> tuple
     return out, notes
 
 
-def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = "golf_audit",
+def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = "",
             opts: ToyOptions | None = None, source: str | None = None) -> tuple[dict[str, str], list[str]]:
     """(env values to set, notes). Paths are always set (scripts read them under many names)."""
     opts = opts or ToyOptions()
@@ -283,7 +284,7 @@ def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = 
         if name not in env and _STEP_SWITCH.search(name) and default is not None and default > opts.iterations:
             env[name] = "1"
     # Paths and identity: set unconditionally, they are harmless when unread.
-    env.update({"DATA_PATH": data_path, "TOKENIZER_PATH": tokenizer_path, "RUN_ID": run_id})
+    env.update({"DATA_PATH": data_path, "TOKENIZER_PATH": tokenizer_path, "RUN_ID": run_id or str(uuid.uuid4())})
     data_root = str(Path(data_path).parent.parent)  # .../data
     # DATA_DIR is the data root (scripts join "datasets/fineweb10B_spN" and "tokenizers");
     # DATASETS_DIR is the per-vocabulary shard folder, like DATA_PATH.

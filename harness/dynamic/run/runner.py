@@ -367,7 +367,9 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
         # environment: toy profile, then the submission's own flags shrunk to toy scale, then
         # the caller's explicit values (user --env), which win as given
         toy, toy_notes = toy_env.toy_env(folder, data_path=inside(data_path), tokenizer_path=inside(tokenizer_path),
-                                         run_id=f"golf_audit_{uuid.uuid4().hex[:8]}", opts=toy_options,
+                                         # a neutral id, as the baseline's own default (a uuid):
+                                         # nothing in it reads as an audit (docs/sandbox.md)
+                                         run_id=str(uuid.uuid4()), opts=toy_options,
                                          source=sources)
         notes.extend(toy_notes)
         run_env = dict(toy)
