@@ -278,7 +278,13 @@ class ValDataInTraining(Rule):
         # only what the function loads itself: data handed in (a state dict a caller trained, a
         # parameter named like `training_time_ms_val`) is judged where it was made
         handed = set(fn.params) & tainted
+        # ... and scores are not tokens: a checkpoint that records best_val_bpb stores a number
+        handed |= {n for n in tainted if D.LOSS_NAME.search(n) or "bpb" in n.lower()}
         from_params = D.tainted_names(ctx, fn, handed) if handed else set()
+        own = D._own_seeds(fn)
+        if not own:  # a weight dict quantised after a fine-tune is the other checks' to judge
+            return None
+        loaded = D.tainted_names(ctx, fn, own) - from_params
         for st in fn.stmts:
             for call in st.calls:
                 name = ctx.resolve(dotted(call.func))
@@ -287,7 +293,7 @@ class ValDataInTraining(Rule):
                 args = {n.value for a in call.args for n in D._names(a.value)}
                 if isinstance(call.func, cst.Attribute) and name.split(".")[-1] == "tofile":
                     args.add(D.base_name(call.func.value))
-                hit = {n for n in args & tainted - from_params if not D.LOSS_NAME.search(n) and "bpb" not in n.lower()}
+                hit = {n for n in args & loaded if not D.LOSS_NAME.search(n) and "bpb" not in n.lower()}
                 if not hit:
                     continue
                 return self.finding(
