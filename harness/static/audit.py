@@ -71,10 +71,10 @@ def audit_folder_static(folder: str | Path, env: dict[str, str] | None = None,
         texts[rel] = loaded.text
     _audit_built(built, rules, result)
     if folder.is_dir():
-        run = run_files(imports, texts)
-        _settle_files(result, run, prep_files(imports, texts, _readme_text(base), run), rules)
-        # the run instructions are read as written: what they run is the run
         docs = run_instructions(base)
+        run = run_files(imports, texts)
+        _settle_files(result, run, prep_files(imports, texts, docs.get("README.md", ""), run), rules)
+        # the run instructions are read as written: what they run is the run
         for rule in rules:
             if rule.has_text_check():
                 result.findings.extend(rule.check_texts(docs))
@@ -91,13 +91,6 @@ def run_instructions(base: Path, limit: int = 200_000) -> dict[str, str]:
             except OSError:
                 continue
     return out
-
-
-def _readme_text(base: Path) -> str:
-    try:
-        return (base / "README.md").read_text(encoding="utf-8", errors="replace")[:200_000]
-    except OSError:
-        return ""
 
 
 def prep_files(imports: dict[str, set[str]], texts: dict[str, str], readme: str,
