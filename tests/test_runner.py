@@ -380,3 +380,27 @@ def test_the_sandbox_imports_golf_audit_from_this_checkout():
     # the sandbox hides /tmp: an editable install pointing at another checkout must not be relied on
     root = runner.checkout_root()
     assert (root / "harness" / "__init__.py").is_file() and (root / "rules").is_dir()
+
+
+def test_the_run_shows_no_sign_of_the_audit(submission, toy_data):
+    # What a submission can read about its run (paths, environment, folder, GPU, nvidia-smi)
+    # must not say "audit": a script that looks for one would take its legal path only here.
+    # Under bubblewrap the tool's own checkout is mounted at a neutral path and hidden where it is.
+    checkout = str(runner.checkout_root())
+    (submission / "train_gpt.py").write_text(textwrap.dedent(f"""
+        import os, subprocess, sys, torch
+        seen = [os.getcwd(), " ".join(sys.argv), " ".join(os.listdir(".")), " ".join(sys.path),
+                " ".join(f"{{k}}={{v}}" for k, v in os.environ.items()),
+                torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
+                subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout]
+        print("SEEN " + " | ".join(seen).replace("\\n", " "))
+        print("CHECKOUT", sorted(os.listdir({checkout!r})) if os.path.isdir({checkout!r}) else [])
+    """))
+    r = runner.run_submission(submission, env={}, toy_data=toy_data, trace=False, timeout_s=120)
+    assert r.error is None, r.stderr[-2000:]
+    seen = next(line for line in r.stdout.splitlines() if line.startswith("SEEN "))
+    assert "H100" in seen  # the GPU a real run reports
+    assert "audit" not in seen.lower(), seen
+    if sandbox.available_isolation() == "bwrap":
+        assert checkout not in seen, seen
+        assert "CHECKOUT []" in r.stdout, r.stdout[-500:]  # its files are not where they live

@@ -179,7 +179,8 @@ def test_nvidia_smi_on_path(tmp_path):
         import subprocess
         print(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout)
     """)
-    assert "golf-audit fake nvidia-smi" in out
+    assert "GPU 0: NVIDIA H100 80GB HBM3" in out
+    assert "audit" not in out.lower()  # nothing a submission could read as a sign of the audit
 
 
 def test_triton_stub_imports_and_fails_clearly_on_launch(tmp_path):

@@ -23,7 +23,7 @@ from harness.evaluation.capture import Capture, ReproduceOptions
 LINE_CALLBACK_NAMES = ("on_line", "line_callback", "on_output")
 POLL_S = 0.1  # the tail's resolution: a line is stamped at most this late
 LOG_SUFFIXES = (".txt", ".log")
-STATE_DIR = ".golf_audit"  # the runner's own folder in scratch; its config.json is written just before launch
+from harness.dynamic.run.paths import STATE_DIR  # the runner's own folder in scratch; its config.json is written just before launch
 RUNNER_TIMEOUT_S = 300.0  # run_submission's default, used when --timeout is not given
 
 

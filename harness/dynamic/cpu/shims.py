@@ -32,7 +32,7 @@ _REAL: dict[str, Any] = {}  # originals, for uninstall() in tests
 @dataclass
 class ShimOptions:
     autocast: str = "float32"  # "float32": cuda autocast regions run in fp32; "bf16": CPU bf16 autocast
-    fake_gpu_name: str = "NVIDIA H100 80GB HBM3 (golf-audit CPU shim)"
+    fake_gpu_name: str = "NVIDIA H100 80GB HBM3"  # what a real run reads: no sign of the audit
     sm_count: int = 132
     bin_dir: str | None = None  # where to write the fake nvidia-smi (prepended to PATH)
 
@@ -661,8 +661,7 @@ def _install_tensor(state: ShimState) -> None:
 
 # ---------------------------------------------------------------- nvidia-smi
 _FAKE_NVIDIA_SMI = """#!/bin/sh
-# golf-audit: fake nvidia-smi for CPU runs
-echo "golf-audit fake nvidia-smi: no GPU (CPU audit run)"
+# a CPU run's stand-in: the line a real `nvidia-smi -L` prints, nothing that reads as an audit
 echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)"
 exit 0
 """

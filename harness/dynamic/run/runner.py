@@ -6,8 +6,8 @@ what it did: exit status, printed scores, trace, artifacts.
 Scratch layout (the sandbox's only writable place; cwd of the run):
     SCRATCH/                  copy of the submission folder (the script runs from here)
     SCRATCH/data/             toy data: datasets/fineweb10B_sp1024/*.bin, tokenizers/*.model
-                              (`.golf_audit/data` instead when the submission ships a data/ dir)
-    SCRATCH/.golf_audit/      config.json, bootstrap_rank<R>.json, trace_rank<R>.jsonl, bin/
+                              (`.runtime/data` instead when the submission ships a data/ dir)
+    SCRATCH/.runtime/         config.json, bootstrap_rank<R>.json, trace_rank<R>.jsonl, bin/
     SCRATCH/home/             HOME inside the sandbox
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ from harness.dynamic.trace.events import Reported, RunEnd, Trace
 from harness.challenge.shards import read_shard, write_shard
 from harness.dynamic.cpu.packages import explain_missing
 
-STATE_DIR = ".golf_audit"
+from harness.dynamic.run.paths import SCRATCH_PREFIX, STATE_DIR, Aliases
+
 _SKIP_DIRS = {STATE_DIR, "home", "__pycache__"}
 
 
@@ -188,7 +189,7 @@ def _prepare_data(scratch: Path, toy_data: dict, val_override: np.ndarray | None
     root = scratch / "data"
     if root.exists():
         root = scratch / STATE_DIR / "data"
-        notes.append("submission ships a data/ folder: toy data placed in .golf_audit/data instead")
+        notes.append(f"submission ships a data/ folder: toy data placed in {STATE_DIR}/data instead")
     vocab = int(toy_data.get("vocab_size", 1024))
     ds = root / "datasets" / f"fineweb10B_sp{vocab}"
     tk = root / "tokenizers"
@@ -202,10 +203,11 @@ def _prepare_data(scratch: Path, toy_data: dict, val_override: np.ndarray | None
     vocab_file = tok_src.with_suffix(".vocab")
     if vocab_file.exists():
         shutil.copyfile(vocab_file, tok_dst.with_suffix(".vocab"))
+    # copies, not links: a link's target would show the run where our cache is (toy shards are small)
     for i, src in enumerate(toy_data["train_files"]):
         dst = ds / f"fineweb_train_{i:06d}.bin"
         if not dst.exists():
-            os.symlink(src, dst)  # read-only inside the sandbox (ro-bind /): the cache is safe
+            shutil.copyfile(src, dst)
     val_files = list(toy_data["val_files"])
     if val_override is not None:
         val = np.asarray(val_override)
@@ -217,7 +219,7 @@ def _prepare_data(scratch: Path, toy_data: dict, val_override: np.ndarray | None
         for i, src in enumerate(val_files):
             dst = ds / f"fineweb_val_{i:06d}.bin"
             if not dst.exists():
-                os.symlink(src, dst)
+                shutil.copyfile(src, dst)
     return ds, tok_dst, val
 
 
@@ -323,7 +325,7 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
     notes: list[str] = []
     env = dict(env or {})
     own_scratch = scratch is None
-    scratch_path = Path(tempfile.mkdtemp(prefix="golf-audit-run-")) if own_scratch else Path(scratch).resolve()
+    scratch_path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX)) if own_scratch else Path(scratch).resolve()
 
     def fail(msg: str, not_auditable: str | None = None) -> RunResult:
         return RunResult(exit_code=-1, wall_s=0.0, stdout="", stderr="", trace=None, artifacts={},
@@ -382,6 +384,10 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
             notes.append("env from caller: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items())))
         repo_root = str(checkout_root())
         extra = extra_site_dirs()
+        # under bubblewrap our code and the files the tracer reads are mounted at neutral paths,
+        # and their host folders are hidden: no path the run sees names the tool (docs/sandbox.md)
+        alias = Aliases(enabled=inner is not None)
+        tracer_options = {k: _aliased_paths(v, alias) for k, v in (tracer_options or {}).items()}
         if extra:
             notes.append("extra site dirs on PYTHONPATH: " + ", ".join(extra))
         bins = [str(Path(p) / "bin") for p in extra if (Path(p) / "bin").is_dir()]
@@ -389,7 +395,8 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
             "PATH": os.pathsep.join(bins + [os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]),
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
             "GLOO_SOCKET_IFNAME": "lo", "TP_SOCKET_IFNAME": "lo",
-            "PYTHONPATH": os.pathsep.join([repo_root] + extra + ([run_env["PYTHONPATH"]] if run_env.get("PYTHONPATH") else [])),
+            "PYTHONPATH": os.pathsep.join([alias(repo_root)] + [alias(p) for p in extra]
+                                          + ([run_env["PYTHONPATH"]] if run_env.get("PYTHONPATH") else [])),
             "TORCHINDUCTOR_CACHE_DIR": inside(state / "inductor"),
             "CUDA_VISIBLE_DEVICES": "",
         })
@@ -410,22 +417,21 @@ def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, to
             run_env["MASTER_ADDR"] = "127.0.0.1"
             notes.append(f"torchrun --nproc_per_node={nproc} (gloo)")
         lim = limits or sandbox.Limits(cpu_s=int(timeout_s * max(nproc, 1) + 60))
-        # The toy data is symlinked from its cache: bind those folders read-only (the cache may
-        # live under /tmp, which is private inside the sandbox).
-        binds = {str(Path(p).resolve().parent) for p in list(toy_data["train_files"]) + list(toy_data["val_files"])}
-        # golf-audit itself (the bootstrap) and the extra site dirs may live under /tmp too (a CI clone)
-        binds.update([repo_root, *extra])
-        # Files the tracer is told to read (e.g. val_tokens_path) must be visible too.
-        for value in (tracer_options or {}).values():
-            for v in (value if isinstance(value, (list, tuple)) else [value]):
-                if isinstance(v, str) and v.startswith("/") and os.path.exists(v):
-                    binds.add(str(Path(v).resolve()))
-        binds = sorted(binds)
+        # golf-audit itself (the bootstrap), the extra site dirs and the files the tracer is told
+        # to read (e.g. val_tokens_path) must be visible; they may live under /tmp (a CI clone),
+        # which is private inside the sandbox
+        if alias.enabled:
+            binds: list = [(host, dst) for host, dst in alias.binds.items()]
+            hide = _hidden_folders([repo_root, str(default_cache_dir()), *extra], scratch_path)
+        else:
+            binds = sorted({repo_root, *extra, *_paths_in(tracer_options)})
+            hide = []
         try:
             sres = sandbox.run(cmd, scratch=scratch_path, env=run_env, limits=lim,
                                allow_network=allow_network, allow_weak=allow_weak_sandbox,
-                               timeout_s=timeout_s, inner_scratch=inner,
-                               extra_ro_binds=[b for b in binds if not b.startswith(str(scratch_path))])
+                               timeout_s=timeout_s, inner_scratch=inner, hide=hide,
+                               extra_ro_binds=[b for b in binds
+                                               if not (b[0] if isinstance(b, tuple) else b).startswith(str(scratch_path))])
         except sandbox.SandboxUnavailable as exc:
             return fail(f"not run: {exc}")
         notes.append(f"sandbox: {sres.isolation}")
@@ -525,6 +531,40 @@ def extra_site_dirs() -> list[str]:
         return [p for p in env.split(os.pathsep) if p]
     default = default_cache_dir() / "site-extra"
     return [str(default)] if default.is_dir() else []
+
+
+def _paths_in(options: dict) -> set[str]:
+    """Absolute paths of existing files among option values (a value may be a list)."""
+    out = set()
+    for value in options.values():
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, str) and v.startswith("/") and os.path.exists(v):
+                out.add(str(Path(v).resolve()))
+    return out
+
+
+def _aliased_paths(value, alias: Aliases):
+    """An option value with each existing absolute path replaced by its path inside the sandbox."""
+    if isinstance(value, (list, tuple)):
+        return [_aliased_paths(v, alias) for v in value]
+    if isinstance(value, str) and value.startswith("/") and os.path.exists(value):
+        return alias(str(Path(value).resolve()))
+    return value
+
+
+def _hidden_folders(candidates: list[str], scratch: Path) -> list[str]:
+    """Host folders to cover inside the sandbox: those that exist outside /tmp (private there
+    anyway) and hold neither the Python that runs nor the scratch folder."""
+    keep = [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), scratch.resolve()]
+    out = []
+    for c in candidates:
+        p = Path(c).resolve()
+        if not p.is_dir() or p == Path("/") or str(p).startswith(tempfile.gettempdir()):
+            continue
+        if any(k == p or p in k.parents for k in keep):
+            continue
+        out.append(str(p))
+    return sorted(set(out))
 
 
 def checkout_root() -> Path:

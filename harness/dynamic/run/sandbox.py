@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from harness.dynamic.run.paths import INNER_SCRATCH  # the fixed path inside the sandbox
+
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -179,11 +181,6 @@ def choose_isolation(*, allow_weak: bool = False, allow_network: bool = False) -
     return "none" if allow_network or iso is None else iso
 
 
-# Where bubblewrap mounts the scratch folder inside the sandbox. One fixed path for every run:
-# contest data loaders seed their sampling from the shard *paths* (the April records' loader),
-# so a random scratch name made two runs of the same script train on different batches.
-INNER_SCRATCH = "/tmp/golf-audit-run"
-
 
 def scratch_alias() -> str | None:
     """The path the scratch folder has inside the sandbox when it differs from the real one
@@ -191,7 +188,10 @@ def scratch_alias() -> str | None:
     return INNER_SCRATCH if available_isolation() == "bwrap" else None
 
 
-def _bwrap_argv(scratch: Path, extra_ro_binds: Sequence[str | Path], inner: str | None = None) -> list[str]:
+def _bwrap_argv(scratch: Path, extra_ro_binds: Sequence[str | Path | tuple[str, str]], inner: str | None = None,
+                hide: Sequence[str | Path] = ()) -> list[str]:
+    """`extra_ro_binds`: host paths bound read-only at the same path, or (host, inside) pairs;
+    `hide`: host folders covered by an empty tmpfs (their contents bound elsewhere, if at all)."""
     inside = inner or str(scratch)
     argv = [shutil.which("bwrap") or "bwrap",
             "--ro-bind", "/", "/",
@@ -199,8 +199,11 @@ def _bwrap_argv(scratch: Path, extra_ro_binds: Sequence[str | Path], inner: str 
             "--proc", "/proc",
             "--tmpfs", "/tmp",  # private /tmp; scratch is bound after, so it may live in /tmp
             "--tmpfs", "/dev/shm"]
+    for p in hide:
+        argv += ["--tmpfs", str(p)]
     for p in extra_ro_binds:
-        argv += ["--ro-bind", str(p), str(p)]
+        src, dst = p if isinstance(p, tuple) else (p, p)
+        argv += ["--ro-bind", str(src), str(dst)]
     argv += ["--bind", str(scratch), inside]
     argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
              "--die-with-parent", "--new-session", "--chdir", inside, "--"]
@@ -365,8 +368,9 @@ def _classify_failure(returncode: int, stderr: str, isolation: str) -> str | Non
 
 # ---------------------------------------------------------------- run
 def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | None = None,
-        allow_network: bool = False, allow_weak: bool = False, extra_ro_binds: Sequence[str | Path] = (),
-        timeout_s: float = 300.0, inner_scratch: str | None = None) -> SandboxResult:
+        allow_network: bool = False, allow_weak: bool = False,
+        extra_ro_binds: Sequence[str | Path | tuple[str, str]] = (), timeout_s: float = 300.0,
+        inner_scratch: str | None = None, hide: Sequence[str | Path] = ()) -> SandboxResult:
     """Run `cmd` confined to `scratch` (cwd). `env` is added to a minimal base environment and
     scrubbed of credentials. Never raises for anything the command does; raises
     SandboxUnavailable when bubblewrap is unusable and allow_weak is False (see
@@ -379,7 +383,7 @@ def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | 
     isolation = choose_isolation(allow_weak=allow_weak, allow_network=allow_network)
     warnings: list[str] = []
     if isolation == "bwrap":
-        prefix = _bwrap_argv(scratch, extra_ro_binds, inner_scratch)
+        prefix = _bwrap_argv(scratch, extra_ro_binds, inner_scratch, hide)
         if allow_network:
             prefix.remove("--unshare-net")
             notes.append("network allowed by the caller (--unsafe-allow-network)")
@@ -394,6 +398,9 @@ def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | 
 
     full_env = base_env(scratch)
     full_env.update(scrub_env(env))
+    if isolation == "bwrap" and inner_scratch:
+        # HOME and caches as the run sees them: under the inner path, not the host's scratch name
+        full_env = {k: v.replace(str(scratch), inner_scratch) for k, v in full_env.items()}
     dropped = sorted(k for k in env if is_secret_name(k))
     if dropped:
         notes.append("dropped credential-like variables: " + ", ".join(dropped))

@@ -14,6 +14,7 @@ from harness.challenge.shards import read_tokens
 from harness.dynamic.trace import provenance as P
 from harness.dynamic.trace import torch_compat as C
 from harness.dynamic.trace.events import ProvenanceLost, ValLoaded
+from harness.dynamic.run.paths import STATE_DIR
 from harness.dynamic.trace.tracer.val_index import ValIndex
 
 Tensor = torch.Tensor
@@ -24,7 +25,7 @@ def discover_val_files() -> list[str]:
     pats = []
     if os.environ.get("DATA_PATH"):
         pats.append(os.path.join(os.environ["DATA_PATH"], "fineweb_val_*.bin"))
-    pats += ["data/datasets/*/fineweb_val_*.bin", ".golf_audit/data/datasets/*/fineweb_val_*.bin"]
+    pats += ["data/datasets/*/fineweb_val_*.bin", f"{STATE_DIR}/data/datasets/*/fineweb_val_*.bin"]
     for pat in pats:
         files = sorted(glob.glob(pat))
         if files:
