@@ -360,6 +360,12 @@ def test_submission_flags_are_shrunk_to_toy_scale():
     assert paths == {} and len(notes) == 3  # the toy run's own data, never the submission's paths
     one_epoch, _ = toy_env.shrink_flags({"TTT_EPOCHS": "1"})
     assert one_epoch == {"TTT_EPOCHS": "1"}  # never raised
+    # a re-evaluation of a saved artifact (PR #2140's eval logs: TTT_EVAL_ONLY=1) has no artifact
+    # to load in a toy run that trains and evaluates at once: dropped, and said
+    resumed, notes = toy_env.shrink_flags({"TTT_EVAL_ONLY": "1", "SKIP_TRAINING": "1", "EVAL_ONLY": "0",
+                                           "NGRAM_TILT_ENABLED": "1"})
+    assert resumed == {"EVAL_ONLY": "0", "NGRAM_TILT_ENABLED": "1"}
+    assert sum("saved artifact" in n for n in notes) == 2
 
 
 def test_step_switches_move_inside_the_toy_run(tmp_path):

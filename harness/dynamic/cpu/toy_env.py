@@ -207,6 +207,10 @@ def env_reads(source: str) -> dict[str, float | None]:
 
 _STEP_SWITCH = re.compile(r"(?:START|BEGIN|AFTER|ENABLE|ACTIVATE)_(?:AT_)?STEPS?$")
 
+# Flags of a second invocation that re-evaluates a saved artifact (`TTT_EVAL_ONLY=1`): the toy run
+# trains and evaluates in one process, so there is no artifact to load and the flag is dropped.
+_RESUME_MODE = re.compile(r"(?:^|_)(?:EVAL_ONLY|SKIP_TRAIN(?:ING)?|NO_TRAIN(?:ING)?|LOAD_(?:ARTIFACT|CHECKPOINT|MODEL)|RESUME(?:_FROM)?)$")
+
 _LAYER_LISTS = {"VE_LAYERS", "RECUR_LAYERS", "CANON_AC_LAYERS", "REPEAT_UNTIE_MLP_LAYERS", "INT4_LAYERS"}
 
 
@@ -239,6 +243,10 @@ def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None) -> tuple
     for name, value in flags.items():
         if name in RUNNER_OWNED or name.startswith(("NCCL_", "TORCH_", "CUDA_")):
             notes.append(f"submission flag {name}={value} not used: the toy run sets its own")
+            continue
+        if _RESUME_MODE.search(name) and value not in ("0", "", "false", "False"):
+            notes.append(f"submission flag {name}={value} not used: it re-runs a saved artifact; "
+                         "the toy run trains and evaluates in one run")
             continue
         rule = rules.get(name)
         if rule is None:
