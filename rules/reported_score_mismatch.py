@@ -78,7 +78,8 @@ reports and are not parsed as such.
         if not passes(trace):
             return
         bb = trace.meta.get("blackbox") or {}
-        outside = base_label(bb["label"]) if bb.get("label") and not bb.get("not_run") else None
+        probed = base_label(bb["label"]) if bb.get("label") else None
+        outside = probed if not bb.get("not_run") else None
         for m in match_reported(trace):
             r = m.reported
             if m.which is None and outside and base_label(r.label) == outside:
@@ -114,6 +115,12 @@ reports and are not parsed as such.
                           "does not recognise as scores")
             claimed = trace.meta.get("claimed_label")
             f = self.finding(Layer.TRACE, msg, location(trace, frame), evidence=ev)
+            if m.which is None and probed and base_label(r.label) == probed:
+                # no traced pass gives it: the eval computes it outside torch (numpy, Python), and
+                # the black-box probe that judges such totals could not run: not audited, not a lie
+                f.evidence.append(f"the black-box code-length probe could not judge these printed totals: "
+                                  f"{bb['not_run']}; the claim is not audited (see the audit's not-audited reasons)")
+                f.severity = Severity.LOW
             if m.which is None and m.loss_delta is not None and not math.isnan(m.loss_delta):
                 f.confidence = Confidence.MEDIUM if r.decimals < 6 else Confidence.HIGH
             if claimed and m.which is None and base_label(r.label) != base_label(claimed):

@@ -139,3 +139,25 @@ def test_a_bpb_only_line_is_judged_from_the_true_bytes():
     assert not rep.not_run, rep.not_run
     assert rep.sum_p > 1.0 + rep.tolerance
     assert any("prints no val_loss" in n for n in rep.notes)
+
+
+def test_an_unmatched_claim_the_probe_cannot_judge_is_low_not_a_mismatch():
+    # PR #770's shape: the model scores in torch, a numpy mixer changes them, the printed total
+    # matches no traced pass, and the probe cannot judge it (its sliding windows score the tail
+    # twice): the rule says "not audited", it does not accuse the print of lying.
+    from harness.core.findings import Severity
+    from harness.core.registry import rule_by_name
+    from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
+
+    run = SyntheticRun(n=5)
+    run.score("eval_val", 40, [(1, 5)], nll=[1.0, 2.0, 3.0, 2.0])
+    run.report("final_exact", 1.5, decimals=8)
+    run.end()
+    rule = rule_by_name("reported-score-mismatch")
+    unjudged = TraceExample(events=tuple(run.events)).trace()
+    unjudged.meta["blackbox"] = {"label": "final_exact", "not_run": "the eval drops targets at this length"}
+    [f] = list(rule.judge(unjudged))
+    assert f.severity == Severity.LOW and any("could not judge" in e for e in f.evidence)
+    plain = TraceExample(events=tuple(run.events)).trace()  # no probe tried: the mismatch stands at its severity
+    [g] = list(rule.judge(plain))
+    assert g.severity == Severity.HIGH

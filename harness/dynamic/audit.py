@@ -332,7 +332,12 @@ def _blackbox(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res
                 "not audited: the tracer recorded no scored validation positions, and the black-box "
                 f"code-length probe could not judge the printed totals: {report.not_run} ({names} not audited)")))
         else:
-            res.notes.append(f"black-box code-length probe not run: {report.not_run}")
+            # the claimed line matches no traced pass (computed outside torch), and nothing else
+            # can judge it: said as loudly as a layer that did not run
+            res.not_audited.append(NotAudited(path=str(folder), layer=Layer.PROBE, reason=(
+                f"not audited: the claimed line '{label}' matches no traced pass (its eval computes it outside "
+                f"torch) and the black-box code-length probe could not judge it: {report.not_run} "
+                f"({names} not audited for it)")))
         return
     res.notes.append(f"black-box code-length probe on '{label}': probabilities of {len(report.candidates)} candidates "
                      f"for the last token sum to {report.sum_p:.6f} (tolerance {report.tolerance:.2e}); "
