@@ -161,3 +161,67 @@ def test_an_unmatched_claim_the_probe_cannot_judge_is_low_not_a_mismatch():
     plain = TraceExample(events=tuple(run.events)).trace()  # no probe tried: the mismatch stands at its severity
     [g] = list(rule.judge(plain))
     assert g.severity == Severity.HIGH
+
+
+def windowed_eval(kind: str, L: int = 64, s: int = 32):
+    """A sliding-window eval whose last window is aligned to the stream end (PR #779's and #813's
+    `last_full_start`): the targets of the last window overlap the previous one's unless the
+    stream length fits the stride, so a stream one token shorter is scored in another layout.
+    Each target's "model" is a unigram cache over its window's context (normalised); "hit" adds
+    an unnormalised bonus for a target seen in that context. EVAL_STRIDE=1 scores every target
+    once, in its own full window, at any length."""
+
+    def run(x: np.ndarray, what: str, extra: dict) -> list[Reported]:
+        x = np.asarray(x)
+        stride = int(extra.get("EVAL_STRIDE", s))
+        T = len(x) - 1
+        last = max(T - L, 0)
+        starts = list(range(0, last + 1, stride))
+        if starts[-1] != last:
+            starts.append(last)
+        total, nbytes, n = 0.0, 0, 0
+        for ws in starts:
+            wlen = min(L, T - ws)
+            first = 0 if ws == 0 else max(wlen - stride, 0)
+            for j in range(first, wlen):
+                t = ws + j + 1  # target index
+                ctx = x[ws:t]
+                seen = np.bincount(ctx, minlength=V)
+                p = (seen[x[t]] + 0.5) / (len(ctx) + 0.5 * V)
+                if kind == "hit" and seen[x[t]] > 0:
+                    p = min(1.0, p + 0.5)
+                total += -math.log(p)
+                nbytes += int(BYTES[x[t]])
+                n += 1
+        loss = total / n
+        return [Reported(seq=0, rank=0, label="final_exact", val_loss=round(loss, 8),
+                         val_bpb=round(loss / math.log(2) * n / nbytes, 8), line="", decimals=8)]
+    return run
+
+
+def test_an_end_aligned_last_window_is_judged_with_stride_one_windows():
+    short = stream(700)
+    only_toy = run_blackbox(short, windowed_eval("legal"), label="final_exact", decimals=8,
+                            target_bytes=target_bytes, period=64, workers=1, layouts=[("toy", {})])
+    assert only_toy.not_run and "do not fit a score of all" in only_toy.not_run  # a stream one shorter is laid out otherwise
+    legal = run_blackbox(short, windowed_eval("legal"), label="final_exact", decimals=8,
+                         target_bytes=target_bytes, period=64, workers=1)
+    assert not legal.not_run, legal.not_run
+    assert any("stride-1 windows" in n for n in legal.notes)
+    assert legal.sum_p <= 1.0 + legal.tolerance
+    hit = run_blackbox(short, windowed_eval("hit"), label="final_exact", decimals=8,
+                       target_bytes=target_bytes, period=64, workers=1)
+    assert not hit.not_run and hit.sum_p > 1.0 + hit.tolerance
+
+
+def test_a_layout_that_prints_no_result_line_passes_to_the_next():
+    # PR #770's sliding eval runs only when EVAL_STRIDE < EVAL_SEQ_LEN: in a layout where it is
+    # skipped the claimed line is missing, which says nothing about the next layout
+    legal = bigram_eval("legal", truncate_to=128)
+
+    def skips_at_stride_one(s, what, extra):
+        return [] if extra.get("EVAL_STRIDE") == "1" and extra.get("TRAIN_SEQ_LEN") != "1" else legal(s, what, extra)
+
+    rep = probe(skips_at_stride_one)
+    assert not rep.not_run, rep.not_run
+    assert any("stride-1 windows: candidate" in n and "printed no" in n for n in rep.notes)

@@ -47,16 +47,28 @@ from harness.dynamic.trace.events import Reported
 # A run of the submission on a given validation stream, with extra env flags: the result lines it printed.
 RunFn = Callable[[np.ndarray, str, dict], list[Reported]]
 
-# Layouts tried in turn. Most records' loaders keep only a multiple of TRAIN_SEQ_LEN tokens, so a
-# stream one token shorter loses a whole window; with one-token sequences every stream length is
-# scored whole. The eval's own logic (caches, mixers, TTT, byte counting) runs unchanged; only the
-# network's context shrinks, and every run of one attempt shares it.
+# Layouts tried in turn, each only when the last one's printed totals do not fit a complete score.
+# - Sliding windows whose last window is aligned to the stream end (`last_full_start`, PRs #779,
+#   #813) score a stream one token shorter in another layout; with a stride of one token every
+#   target is scored once, in its own full window, at any stream length.
+# - Most records' loaders keep only a multiple of TRAIN_SEQ_LEN tokens, so a stream one token
+#   shorter loses a whole window; with one-token sequences every stream length is scored whole.
+# The eval's own logic (caches, mixers, TTT, byte counting) runs unchanged; only the windows, or
+# the network's context, change, and every run of one attempt shares them.
+# Not judged by any layout (said, not guessed): windows kept while any target is left
+# (`min(ws + seq_len, total) - ws >= 1`, PRs #659, #770, #797) score the last stride of every
+# stream again in shorter windows, so no shorter stream is laid out like the longer one.
 LAYOUTS: list[tuple[str, dict]] = [
     ("the toy profile", {}),
+    ("stride-1 windows", {"EVAL_STRIDE": "1"}),
     ("one-token sequences", {"TRAIN_SEQ_LEN": "1", "EVAL_SEQ_LEN": "1", "EVAL_STRIDE": "1"}),
 ]
 
 TOL_P = 1e-3  # on the probability sum, over the rounding bound exp(eps)
+
+# Reasons not to judge that no other layout changes (a layout's own failures -- totals that do not
+# fit a complete score, a run that prints no result line in that layout -- try the next one).
+_FINAL = ("the eval is not deterministic", "no context in the stream", "the validation stream is too short")
 
 
 class BlackboxError(Exception):
@@ -200,8 +212,8 @@ def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int
     for name, extra in (layouts if layouts is not None else LAYOUTS):
         rep = _attempt(tokens, run_fn, label, decimals, target_bytes, period, budget, exclude, workers, extra)
         tried.append(f"{name}: {rep.not_run or 'judged'}")
-        if not rep.not_run.startswith("the printed"):
-            break
+        if not rep.not_run or rep.not_run.startswith(_FINAL):
+            break  # judged, or a reason no other layout changes
     rep.notes[:0] = [f"layout {t}" for t in tried[:-1]]
     if tried and not rep.not_run:
         rep.notes.insert(0, f"layout: {tried[-1].split(':')[0]}")
