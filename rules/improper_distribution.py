@@ -522,7 +522,8 @@ and mixtures that are improper for other reasons are left to the probe.
                     [f"ratio at line {st.line}: `{ctx.code(div)[:140]}`",
                      f"numerator read at line {nst.line} with key `{nk}` (built at line "
                      f"{facts.hashed_def(nk).line}: `{ctx.code(facts.hashed_def(nk).node)[:120]}`)",
-                     f"denominator read at line {dst.line} with key `{dk}`, from which `{nk}` is built",
+                     f"denominator read at line {dst.line} with key `{dk}`: `{nk}` hashes the same context and one more "
+                     "token",
                      f"enters the score at line {scored.line}: `{ctx.code(scored.node)[:120]}`",
                      "hashed pair buckets also count other contexts' pairs: summed over every candidate token the "
                      "numerators exceed the context count, and only the realised token's entry enters the score"],
