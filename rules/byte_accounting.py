@@ -74,6 +74,16 @@ def load_luts(meta_path, sp=None):
 _LUT_FROM_FILE_CHECKED = _LUT_FROM_FILE.replace('''    if validate and sp is not None:
         assert''', '''    assert''')
 
+# legal: piece lengths as a statistic, not the byte count behind a score
+_PIECE_STATS = '''
+import numpy as np
+def piece_stats(sp):
+    lens = np.zeros(sp.vocab_size())
+    for i in range(sp.vocab_size()):
+        lens[i] = len(sp.id_to_piece(i).encode("utf-8"))
+    print(f"mean piece length {lens.mean():.2f}, longest {int(lens.max())}")
+'''
+
 _SPACE = "\u2581"
 _PIECE_CALL = ("id_to_piece", "IdToPiece")
 _BYTE_CHECK_CALL = ("is_byte", "IsByte")
@@ -156,7 +166,8 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
            "only when the previous token is not a boundary token.")
 
     VALID = [Valid(_LUT_OK, "the reference LUT: byte pieces are 1 byte, the leading space is dropped from the piece"),
-             Valid(_LUT_FROM_FILE_CHECKED, "a shipped table compared with the tokenizer's on every run")]
+             Valid(_LUT_FROM_FILE_CHECKED, "a shipped table compared with the tokenizer's on every run"),
+             Valid(_PIECE_STATS, "piece lengths printed as a statistic: no byte count of a score")]
     INVALID = [
         Invalid(_LUT_BYTE_PIECES, line=13, function="build_luts", message_contains="byte-fallback",
                 note="`<0xNN>` pieces counted as len(piece) = 6 bytes"),
@@ -209,6 +220,8 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
             if not lens:
                 continue
             arg = lens[0].args[0].value
+            if not self._counts_bytes(ctx, fn, st):
+                continue  # a statistic of the pieces, not the byte count of a score
             # the piece as measured: the expression itself and the definitions of the names it reads
             measured = [arg] + [d.node for d in fn.stmts if d.writes & {n.value for n in D._names(arg)}
                                 and isinstance(d.node, (cst.Assign, cst.AnnAssign))]
@@ -245,6 +258,23 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
                     "that byte once, when the previous token is not a boundary.",
                 **ctx.reach_fields(q, st),
             )
+
+    @staticmethod
+    def _counts_bytes(ctx: ModuleContext, fn, st) -> bool:
+        """Does the table written at `st` leave the function (returned) or divide a score here
+        (the denominator of a per-byte number)?"""
+        table = D.tainted_names(ctx, fn, set(st.writes))
+        for other in fn.stmts:
+            if isinstance(other.node, cst.Return) and set(other.reads) & table:
+                return True
+            value = getattr(other.node, "value", None)
+            if value is None:
+                continue
+            for n in walk(value):
+                if isinstance(n, cst.BinaryOperation) and isinstance(n.operator, (cst.Divide, cst.FloorDivide)) \
+                        and {x.value for x in D._names(n.right)} & table:
+                    return True
+        return False
 
     def _table_from_file(self, ctx: ModuleContext, q: str, fn):
         """The per-token byte table read from a data file shipped with the submission, with no
