@@ -180,6 +180,16 @@ _MIXED_NOT_CHOSEN = _ORACLE_IF.replace('''        old_nll = scored_nll[t].item()
 ''', '''        scored_nll[t] = mixed_nll
 ''')
 
+# legal: log-sum-exp of a fixed two-expert mixture, shifted by the larger log-probability
+_LOGSUMEXP_MIX = '''
+import numpy as np
+def mix_nll(model_lp, ngram_lp, w=0.3):
+    max_lp = np.maximum(model_lp, ngram_lp)
+    mix_lp = max_lp + np.log((1 - w) * np.exp(model_lp - max_lp) + w * np.exp(ngram_lp - max_lp))
+    loss_sum = float(-mix_lp.sum())
+    return loss_sum
+'''
+
 _GATE_FROM_PREFIX = '''
 import torch
 import torch.nn.functional as F
@@ -198,8 +208,10 @@ def eval_two_models(model_a, model_b, val_tokens):
     return val_loss
 '''
 
-_ELEMENTWISE = ("minimum", "fmin", "maximum", "fmax")
-_REDUCE = ("min", "amin", "max", "amax")
+# lower of two losses; a max of two log-probabilities is how log-sum-exp mixtures are written
+# (`m = np.maximum(lp_a, lp_b); m + log(w_a exp(lp_a - m) + w_b exp(lp_b - m))`), so max is not read
+_ELEMENTWISE = ("minimum", "fmin")
+_REDUCE = ("min", "amin")
 
 
 class RescoredTokens(Rule):
@@ -231,6 +243,7 @@ class RescoredTokens(Rule):
     VALID = [Valid(_LEGAL, "one pass, each token scored once"),
              Valid(_MIXED_NOT_CHOSEN, "every position takes the mixture, whichever expert did better"),
              Valid(_GATE_FROM_PREFIX, "expert chosen per token by the prefix (entropy), not by the target's loss"),
+             Valid(_LOGSUMEXP_MIX, "np.maximum of two log-probabilities as the log-sum-exp shift of a fixed mixture"),
              Valid(_FIRST_PASS_ONLY, "multi-epoch TTT on already-scored chunks, scored once in the first pass"),
              Valid(_HELPER_SCORED_ONCE, "scoring helper called once per chunk, then several epochs on the scored chunk")]
     INVALID = [
