@@ -114,6 +114,22 @@ def ngram_nll(ctx_hash, targets, model_p, ng_ctx, ng_pair, vocab, beta=2.0, mult
     return -torch.log(p.clamp(min=1e-20))
 '''
 
+# the same ratio in plain Python, one position at a time, keys masked to a bucket
+_SCALAR_BUCKETS = '''
+import numpy as np
+def ngram_target_lp(val_np, positions, ctx_table, full_table, mask, prime=np.uint64(2654435761)):
+    out = np.zeros(len(positions))
+    for j, pos in enumerate(positions):
+        ctx_hash = np.uint64(val_np[pos - 2]) * prime ^ np.uint64(val_np[pos - 1])
+        ctx_bucket = int(ctx_hash & mask)
+        ctx_count = ctx_table[ctx_bucket]
+        full_hash = (ctx_hash ^ (np.uint64(val_np[pos]) * prime)) * prime
+        full_bucket = int(full_hash & mask)
+        p = (float(full_table[full_bucket]) + 0.5) / (float(ctx_count) + 1.0)
+        out[j] = np.log(p)
+    return -out.sum()
+'''
+
 _PAIR_ROW_NORMALISED = _PAIR_ROW_OVER_CONTEXT_COUNT.replace(
     "p = (hit + beta * model_p) / (ctx_c + beta)", "p = (hit + beta * model_p) / (pair_c.sum(1) + beta)")
 
@@ -252,6 +268,11 @@ class _Defs:
                 return st
         return None
 
+    def key_def(self, name: str):
+        """The statement that hashes `name`, or the one that computes it from a hash."""
+        return self.hashed_def(name) or next(
+            st for st in self.defs.get(name, ()) if any(self.hashed_def(r) is not None for r in self.value_reads[id(st)]))
+
     def keyish(self, name: str) -> bool:
         """A hashed key, or a value computed straight from one (`ctx_key = (ctx_hash & mask).astype(...)`)."""
         return self.hashed_def(name) is not None or any(
@@ -301,7 +322,7 @@ class _Defs:
         key comes from), in another table, the denominator not computed from that numerator read."""
         den_reads = {(t, k) for t, k, _ in den}
         for nt, nk, nst in num:
-            if (nt, nk) in den_reads or self.hashed_def(nk) is None:
+            if (nt, nk) in den_reads or not self.keyish(nk):
                 continue
             n_anc = self.ancestors(nk)
 
@@ -398,6 +419,8 @@ and mixtures that are improper for other reasons are left to the probe.
                 note="PR #779/#813/#770: full_counts[h(ctx, y)] / ctx_counts[h(ctx)] read at the target only"),
         Invalid(_PAIR_ROW_OVER_CONTEXT_COUNT, line=9, function="ngram_nll", message_contains="realised",
                 note="PR #972: pair counts gathered at the target over the context count (not their sum)"),
+        Invalid(_SCALAR_BUCKETS, line=11, function="ngram_target_lp", message_contains="realised",
+                note="plain Python per position: full_table[int(h(ctx, x[pos]) & mask)] over ctx_table[...]"),
         Invalid(_BYTE_MIX, line=8, function="byte_mix_bpb", message_contains="byte",
                 note="PR #1933: token log-probabilities spread over bytes and mixed with a byte-level model"),
     ]
@@ -521,7 +544,7 @@ and mixtures that are improper for other reasons are left to the probe.
                     ctx.location(st.line, q),
                     [f"ratio at line {st.line}: `{ctx.code(div)[:140]}`",
                      f"numerator read at line {nst.line} with key `{nk}` (built at line "
-                     f"{facts.hashed_def(nk).line}: `{ctx.code(facts.hashed_def(nk).node)[:120]}`)",
+                     f"{facts.key_def(nk).line}: `{ctx.code(facts.key_def(nk).node)[:120]}`)",
                      f"denominator read at line {dst.line} with key `{dk}`: `{nk}` hashes the same context and one more "
                      "token",
                      f"enters the score at line {scored.line}: `{ctx.code(scored.node)[:120]}`",
