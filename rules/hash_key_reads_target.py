@@ -9,6 +9,7 @@ import libcst as cst
 from harness.static import dataflow as D
 from harness.static.engine import ModuleContext, base_name, dotted, walk
 from harness.static.project import CallSite, project_findings
+from harness.static.reaching import FlowTaint
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 
@@ -430,13 +431,17 @@ class HashKeyReadsTarget(Rule):
             mine = D.tainted_names(ctx, fn, own[id(fn)]) if own[id(fn)] else set()
             direct = None
             for st, reads, how in _lookup_keys(ctx, fn, tables=True):  # a key built here from this function's own target
-                if how == "table":  # read as `counts[key]`: only a key built from the target tensor itself
+                if how == "table":  # read as `counts[key]`: only a key built from the target tensor itself,
+                    # as it stands at the key (names such as `tgt` are re-bound between a prefill and the eval)
                     if direct is None:
                         direct = _same_tensor(ctx, fn, own[id(fn)])
-                    if not reads & direct:
+                        flow = FlowTaint(fn, own[id(fn)], direct)
+                    if not flow.any_tainted(reads & direct, st):
                         continue
                 if reads & mine:
                     name = sorted(reads & (direct if how == "table" else mine))[0]
+                    if how == "table":
+                        name = sorted(n for n in reads & direct if flow.tainted(n, st))[0]
                     plan.setdefault(id(ctx), []).append(self._target_finding(
                         ctx, fn, st, name, f"{fn.qualname}() builds a hashed lookup key from `{name}`",
                         f"`{ctx.code(st.node)[:160]}`"))
