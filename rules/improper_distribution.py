@@ -549,7 +549,7 @@ and mixtures that are improper for other reasons are left to the probe.
                      "token",
                      f"enters the score at line {scored.line}: `{ctx.code(scored.node)[:120]}`",
                      "hashed pair buckets also count other contexts' pairs: summed over every candidate token the "
-                     "numerators exceed the context count, and only the realised token's entry enters the score"],
+                     "numerators exceed the context count, so the candidates' probabilities do not sum to one"],
                     confidence=Confidence.MEDIUM,
                     fix="Compute the cache's distribution over the whole vocabulary for the context (the pair counts "
                         "of every candidate token) and divide by their sum; or mix with a closed-form normaliser.",
