@@ -9,6 +9,7 @@ import libcst as cst
 from harness.static import dataflow as D
 from harness.static.engine import ModuleContext, base_name, dotted, walk
 from harness.static.project import CallSite, project_findings
+from harness.static.reaching import FlowTaint
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 
@@ -100,6 +101,37 @@ def forward(model, input_ids, target_ids, buckets):
 '''
 
 
+# PR #779/#813: a numpy count table read at a key that hashes the scored target into the context
+_NUMPY_TARGET_KEY = '''
+import numpy as np
+import torch
+import torch.nn.functional as F
+def mix_nll(logits, x_batch, y_batch, counts, mask, prime=np.uint64(27191)):
+    log_probs = F.log_softmax(logits, dim=-1)
+    p_model = log_probs.gather(-1, y_batch.unsqueeze(-1)).squeeze(-1).exp()
+    x_np = x_batch.cpu().numpy().astype(np.uint64)
+    y_np = y_batch.cpu().numpy().astype(np.uint64)
+    key = ((x_np * np.uint64(36313)) ^ (y_np * prime)) & mask
+    hits = torch.from_numpy(counts[key.astype(np.int64)].astype(np.float32))
+    return -torch.log(0.9 * p_model + 0.1 * hits / (hits + 1))
+'''
+
+# legal: the same key, used only to count the target after its score is taken
+_NUMPY_TARGET_KEY_UPDATE = '''
+import numpy as np
+import torch
+import torch.nn.functional as F
+def score_then_count(logits, x_batch, y_batch, counts, mask, prime=np.uint64(27191)):
+    log_probs = F.log_softmax(logits, dim=-1)
+    nll = -log_probs.gather(-1, y_batch.unsqueeze(-1)).squeeze(-1)
+    x_np = x_batch.cpu().numpy().astype(np.uint64)
+    y_np = y_batch.cpu().numpy().astype(np.uint64)
+    key = ((x_np * np.uint64(36313)) ^ (y_np * prime)) & mask
+    np.add.at(counts, key.astype(np.int64), 1)
+    return nll
+'''
+
+
 def _int(node) -> int | None:
     if isinstance(node, cst.Integer):
         return int(node.value.replace("_", ""), 0)
@@ -184,12 +216,24 @@ LOSS_TARGET_CALL = re.compile(r"(^|\.)(cross_entropy|nll_loss|binary_cross_entro
 LOOKUP_CALL = re.compile(r"emb|lookup|table|index_select|take", re.I)
 
 
-def _loss_targets(fn) -> set[str]:
+def _loss_targets(ctx, fn) -> set[str]:
     """Names a loss is taken against in `fn`: `F.cross_entropy(logits, target_ids.reshape(-1))`
-    -> target_ids (and `targets` for `y = targets.reshape(-1)`)."""
+    -> target_ids (and `targets` for `y = targets.reshape(-1)`); the index a log-probability is
+    read at, `log_probs.gather(-1, y.unsqueeze(-1))` -> y."""
     out: set[str] = set()
+    losses = None
     for st in fn.stmts:
         for call in st.calls:
+            if isinstance(call.func, cst.Attribute) and call.func.attr.value == "gather":
+                if losses is None:
+                    losses = set(D.loss_names(ctx, fn))
+                pos = [a.value for a in call.args if a.keyword is None and not a.star]
+                src = call.func.value if dotted(call.func.value) not in ("torch",) else (pos.pop(0) if pos else None)
+                index = next((a.value for a in call.args if a.keyword is not None and a.keyword.value == "index"),
+                             pos[1] if len(pos) > 1 else None)
+                if src is not None and index is not None and base_name(src) in losses and base_name(index):
+                    out.add(base_name(index))
+                continue
             if not LOSS_TARGET_CALL.search(dotted(call.func)):
                 continue
             expr = next((a.value for a in call.args if a.keyword is not None and a.keyword.value == "target"), None)
@@ -202,7 +246,7 @@ def _loss_targets(fn) -> set[str]:
     for st in fn.stmts:  # one step back over re-bindings of a single tensor
         if isinstance(st.node, cst.Assign) and len(st.writes) == 1 and st.writes & out:
             name = base_name(st.node.value)
-            if name:
+            if name and name not in ctx.imports:  # `y = torch.stack(ys)` re-binds ys, not the module
                 out.add(name)
     return out
 
@@ -217,7 +261,7 @@ def _sites(project, ctx, fn, st):
     return out
 
 
-def _lookup_keys(ctx, fn) -> list:
+def _lookup_keys(ctx, fn, tables: bool = False) -> list:
     """Hashed keys that are looked up (an embedding, a table, an index): (statement, names the key
     reads). A key used only as a label or written into (`counts[key] += 1`) is not a lookup."""
     out = []
@@ -235,9 +279,41 @@ def _lookup_keys(ctx, fn) -> list:
                     if LOOKUP_CALL.search(dotted(c.func).split(".")[-1]) and \
                             {n.value for a in c.args for n in walk(a.value) if isinstance(n, cst.Name)} & keys:
                         looked_up = True
+                if tables and not looked_up and _table_read(later, set(st.writes)):
+                    looked_up = "table"
         if looked_up:
-            out.append((st, reads))
+            out.append((st, reads) if not tables else (st, reads, looked_up))
     return out
+
+
+def _same_tensor(ctx, fn, names: set[str]) -> set[str]:
+    """`names` and the names bound to views or copies of them (`y_np = y.cpu().numpy()`,
+    `t = y[:, 1:]`): the same tokens, not values computed from them."""
+    out = set(names)
+    changed = True
+    while changed:
+        changed = False
+        for st in fn.stmts:
+            if isinstance(st.node, cst.Assign) and len(st.writes) == 1 and not st.writes <= out:
+                b = base_name(st.node.value)
+                if b in out and b not in ctx.imports:
+                    out |= st.writes
+                    changed = True
+    return out
+
+
+def _table_read(st, keys: set[str]) -> bool:
+    """Does the statement read a table at one of `keys` (`counts[key]`, `t[i][key.reshape(-1)]`), as a
+    value (not as the target of a write such as `counts[key] += 1`)?"""
+    node = st.node
+    value = node.value if isinstance(node, (cst.Assign, cst.AnnAssign, cst.Return)) else None
+    if value is None:
+        return False
+    for n in walk(value):
+        if isinstance(n, cst.Subscript) and base_name(n.value) not in keys and \
+                {x.value for el in n.slice for x in walk(el.slice) if isinstance(x, cst.Name)} & keys:
+            return True
+    return False
 
 
 def _hashed_params(ctx, fn) -> dict:
@@ -284,13 +360,16 @@ class HashKeyReadsTarget(Rule):
              Valid(_PAD.replace("F.pad(t[..., 1:], (0, 1))", "F.pad(t[..., :-1], (1, 0))").replace("nxt", "prev"),
                    "F.pad on the left: the previous token"),
              Valid(_LAYER_GETS_PREVIOUS, "the hashed layer gets (t[i-1], t[i]): inputs only"),
-             Valid(_HASHED_LABELS, "hashed targets used as labels of an auxiliary loss, not as an input")]
+             Valid(_HASHED_LABELS, "hashed targets used as labels of an auxiliary loss, not as an input"),
+             Valid(_NUMPY_TARGET_KEY_UPDATE, "a target-keyed count updated after the score, never read for it")]
     INVALID = [
         Invalid(_SHIFTED, line=7, function="bigram_hash", note="output shifted one step left"),
         Invalid(_ROLL, line=5, function="pair_key", note="torch.roll(-1) key"),
         Invalid(_PAD, line=5, function="pair_key", note="F.pad shift"),
         Invalid(_LAYER_GETS_TARGET, line=23, function="LM.forward", message_contains="target_ids",
                 note="self.pair(input_ids, target_ids): the hashing layer is handed the loss target"),
+        Invalid(_NUMPY_TARGET_KEY, line=10, function="mix_nll", message_contains="y_np",
+                note="numpy: counts[(x * p1) ^ (y * p2)] with y the gathered target (PR #779/#813)"),
     ]
 
     TRACE_VALID = [_trace_example(False, "key on (t[i-1], t[i]): inputs one position before their targets")]
@@ -327,7 +406,7 @@ class HashKeyReadsTarget(Rule):
         target_ids)` -> `self.bigram(x, target_ids)` -> `BigramHash.forward(first, second)`). A
         hashed key that reads it, looked up in a table or embedding, reads token i+1 at position i."""
         functions = list(project.functions())
-        targets = {id(fn): _loss_targets(fn) for _, fn in functions}
+        targets = {id(fn): _loss_targets(ctx, fn) for ctx, fn in functions}
         own = {k: set(v) for k, v in targets.items()}
         for _ in range(8):  # into callees, to a fixed point
             changed = False
@@ -350,9 +429,19 @@ class HashKeyReadsTarget(Rule):
                 continue
             derived = D.tainted_names(ctx, fn, targets[id(fn)])
             mine = D.tainted_names(ctx, fn, own[id(fn)]) if own[id(fn)] else set()
-            for st, reads in _lookup_keys(ctx, fn):  # a key built here from this function's own target
+            direct = None
+            for st, reads, how in _lookup_keys(ctx, fn, tables=True):  # a key built here from this function's own target
+                if how == "table":  # read as `counts[key]`: only a key built from the target tensor itself,
+                    # as it stands at the key (names such as `tgt` are re-bound between a prefill and the eval)
+                    if direct is None:
+                        direct = _same_tensor(ctx, fn, own[id(fn)])
+                        flow = FlowTaint(fn, own[id(fn)], direct)
+                    if not flow.any_tainted(reads & direct, st):
+                        continue
                 if reads & mine:
-                    name = sorted(reads & mine)[0]
+                    name = sorted(reads & (direct if how == "table" else mine))[0]
+                    if how == "table":
+                        name = sorted(n for n in reads & direct if flow.tainted(n, st))[0]
                     plan.setdefault(id(ctx), []).append(self._target_finding(
                         ctx, fn, st, name, f"{fn.qualname}() builds a hashed lookup key from `{name}`",
                         f"`{ctx.code(st.node)[:160]}`"))

@@ -5,6 +5,7 @@ step, for the probability of that same token."""
 from __future__ import annotations
 
 import math
+import re
 
 import libcst as cst
 
@@ -79,6 +80,59 @@ _SCORE_FIRST = _COUNT_FIRST.replace('''        counts[prev][target] += 1
 ''')
 _LOG_NAMES = ("log", "log2", "log10", "log1p", "log_softmax")
 
+# PR #779/#813 shape: counts of hashed (context, token) pairs over counts of hashed contexts, read
+# for the realised target only
+_HASHED_PAIR_RATIO = '''
+import numpy as np
+import torch
+PRIMES = [np.uint64(36313), np.uint64(27191), np.uint64(51647)]
+def ngram_mix_nll(nll, x_np, y_np, ctx_counts, full_counts, alpha, order=3, buckets=1 << 22):
+    mask = np.uint64(buckets - 1)
+    ctx_hash = np.zeros(len(y_np), dtype=np.uint64)
+    for k in range(order - 1):
+        ctx_hash ^= np.roll(x_np, k).astype(np.uint64) * PRIMES[k]
+    ctx_key = (ctx_hash & mask).astype(np.int64)
+    full_key = ((ctx_hash ^ (y_np.astype(np.uint64) * PRIMES[order - 1])) & mask).astype(np.int64)
+    ctx_c = ctx_counts[ctx_key].astype(np.float64)
+    full_c = full_counts[full_key].astype(np.float64)
+    p_ng = np.minimum(full_c, ctx_c) / np.maximum(ctx_c, 1.0)
+    p = (1 - alpha) * np.exp(-nll) + alpha * p_ng
+    return torch.from_numpy(-np.log(np.clip(p, 1e-12, 1.0)))
+'''
+
+# PR #972 shape: the pair counts are even gathered over the whole vocabulary, but the denominator is
+# the context count, not their sum
+_PAIR_ROW_OVER_CONTEXT_COUNT = '''
+import torch
+def ngram_nll(ctx_hash, targets, model_p, ng_ctx, ng_pair, vocab, beta=2.0, mult=1000003, buckets=1 << 22):
+    all_tokens = torch.arange(vocab)
+    ctx_c = ng_ctx[ctx_hash].float()
+    pair_h = (ctx_hash[:, None] * mult + all_tokens[None, :]) % buckets
+    pair_c = ng_pair[pair_h].float()
+    hit = pair_c.gather(1, targets[:, None]).squeeze(1)
+    p = (hit + beta * model_p) / (ctx_c + beta)
+    return -torch.log(p.clamp(min=1e-20))
+'''
+
+# the same ratio in plain Python, one position at a time, keys masked to a bucket
+_SCALAR_BUCKETS = '''
+import numpy as np
+def ngram_target_lp(val_np, positions, ctx_table, full_table, mask, prime=np.uint64(2654435761)):
+    out = np.zeros(len(positions))
+    for j, pos in enumerate(positions):
+        ctx_hash = np.uint64(val_np[pos - 2]) * prime ^ np.uint64(val_np[pos - 1])
+        ctx_bucket = int(ctx_hash & mask)
+        ctx_count = ctx_table[ctx_bucket]
+        full_hash = (ctx_hash ^ (np.uint64(val_np[pos]) * prime)) * prime
+        full_bucket = int(full_hash & mask)
+        p = (float(full_table[full_bucket]) + 0.5) / (float(ctx_count) + 1.0)
+        out[j] = np.log(p)
+    return -out.sum()
+'''
+
+_PAIR_ROW_NORMALISED = _PAIR_ROW_OVER_CONTEXT_COUNT.replace(
+    "p = (hit + beta * model_p) / (ctx_c + beta)", "p = (hit + beta * model_p) / (pair_c.sum(1) + beta)")
+
 
 def _subscript_key(node: cst.CSTNode, ctx: ModuleContext):
     """(container, key) source texts of `c[k]`, `c[a][b]` (-> "c", "a][b"), or `c.get(k, ...)`."""
@@ -136,6 +190,169 @@ def _example(probs: list[float], exhaustive: bool = False, note: str = "") -> Tr
                         note=note, function="eval_val", line=80)
 
 
+# PR #1933 shape: each token's log-probability spread evenly over its bytes, mixed per byte with a
+# byte-level model (PPM) and scored per byte
+_BYTE_MIX = '''
+import math
+import numpy as np
+def byte_mix_bpb(tgt, token_lp, pieces, byte_model_lp, lam=0.5):
+    lens = np.array([len(p.encode("utf-8")) for p in pieces])
+    per_tok = lens[tgt]
+    per_byte_lp = np.repeat(token_lp, per_tok) / np.repeat(per_tok, per_tok)
+    mixed = lam * np.exp(per_byte_lp) + (1 - lam) * np.exp(byte_model_lp)
+    return float(-np.log2(mixed).sum() / per_tok.sum())
+'''
+
+# legal: the same per-byte spread, only summed back (the total is the token's own log-probability)
+_BYTE_SPREAD_SUMMED = _BYTE_MIX.replace('''    mixed = lam * np.exp(per_byte_lp) + (1 - lam) * np.exp(byte_model_lp)
+    return float(-np.log2(mixed).sum() / per_tok.sum())''', '''    return float(-per_byte_lp.sum() / math.log(2) / per_tok.sum())''')
+
+BYTE_NAME = re.compile(r"byte", re.I)
+
+
+class _Defs:
+    """Flow-insensitive definitions of one function: what each name is computed from, which names
+    are hashed keys, and which tables are read at which keys."""
+
+    def __init__(self, ctx: ModuleContext, fn) -> None:
+        self.ctx = ctx
+        self.defs: dict[str, list] = {}
+        self.value_reads: dict[int, set[str]] = {}  # what a definition computes from (not its targets)
+        for st in fn.stmts:
+            node = st.node
+            if not st.writes:
+                continue
+            if isinstance(node, (cst.Assign, cst.AnnAssign)) and node.value is not None:
+                reads = self.names(node.value)
+            elif isinstance(node, cst.AugAssign):
+                reads = self.names(node.value) | self.names(node.target)
+            elif isinstance(node, cst.For):
+                reads = self.names(node.iter)
+            else:
+                continue
+            self.value_reads[id(st)] = reads
+            for w in st.writes:
+                self.defs.setdefault(w, []).append(st)
+        self._anc: dict[str, frozenset] = {}
+
+    @staticmethod
+    def names(node) -> set[str]:
+        return {n.value for n in walk(node) if isinstance(n, cst.Name)}
+
+    def ancestors(self, name: str) -> frozenset:
+        """Names `name` is computed from, transitively."""
+        found = self._anc.get(name)
+        if found is not None:
+            return found
+        self._anc[name] = frozenset()  # cycles (`h ^= ...`) stop here
+        out: set[str] = set()
+        todo = [name]
+        while todo:
+            n = todo.pop()
+            for st in self.defs.get(n, ()):
+                for r in self.value_reads[id(st)]:
+                    if r not in out and r != name:
+                        out.add(r)
+                        todo.append(r)
+        self._anc[name] = frozenset(out)
+        return self._anc[name]
+
+    def hashed_def(self, name: str):
+        """The statement that hashes `name` (XOR, modulo, a large multiplier), if one does."""
+        for st in self.defs.get(name, ()):
+            node = st.node
+            if isinstance(node, cst.AugAssign) and isinstance(node.operator, (cst.BitXorAssign, cst.ModuloAssign)):
+                return st
+            value = getattr(node, "value", None)
+            if value is not None and _hashy(value):
+                return st
+        return None
+
+    def key_def(self, name: str):
+        """The statement that hashes `name`, or the one that computes it from a hash."""
+        return self.hashed_def(name) or next(
+            st for st in self.defs.get(name, ()) if any(self.hashed_def(r) is not None for r in self.value_reads[id(st)]))
+
+    def keyish(self, name: str) -> bool:
+        """A hashed key, or a value computed straight from one (`ctx_key = (ctx_hash & mask).astype(...)`)."""
+        return self.hashed_def(name) is not None or any(
+            self.hashed_def(r) is not None for st in self.defs.get(name, ()) for r in self.value_reads[id(st)]
+            if r != name)
+
+    def _reads(self, value) -> list:
+        """(table, key) of the table reads in an expression: `t[key]`, `t[i][key]`, `t.get(key)`."""
+        out = []
+        for sub in walk(value):
+            if isinstance(sub, cst.Subscript):
+                table = dotted(sub.value)
+                keys = {k for el in sub.slice for k in self.names(el.slice)}
+            elif isinstance(sub, cst.Call) and isinstance(sub.func, cst.Attribute) \
+                    and sub.func.attr.value == "get" and sub.args:
+                table = dotted(sub.func.value)
+                keys = self.names(sub.args[0].value)
+            else:
+                continue
+            if table:
+                out.extend((table, k) for k in keys)
+        return out
+
+    def lookups(self, expr, st, hops: int = 3) -> list:
+        """(table, key, statement) for the table reads an expression's value comes from: in the
+        expression itself, then back through the definitions of the names it reads (a few steps),
+        stopping at a read keyed by a hash (the value read there is the count, not the key)."""
+        out = [(t, k, st) for t, k in self._reads(expr)]
+        frontier, seen = self.names(expr), set()
+        for _ in range(hops):
+            nxt: set[str] = set()
+            for n in frontier - seen:
+                seen.add(n)
+                for d in self.defs.get(n, ()):
+                    value = getattr(d.node, "value", None)
+                    if value is None:
+                        continue
+                    reads = self._reads(value)
+                    out.extend((t, k, d) for t, k in reads)
+                    if not any(self.keyish(k) for _, k in reads):
+                        nxt |= self.value_reads[id(d)]
+            frontier = nxt
+        return out
+
+    def extension(self, num: list, den: list):
+        """A numerator read at a hashed key built from a denominator's key (or from the hash that
+        key comes from), in another table, the denominator not computed from that numerator read."""
+        den_reads = {(t, k) for t, k, _ in den}
+        for nt, nk, nst in num:
+            if (nt, nk) in den_reads or not self.keyish(nk):
+                continue
+            n_anc = self.ancestors(nk)
+
+            def rank(item):  # a hashed context key first, then a key read from a table, then the rest
+                dk = item[1]
+                return (not self.keyish(dk), not any(self._reads(getattr(d.node, "value", None) or cst.Name("_"))
+                                                     for d in self.defs.get(dk, ())))
+            for dt, dk, dst in sorted(den, key=rank):
+                if dt == nt or dk == nk:
+                    continue
+                shared = dk in n_anc or (self.keyish(dk) and any(
+                    self.hashed_def(a) is not None for a in (self.ancestors(dk) | {dk}) & n_anc))
+                if shared:
+                    return (nt, nk, nst), (dt, dk, dst)
+        return None
+
+
+def _hashy(node: cst.CSTNode) -> bool:
+    for n in walk(node):
+        if isinstance(n, cst.BinaryOperation):
+            if isinstance(n.operator, (cst.Modulo, cst.BitXor)):
+                return True
+            if isinstance(n.operator, cst.Multiply) and any(
+                    isinstance(x, cst.Integer) and int(x.value.replace("_", ""), 0) >= 100 for x in (n.left, n.right)):
+                return True
+        elif isinstance(n, cst.Call) and dotted(n.func).split(".")[-1] in ("bitwise_xor", "hash", "remainder", "fmod"):
+            return True
+    return False
+
+
 class ImproperDistribution(Rule):
     id = "GA011"
     name = "improper-distribution"
@@ -167,20 +384,30 @@ bonus can still sum below one over a small subset (use `--exhaustive` on small v
 probe run changes one position only, so its prefix is the same in every run (the test is exact for that
 position); only a few positions are probed.
 
-The static check sees one shape only: a count incremented at a key and then, in the same loop step,
+The static check sees three shapes: a count incremented at a key and then, in the same loop step,
 read at that same key into a value that reaches a log (`counts[prev, tgt] += 1` before
-`p = counts[prev, tgt] / totals[prev]`). Caches prefilled from the whole stream, hashed keys and
-mixtures that are improper for other reasons are left to the probe.
+`p = counts[prev, tgt] / totals[prev]`); a hashed (context, token) count divided by the context's
+count and read at the realised token only (`full[h(ctx) ^ y * P] / ctx[h(ctx)]`, PRs #770/#779/
+#813/#972) — the numerator key must be a hash built from the denominator's key, which is a
+heuristic over names' definitions (medium confidence), and exact (unhashed) count tables are not
+reported; and a token's score repeated over its bytes and mixed, as a probability, with another
+per-byte probability before the log (a byte-level model mixed into token scoring, PR #1933).
+Caches prefilled from the whole stream, target-dependent backoff (`if count[target] > 0: return`)
+and mixtures that are improper for other reasons are left to the probe.
 """
     references = (
         "PR #1420 (n-gram expert gating read the target token; acknowledged)",
         "PR #713 review: BigramHash keys on t[i], t[i-1] (clean); a key with t[i+1] leaks the target",
-        "shared/rules.md: eval-time caches and mixtures must be normalised",
+        "shared/rules.md: eval-time caches and mixtures must be normalised; hashed lookups of counts for the "
+        "realised token only and byte-level models mixed into a token model fail",
+        "PRs #770, #779, #813, #972 (hashed n-gram count ratios read at the target), #1933 (byte-level PPM mixer)",
     )
     fix = "Build every feature, key and cache entry for position i from tokens before i only, and normalise mixtures."
 
     VALID = [Valid(_SCORE_FIRST, "the cache is read for the token, then counts it: score first"),
-             Valid(_COLLECTED_SCORE_FIRST, "numpy cache read first, blended in torch after the loop")]
+             Valid(_COLLECTED_SCORE_FIRST, "numpy cache read first, blended in torch after the loop"),
+             Valid(_PAIR_ROW_NORMALISED, "hashed pair counts over the whole vocabulary, divided by their own sum"),
+             Valid(_BYTE_SPREAD_SUMMED, "token log-probabilities spread over bytes and summed back: no mixture")]
     INVALID = [
         Invalid(_COUNT_FIRST, line=9, function="cache_nll", message_contains="before",
                 note="the count of (prev, target) is incremented, then read for the same token's probability"),
@@ -188,10 +415,149 @@ mixtures that are improper for other reasons are left to the probe.
                 note="dict counts: counts[key] = counts.get(key, 0) + 1"),
         Invalid(_COLLECTED, line=10, function="cache_nll",
                 note="probabilities collected in the loop, blended and logged after it"),
+        Invalid(_HASHED_PAIR_RATIO, line=14, function="ngram_mix_nll", message_contains="realised",
+                note="PR #779/#813/#770: full_counts[h(ctx, y)] / ctx_counts[h(ctx)] read at the target only"),
+        Invalid(_PAIR_ROW_OVER_CONTEXT_COUNT, line=9, function="ngram_nll", message_contains="realised",
+                note="PR #972: pair counts gathered at the target over the context count (not their sum)"),
+        Invalid(_SCALAR_BUCKETS, line=11, function="ngram_target_lp", message_contains="realised",
+                note="plain Python per position: full_table[int(h(ctx, x[pos]) & mask)] over ctx_table[...]"),
+        Invalid(_BYTE_MIX, line=8, function="byte_mix_bpb", message_contains="byte",
+                note="PR #1933: token log-probabilities spread over bytes and mixed with a byte-level model"),
     ]
 
     # ------------------------------------------------------------------ static
     def check_static(self, ctx: ModuleContext):
+        yield from self._count_first(ctx)
+        for q, fn in ctx.functions.items():
+            f = self._hashed_ratio(ctx, q, fn)
+            if f is not None:
+                yield f
+            f = self._byte_mixture(ctx, q, fn)
+            if f is not None:
+                yield f
+
+    def _byte_mixture(self, ctx: ModuleContext, q: str, fn):
+        """A token-level score repeated over the token's bytes (`np.repeat(lp, n_bytes)`,
+        `repeat_interleave`) and then added, as a probability, to another model's per-byte
+        probability before the log: a byte-level model mixed into the token model's scores. The
+        token model gives one probability per token, not a distribution over each next byte, so the
+        per-byte mixture is not a distribution over the token alphabet (nor over bytes)."""
+        seeds = {w for st in fn.stmts for c in st.calls
+                 if isinstance(c.func, cst.Attribute) and c.func.attr.value == "encode" for w in st.writes}
+        seeds |= {n for st in fn.stmts for n in st.reads | st.writes if BYTE_NAME.search(n)}
+        seeds |= {p for p in fn.params if BYTE_NAME.search(p)}
+        if not seeds:
+            return None
+        byte_names = D.tainted_names(ctx, fn, seeds)
+        for st in fn.stmts:
+            for call in st.calls:
+                name = dotted(call.func).split(".")[-1]
+                if name not in ("repeat", "repeat_interleave"):
+                    continue
+                pos = [a.value for a in call.args if a.keyword is None and not a.star]
+                kw = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+                if isinstance(call.func, cst.Attribute) and dotted(call.func.value) not in ("np", "numpy", "torch"):
+                    value, reps = call.func.value, (pos[0] if pos else kw.get("repeats"))
+                else:
+                    value, reps = (pos[0] if pos else None), (pos[1] if len(pos) > 1 else kw.get("repeats"))
+                if value is None or reps is None:
+                    continue
+                vnames, rnames = _Defs.names(value), _Defs.names(reps)
+                if not rnames & byte_names or not vnames or vnames <= byte_names:
+                    continue
+                spread = D.tainted_names(ctx, fn, set(st.writes)) if st.writes else set()
+                mix = self._prob_mixture(ctx, fn, st, spread)
+                if mix is None:
+                    continue
+                scored = self._reaches_log(ctx, fn, mix)
+                if scored is None:
+                    continue
+                return self.finding(
+                    Layer.STATIC,
+                    f"{q}() spreads each token's score over its bytes and mixes it, per byte, with another "
+                    "model's byte probabilities: a byte-level model mixed into token scoring is not a "
+                    "distribution over the token alphabet",
+                    ctx.location(mix.line, q),
+                    [f"token score repeated over the token's bytes at line {st.line}: `{ctx.code(st.node)[:140]}`",
+                     f"mixed as probabilities at line {mix.line}: `{ctx.code(mix.node)[:140]}`",
+                     f"scored at line {scored.line}: `{ctx.code(scored.node)[:120]}`",
+                     "exp(log p(token) / n_bytes) per byte is not the probability of that byte given the bytes "
+                     "before it; the mixture's probabilities over the candidate tokens do not sum to one"],
+                    confidence=Confidence.MEDIUM,
+                    fix="Mix at one level: turn the byte model into a distribution over the whole token vocabulary "
+                        "(the product of its byte probabilities for every candidate token, renormalised), or "
+                        "score bytes with a byte model only.",
+                    **ctx.reach_fields(q, mix),
+                )
+        return None
+
+    @staticmethod
+    def _prob_mixture(ctx: ModuleContext, fn, start, spread: set[str]):
+        """The first statement after `start` adding exp(...) of the spread scores to a term that
+        does not come from them (another model's probability)."""
+        for st in fn.stmts[start.order + 1:]:
+            value = getattr(st.node, "value", None)
+            if value is None or not set(st.reads) & spread:
+                continue
+            for n in walk(value):
+                if not (isinstance(n, cst.BinaryOperation) and isinstance(n.operator, (cst.Add, cst.Subtract))):
+                    continue
+                sides = [_Defs.names(n.left), _Defs.names(n.right)]
+                exps = [any(isinstance(c, cst.Call) and dotted(c.func).split(".")[-1] in ("exp", "exp2", "pow")
+                            for c in walk(x)) for x in (n.left, n.right)]
+                if all(exps) and (bool(sides[0] & spread) != bool(sides[1] & spread)):
+                    return st
+        return None
+
+    def _hashed_ratio(self, ctx: ModuleContext, q: str, fn):
+        """`count[h(ctx, t)] / count[h(ctx)]` reaching a log: the probability of the realised token t
+        as the count of a hashed (context, token) key over the count of the context key. Over the
+        vocabulary the numerators do not add up to the denominator (every pair bucket also holds the
+        pairs of other contexts hashed into it), so the implied probabilities of the candidate tokens
+        sum to more than one; a normalised cache divides by the sum of the numerator over all
+        candidate tokens instead."""
+        facts = _Defs(ctx, fn)
+        for st in fn.stmts:
+            node = st.node
+            value = node.value if isinstance(node, (cst.Assign, cst.AnnAssign, cst.Return)) else None
+            if value is None:
+                continue
+            for div in walk(value):
+                if not (isinstance(div, cst.BinaryOperation) and isinstance(div.operator, cst.Divide)):
+                    continue
+                num = facts.lookups(div.left, st)
+                den = facts.lookups(div.right, st)
+                if not num or not den:
+                    continue
+                pair = facts.extension(num, den)
+                if pair is None:
+                    continue
+                scored = self._reaches_log(ctx, fn, st)
+                if scored is None:
+                    continue
+                (nt, nk, nst), (dt, dk, dst) = pair
+                return self.finding(
+                    Layer.STATIC,
+                    f"{q}() takes the probability of the realised token as `{nt}` at a hashed (context, token) "
+                    f"key over `{dt}` at the context key: the denominator is a count total, not the sum of the "
+                    "numerator over the vocabulary, so the implied distribution is not normalised",
+                    ctx.location(st.line, q),
+                    [f"ratio at line {st.line}: `{ctx.code(div)[:140]}`",
+                     f"numerator read at line {nst.line} with key `{nk}` (built at line "
+                     f"{facts.key_def(nk).line}: `{ctx.code(facts.key_def(nk).node)[:120]}`)",
+                     f"denominator read at line {dst.line} with key `{dk}`: `{nk}` hashes the same context and one more "
+                     "token",
+                     f"enters the score at line {scored.line}: `{ctx.code(scored.node)[:120]}`",
+                     "hashed pair buckets also count other contexts' pairs: summed over every candidate token the "
+                     "numerators exceed the context count, so the candidates' probabilities do not sum to one"],
+                    confidence=Confidence.MEDIUM,
+                    fix="Compute the cache's distribution over the whole vocabulary for the context (the pair counts "
+                        "of every candidate token) and divide by their sum; or mix with a closed-form normaliser.",
+                    **ctx.reach_fields(q, st),
+                )
+        return None
+
+    def _count_first(self, ctx: ModuleContext):
         """A count incremented at key k and, later in the same iteration, read at the same key
         into a value that reaches a log (the score): the cache holds the token it is asked about,
         so every candidate value of that token would "hit" — the probabilities sum past one."""

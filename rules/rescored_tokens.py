@@ -126,6 +126,94 @@ _HELPER_SCORED_ONCE = _HELPER_MIN_PER_POSITION.split("def ttt_eval")[0] + '''def
 '''
 
 
+# per-token oracle between two experts: each position keeps whichever score is lower on its own target
+_ORACLE_IF = '''
+import math
+import torch
+import torch.nn.functional as F
+def eval_mix(model, val_tokens, cache_logprob, lam):
+    loss_sum = 0.0
+    x, y = val_tokens[:-1], val_tokens[1:]
+    with torch.no_grad():
+        log_sm = F.log_softmax(model(x), dim=-1)
+    scored_nll = -log_sm.gather(-1, y[:, None]).squeeze(-1)
+    for t in range(len(y)):
+        cache_lp = cache_logprob(x[: t + 1], y[t])
+        mixed_nll = -math.log((1 - lam) * math.exp(-scored_nll[t].item()) + lam * math.exp(cache_lp))
+        old_nll = scored_nll[t].item()
+        if mixed_nll < old_nll:
+            scored_nll[t] = mixed_nll
+    loss_sum += scored_nll.sum().item()
+    return loss_sum / len(y)
+'''
+
+_ORACLE_ELEMENTWISE = '''
+import torch
+import torch.nn.functional as F
+def eval_two_models(model_a, model_b, val_tokens):
+    x, y = val_tokens[:-1], val_tokens[1:]
+    with torch.no_grad():
+        nll_a = F.cross_entropy(model_a(x), y, reduction="none")
+        nll_b = F.cross_entropy(model_b(x), y, reduction="none")
+    best = torch.minimum(nll_a, nll_b)
+    val_loss = best.mean().item()
+    print(f"val_loss:{val_loss:.4f}")
+    return val_loss
+'''
+
+_ORACLE_STACK = '''
+import torch
+import torch.nn.functional as F
+def eval_experts(models, val_tokens):
+    x, y = val_tokens[:-1], val_tokens[1:]
+    with torch.no_grad():
+        nlls = [F.cross_entropy(m(x), y, reduction="none") for m in models]
+    per_token = torch.stack(nlls).min(dim=0).values
+    return per_token.mean().item()
+'''
+
+# legal: a fixed mixture of both experts (no choice by the target's loss), and a gate chosen from the
+# prefix (the model's own confidence), not from which expert scored the target better
+_MIXED_NOT_CHOSEN = _ORACLE_IF.replace('''        old_nll = scored_nll[t].item()
+        if mixed_nll < old_nll:
+            scored_nll[t] = mixed_nll
+''', '''        scored_nll[t] = mixed_nll
+''')
+
+# legal: log-sum-exp of a fixed two-expert mixture, shifted by the larger log-probability
+_LOGSUMEXP_MIX = '''
+import numpy as np
+def mix_nll(model_lp, ngram_lp, w=0.3):
+    max_lp = np.maximum(model_lp, ngram_lp)
+    mix_lp = max_lp + np.log((1 - w) * np.exp(model_lp - max_lp) + w * np.exp(ngram_lp - max_lp))
+    loss_sum = float(-mix_lp.sum())
+    return loss_sum
+'''
+
+_GATE_FROM_PREFIX = '''
+import torch
+import torch.nn.functional as F
+def eval_two_models(model_a, model_b, val_tokens):
+    x, y = val_tokens[:-1], val_tokens[1:]
+    with torch.no_grad():
+        lp_a = F.log_softmax(model_a(x), dim=-1)
+        lp_b = F.log_softmax(model_b(x), dim=-1)
+    ent_a = -(lp_a.exp() * lp_a).sum(-1)
+    ent_b = -(lp_b.exp() * lp_b).sum(-1)
+    nll_a = -lp_a.gather(-1, y[:, None]).squeeze(-1)
+    nll_b = -lp_b.gather(-1, y[:, None]).squeeze(-1)
+    per_token = torch.where(ent_a < ent_b, nll_a, nll_b)
+    val_loss = per_token.mean().item()
+    print(f"val_loss:{val_loss:.4f}")
+    return val_loss
+'''
+
+# lower of two losses; a max of two log-probabilities is how log-sum-exp mixtures are written
+# (`m = np.maximum(lp_a, lp_b); m + log(w_a exp(lp_a - m) + w_b exp(lp_b - m))`), so max is not read
+_ELEMENTWISE = ("minimum", "fmin")
+_REDUCE = ("min", "amin")
+
+
 class RescoredTokens(Rule):
     id = "GA002"
     name = "rescored-tokens"
@@ -136,16 +224,26 @@ class RescoredTokens(Rule):
     summary = "Finds evals that score the same validation tokens in several passes and report a later or the best pass."
     why = ("A token's first score is its only legal score. Scoring every epoch of a TTT loop and reporting the "
            "last epoch, or the minimum over epochs, reports a number taken after the weights trained on those "
-           "very tokens (score-every-epoch, min-NLL epoch selection: PRs #614 and #642 were closed for it).")
+           "very tokens (score-every-epoch, min-NLL epoch selection: PRs #614 and #642 were closed for it). "
+           "Scoring each token with two predictors and keeping the lower loss is the same selection per token: "
+           "the choice looks at the target, so the kept probabilities are no distribution (PR #659).")
     example = _MIN_SELECT
     use_instead = _LEGAL
     known_problems = ("A diagnostic second pass that is printed but not reported is still flagged when its result "
-                      "is returned; the dynamic layer matches the printed number to the pass it came from.")
+                      "is returned; the dynamic layer matches the printed number to the pass it came from. The "
+                      "per-token oracle check needs both compared values to be loss values (names computed from a "
+                      "loss, log_softmax or cross_entropy) and the kept value to reach what the function reports; "
+                      "an oracle over log-probabilities written as `torch.maximum(lp_a, lp_b)` is not reported "
+                      "(max of log-probabilities is also how log-sum-exp mixtures are written).")
     references = ("PR #614 (closed: score-every-epoch)", "PR #642 (closed: min-NLL epoch selection)",
+                  "PR #659 (per-token `if new_nll < old_nll: scored_nll[t] = new_nll` between the model and an n-gram mix)",
                   "README: test-time training on already-evaluated tokens only")
     fix = "Record each token's score once, in the first pass, and report the sum of those first scores."
 
     VALID = [Valid(_LEGAL, "one pass, each token scored once"),
+             Valid(_MIXED_NOT_CHOSEN, "every position takes the mixture, whichever expert did better"),
+             Valid(_GATE_FROM_PREFIX, "expert chosen per token by the prefix (entropy), not by the target's loss"),
+             Valid(_LOGSUMEXP_MIX, "np.maximum of two log-probabilities as the log-sum-exp shift of a fixed mixture"),
              Valid(_FIRST_PASS_ONLY, "multi-epoch TTT on already-scored chunks, scored once in the first pass"),
              Valid(_HELPER_SCORED_ONCE, "scoring helper called once per chunk, then several epochs on the scored chunk")]
     INVALID = [
@@ -154,17 +252,131 @@ class RescoredTokens(Rule):
         Invalid(_BEST_SO_FAR, line=13, function="ttt_eval", message_contains="min", note="running best over epochs"),
         Invalid(_HELPER_MIN_PER_POSITION, line=22, function="ttt_eval", message_contains="min",
                 note="helpers score every epoch; each position keeps its lowest NLL"),
+        Invalid(_ORACLE_IF, line=16, function="eval_mix", message_contains="oracle",
+                note="PR #659: `if new_nll < old_nll: scored_nll[t] = new_nll` (mixture kept only where it wins)"),
+        Invalid(_ORACLE_ELEMENTWISE, line=9, function="eval_two_models", message_contains="oracle",
+                note="torch.minimum of two experts' per-token NLL"),
+        Invalid(_ORACLE_STACK, line=8, function="eval_experts", message_contains="oracle",
+                note="min over a stack of experts' per-token NLL"),
     ]
 
     def check_static(self, ctx: ModuleContext):
         taint = D.val_taint(ctx)
         for q, fn in ctx.functions.items():
             tainted = taint.get(q, set())
-            if not tainted:
-                continue
-            f = self._check(ctx, fn, tainted)
+            f = self._check(ctx, fn, tainted) if tainted else None
             if f is not None:
                 yield f
+            oracle = self._oracle(ctx, fn)
+            # a selection over passes already reported at that line is the same violation
+            if oracle is not None and (f is None or f.location.line != oracle.location.line):
+                yield oracle
+
+    # ------------------------------------------------------------------ per-token oracle
+    def _oracle(self, ctx: ModuleContext, fn: Function):
+        """Per position, the lower of two scores of the same target kept: `if a < b: s[t] = a`,
+        `torch.minimum(a, b)`, `torch.where(a < b, a, b)`, `stack([a, b]).min(0)`, where a and b
+        are both loss values (their own expert's or pass's NLL of the target) and the kept value
+        reaches what the function reports. Choosing by the target's own loss is an oracle: the
+        reported code length is shorter than any single predictor's, and no distribution gives it."""
+        losses = set(D.loss_names(ctx, fn))
+        if len(losses) < 1:
+            return None
+        lossy = D.tainted_names(ctx, fn, losses)
+        reported = None
+        for st in fn.stmts:
+            node = st.node
+            if not isinstance(node, cst.Assign) or len(node.targets) != 1:
+                continue
+            hit = self._oracle_shape(ctx, st, node, lossy)
+            if hit is None:
+                continue
+            if reported is None:
+                reported = D.reported_names(ctx, fn)
+            if not st.writes & reported:
+                continue
+            a, b, how = hit
+            return self.finding(
+                Layer.STATIC,
+                f"{fn.qualname}() keeps, per token, the lower of two scores of the same target ({how}): an "
+                "oracle choice between predictors by their loss on the token itself",
+                ctx.location(st.line, fn.qualname),
+                [f"`{ctx.code(node)[:160]}`",
+                 f"both compared values are losses of the target: `{ctx.code(a)[:80]}` and `{ctx.code(b)[:80]}`",
+                 "the reported score sums the kept values: each token gets whichever predictor was right about "
+                 "it, which no single probability distribution over the vocabulary gives"],
+                fix="Score every token with one predictor fixed before its target is seen: a mixture with "
+                    "weights from the prefix (confidence, entropy), never the lower of two losses.",
+                **ctx.reach_fields(fn.qualname, st),
+            )
+        return None
+
+    @staticmethod
+    def _both_lossy(a, b, lossy: set[str]) -> bool:
+        na = {n.value for n in D._names(a)}
+        nb = {n.value for n in D._names(b)}
+        return bool(na & lossy) and bool(nb & lossy) and na != nb
+
+    def _oracle_shape(self, ctx: ModuleContext, st, node: cst.Assign, lossy: set[str]):
+        """(a, b, how) when the assignment keeps the lower/higher of two loss values."""
+        target, value = node.targets[0].target, node.value
+        # `if a < b: s[t] = a` -- a per-position write guarded by comparing two losses
+        if isinstance(target, cst.Subscript):
+            written = {n.value for n in D._names(value)}
+            for g in st.guards:
+                cmp = g.node
+                if not isinstance(cmp, cst.Comparison) or len(cmp.comparisons) != 1:
+                    continue
+                op = cmp.comparisons[0].operator
+                if not isinstance(op, (cst.LessThan, cst.GreaterThan, cst.LessThanEqual, cst.GreaterThanEqual)):
+                    continue
+                a, b = cmp.left, cmp.comparisons[0].comparator
+                if not self._both_lossy(a, b, lossy):
+                    continue
+                sides = [{n.value for n in D._names(x)} for x in (a, b)]
+                if written and any(written <= side for side in sides):
+                    return a, b, f"`if {ctx.code(cmp)}` around the write"
+        if isinstance(value, cst.Call):
+            name = dotted(value.func).split(".")[-1]
+            args = [x.value for x in value.args if x.keyword is None and not x.star]
+            # torch.minimum(a, b) / np.fmin(a, b); min(a, b) on per-position values
+            if name in _ELEMENTWISE + ("min",) and len(args) == 2 and self._both_lossy(args[0], args[1], lossy):
+                if name != "min" or isinstance(target, cst.Subscript):
+                    return args[0], args[1], f"`{name}(...)`"
+            # torch.where(a < b, a, b)
+            if name == "where" and len(args) == 3 and isinstance(args[0], cst.Comparison) \
+                    and len(args[0].comparisons) == 1:
+                a, b = args[0].left, args[0].comparisons[0].comparator
+                picks = {ctx.code(args[1]), ctx.code(args[2])}
+                if picks == {ctx.code(a), ctx.code(b)} and self._both_lossy(a, b, lossy):
+                    return a, b, "`where(a < b, a, b)`"
+        # torch.stack([a, b]).min(dim=0) / np.min(np.stack([a, b]), axis=0)
+        inner = value
+        while isinstance(inner, cst.Attribute) or (isinstance(inner, cst.Call) and isinstance(inner.func, cst.Attribute)
+                                                   and inner.func.attr.value in ("values", "indices")):
+            inner = inner.func.value if isinstance(inner, cst.Call) else inner.value
+        if isinstance(inner, cst.Call) and isinstance(inner.func, cst.Attribute) and inner.func.attr.value in _REDUCE:
+            stacked = inner.func.value
+        elif isinstance(inner, cst.Call) and dotted(inner.func).split(".")[-1] in _REDUCE and inner.args \
+                and dotted(inner.func) not in ("min", "max"):
+            stacked = inner.args[0].value
+        else:
+            return None
+        has_dim = any(x.keyword is not None and x.keyword.value in ("dim", "axis") for x in inner.args) or \
+            any(x.keyword is None for x in inner.args[(0 if stacked is not inner.args[0].value else 1):] if inner.args)
+        if not has_dim or not isinstance(stacked, cst.Call) or \
+                dotted(stacked.func).split(".")[-1] not in ("stack", "vstack", "cat", "concatenate") or not stacked.args:
+            return None
+        items = stacked.args[0].value
+        if isinstance(items, (cst.List, cst.Tuple)) and len(items.elements) >= 2:
+            a, b = items.elements[0].value, items.elements[1].value
+            if self._both_lossy(a, b, lossy):
+                return a, b, "a min/max over a stack of per-token losses"
+        elif isinstance(items, (cst.Name, cst.ListComp)):
+            names = {n.value for n in D._names(items)}
+            if names & lossy:
+                return items, items, "a min/max over a stack of per-token losses"
+        return None
 
     def _check(self, ctx: ModuleContext, fn: Function, tainted: set[str]):
         reported = D.reported_names(ctx, fn)

@@ -175,3 +175,20 @@ def test_run_instructions_that_alias_the_val_shard_as_training_data(tmp_path: Pa
              if f.rule == "val-data-in-training"}
     assert set(found) == {("README.md", 6), ("run.sh", 1)}
     assert all(f.severity == Severity.HIGH for f in found.values())
+
+
+RANK_GUARDED = SCRIPT.replace('''    if args.ttt_enabled:
+        print(f"ttt_final val_bpb:{ttt_eval(model, val_tokens, opt, chunks):.4f}")''', '''    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        print("waiting for rank 0 to finish the ttt eval")
+    if rank == 0:
+        print(f"ttt_final val_bpb:{ttt_eval(model, val_tokens, opt, chunks):.4f}")''')
+
+
+def test_a_rank_guard_gates_no_path(tmp_path: Path):
+    """Every rank of a distributed run exists: a log line printed only on rank 1 does not make the
+    rank-0 path unreachable (PR #1933's PPM mixer runs `if h.rank == 0`)."""
+    (tmp_path / "train_gpt.py").write_text(RANK_GUARDED)
+    (tmp_path / "train_seed42.log").write_text("waiting for rank 0 to finish the ttt eval\nttt_final val_bpb:1.1\n")
+    f = _by_function(audit_folder_static(tmp_path))["ttt_eval"]
+    assert f.reachable is True and f.severity == Severity.HIGH and "RANK" not in f.flags

@@ -98,8 +98,10 @@ class Reachability:
         for g in guards:
             for name in g.names:
                 var = self.vars.get(name)
-                # only on/off switches gate paths; sizes and rates in comparisons do not
-                if var is None or (var.default or "0").lower() not in {"0", "1", "true", "false", ""}:
+                # only on/off switches gate paths; sizes and rates in comparisons do not; nor does a
+                # process's rank: every rank of a distributed run exists (rank 0 always runs)
+                if var is None or var.name in PROCESS_RANK_VARS or \
+                        (var.default or "0").lower() not in {"0", "1", "true", "false", ""}:
                     continue
                 value = self.env.get(var.name, var.default)
                 truthy = value is not None and value not in FALSY
@@ -184,6 +186,9 @@ class Reachability:
         if base.reachable is None:
             return Reach(None if ok else False, need)
         return Reach(bool(base.reachable and ok), {**base.flags, **need})
+
+
+PROCESS_RANK_VARS = frozenset({"RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"})
 
 
 def _literal_prefix(node: cst.CSTNode) -> str:
