@@ -41,7 +41,7 @@ def mask(value):
         return [mask(v) for v in value]
     if isinstance(value, str):
         value = re.sub(r"/tmp/[A-Za-z0-9_.\-/]+", "<tmp>", value)
-        value = re.sub(r"RUN_ID=\w+", "RUN_ID=<run>", value)
+        value = re.sub(r"RUN_ID=(?:<run>)?[\w-]+", "RUN_ID=<run>", value)  # a uuid per run (also in older captures)
         value = re.sub(r"\b\d+ms\b", "<t>ms", value)
         return re.sub(r"\b\d+(\.\d+)? ?s\b", "<t>s", value)
     return value

@@ -30,14 +30,14 @@ from harness.dynamic.trace.tracer import Tracer, TracerConfig  # noqa: E402
 def toy_model(vocab: int) -> tuple[nn.Module, int, int, int]:
     """(model returning logits, seq_len, stride, batch) of the reference toy preset."""
     try:
-        from reference_model.hyperparams import PRESETS
-        from reference_model.model import GPT, GPTConfig
+        from reference_model.hyperparams import PRESETS, Hyperparameters
+        from reference_model.model import GPT
+        from reference_model.train import model_config
     except ImportError:
         return _SmallGPT(vocab), 128, 64, 32
-    p = PRESETS["toy"]
-    cfg = GPTConfig(vocab_size=vocab, num_layers=p["num_layers"], model_dim=p["model_dim"],
-                    num_heads=p["num_heads"], num_kv_heads=p["num_kv_heads"])
-    model = GPT(cfg)
+    h = Hyperparameters(preset="toy", **PRESETS["toy"])
+    h.vocab_size = vocab
+    model = GPT(model_config(h))
 
     class Logits(nn.Module):
         def __init__(self, gpt):
@@ -47,7 +47,7 @@ def toy_model(vocab: int) -> tuple[nn.Module, int, int, int]:
         def forward(self, x):
             return self.gpt.logits(x)
 
-    return Logits(model), p["train_seq_len"], p["eval_stride"], p["eval_batch_seqs"]
+    return Logits(model), h.train_seq_len, h.eval_stride, h.eval_batch_seqs
 
 
 class _SmallGPT(nn.Module):

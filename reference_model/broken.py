@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from .eval import all_reduce_totals, autocast, loss_and_bpb, new_totals, score_totals
-from .ttt import (add_lora_scores, chunk_windows, cosine_lr, document_batches, lora_batch, score_chunk,
+from .ttt import (add_lora_scores, chunk_windows, cosine_lr, document_batches, document_lora, lora_batch, score_chunk,
                   score_document_starts, train_chunk, ttt_parameters)
-from .model import DocumentLoRA
 
 
 # ---------------------------------------------------------------- TTT orderings (SGD)
@@ -107,9 +106,7 @@ def ttt_lora_train_before_score(model, tokens, luts, device, h, rank=0, world_si
     log("ttt_lora:start BROKEN=train-before-score")
     score_document_starts(model, tokens, totals, luts, device, h, rank, world_size)
     for index, docs in document_batches(tokens, h, rank, world_size):
-        lora = DocumentLoRA(model, len(docs), h.ttt_lora_rank, seed=h.seed + index).to(device)
-        optimizer = torch.optim.Adam(lora.parameters(), lr=h.ttt_lora_lr, betas=(h.beta1, h.beta2), eps=1e-10)
-        n_chunks = max(math.ceil((end - start - 1) / h.ttt_chunk_size) for start, end in docs)
+        lora, optimizer, n_chunks = document_lora(model, docs, index, h, device)
         for ci in range(n_chunks):
             x, y, spans = lora_batch(tokens, docs, ci, h, device)
             with autocast(device):

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from harness.challenge.token_bytes import byte_tables
+
 from .data import BOS_ID
 
 
@@ -34,22 +36,9 @@ class ByteLUTs:
 
 
 def build_byte_luts(sp, vocab_size: int) -> ByteLUTs:
-    size = max(int(sp.vocab_size()), vocab_size)
-    base = np.zeros(size, dtype=np.int64)
-    space = np.zeros(size, dtype=bool)
-    boundary = np.ones(size, dtype=bool)
-    for i in range(int(sp.vocab_size())):
-        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-            continue
-        boundary[i] = False
-        if sp.is_byte(i):
-            base[i] = 1  # a byte-fallback token stands for one raw byte
-            continue
-        piece = sp.id_to_piece(i)
-        if piece.startswith("\u2581"):
-            space[i] = True
-            piece = piece[1:]
-        base[i] = len(piece.encode("utf-8"))
+    """The challenge's byte tables (harness/challenge/token_bytes.py) as tensors, at least
+    `vocab_size` entries."""
+    base, space, boundary = byte_tables(sp, vocab_size)
     return ByteLUTs(torch.from_numpy(base), torch.from_numpy(space), torch.from_numpy(boundary))
 
 

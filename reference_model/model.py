@@ -16,16 +16,19 @@ from torch import Tensor, nn
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 1024
-    num_layers: int = 9
-    model_dim: int = 512
-    num_heads: int = 8
-    num_kv_heads: int = 4
-    mlp_mult: int = 2
-    rope_base: float = 10000.0
-    logit_softcap: float = 30.0
-    qk_gain_init: float = 1.5
-    tied_embed_init_std: float = 0.005
+    """The model's shape, filled by train.model_config from the Hyperparameters, which hold the
+    defaults (the challenge's baseline) and their environment variables."""
+
+    vocab_size: int
+    num_layers: int
+    model_dim: int
+    num_heads: int
+    num_kv_heads: int
+    mlp_mult: int
+    rope_base: float
+    logit_softcap: float
+    qk_gain_init: float
+    tied_embed_init_std: float
     # BigramHash (broken variant only): 0 = none; key "target" hashes (t[i], t[i+1]).
     bigram_buckets: int = 0
     bigram_key: str = "target"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import BOS_ID, read_shard, write_shard
+from .eval import decoded_bytes
 
 GENERATOR_VERSION = 1
 
@@ -133,21 +134,6 @@ def _stream(sp, docs: list[str]) -> np.ndarray:
     return np.asarray(out, dtype=np.uint16)
 
 
-def decoded_val_bytes(sp, tokens) -> int:
-    """UTF-8 bytes of the validation text, decoded from the tokens one document at a time
-    (BOS tokens carry no text)."""
-    tokens = np.asarray(tokens).tolist()
-    total, doc = 0, []
-    for t in tokens + [BOS_ID]:
-        if t == BOS_ID:
-            if doc:
-                total += len(sp.decode(doc).encode("utf-8"))
-            doc = []
-        else:
-            doc.append(t)
-    return total
-
-
 def make_toy_data(out_dir, *, vocab_size: int = 1024, train_tokens: int = 1_000_000, val_docs: int = 48,
                   seed: int = 0) -> dict:
     """Write the toy tokenizer and shards under out_dir (reused when already there with the same
@@ -193,7 +179,7 @@ def make_toy_data(out_dir, *, vocab_size: int = 1024, train_tokens: int = 1_000_
     val = _stream(sp, val_texts)
     write_shard(train_path, train)
     write_shard(val_path, val)
-    val_bytes = decoded_val_bytes(sp, read_shard(val_path))
+    val_bytes = decoded_bytes(sp, read_shard(val_path))
     params_path.write_text(json.dumps({"params": params, "val_text_bytes": val_bytes,
                                        "n_val_tokens": int(val.size), "n_train_tokens": int(train.size)}))
     return info(val_bytes, int(val.size), int(train.size))

@@ -205,6 +205,15 @@ def document_batches(tokens, h, rank, world_size):
     return rank_slice(list(enumerate(batches)), rank, world_size)
 
 
+def document_lora(model, docs, index: int, h, device):
+    """Fresh LoRA adapters for one batch of documents (seeded by the batch's index), their
+    optimizer, and the number of chunks of the batch's longest document."""
+    lora = DocumentLoRA(model, len(docs), h.ttt_lora_rank, seed=h.seed + index).to(device)  # fresh per document
+    optimizer = torch.optim.Adam(lora.parameters(), lr=h.ttt_lora_lr, betas=(h.beta1, h.beta2), eps=1e-10)
+    n_chunks = max(math.ceil((end - start - 1) / h.ttt_chunk_size) for start, end in docs)
+    return lora, optimizer, n_chunks
+
+
 def eval_ttt_lora(model, tokens, luts, device, h, rank=0, world_size=1, log=print) -> tuple[float, float]:
     for p in model.parameters():
         p.requires_grad_(False)
@@ -215,9 +224,7 @@ def eval_ttt_lora(model, tokens, luts, device, h, rank=0, world_size=1, log=prin
     log(f"ttt_lora:start docs_batches:{len(batches)} chunk_size:{h.ttt_chunk_size} "
         f"context:{h.ttt_eval_seq_len} rank:{h.ttt_lora_rank} lr:{h.ttt_lora_lr}")
     for index, docs in batches:
-        lora = DocumentLoRA(model, len(docs), h.ttt_lora_rank, seed=h.seed + index).to(device)  # fresh per document
-        optimizer = torch.optim.Adam(lora.parameters(), lr=h.ttt_lora_lr, betas=(h.beta1, h.beta2), eps=1e-10)
-        n_chunks = max(math.ceil((end - start - 1) / h.ttt_chunk_size) for start, end in docs)
+        lora, optimizer, n_chunks = document_lora(model, docs, index, h, device)
         for ci in range(n_chunks):
             x, y, spans = lora_batch(tokens, docs, ci, h, device)
             with autocast(device):

@@ -27,10 +27,11 @@ def ttt_eval(model, val_tokens, opt, epochs, chunks):
     return loss_sum
 '''
 
-_MIN_SELECT = '''
+# min-NLL epoch selection, written two ways: a list of epoch totals, and a running best
+_EPOCH_SELECT = '''
 import torch
 def ttt_eval(model, val_tokens, opt, epochs, chunks):
-    epoch_losses = []
+    {init}
     for epoch in range(epochs):
         total_loss = 0.0
         for s, e in chunks:
@@ -39,9 +40,13 @@ def ttt_eval(model, val_tokens, opt, epochs, chunks):
             total_loss += loss.item()
             loss.backward()
             opt.step()
-        epoch_losses.append(total_loss)
-    return min(epoch_losses)
+        {keep}
+    return {result}
 '''
+_MIN_SELECT = _EPOCH_SELECT.format(init="epoch_losses = []", keep="epoch_losses.append(total_loss)",
+                                   result="min(epoch_losses)")
+_BEST_SO_FAR = _EPOCH_SELECT.format(init='best_loss = float("inf")', keep="best_loss = min(best_loss, total_loss)",
+                                    result="best_loss")
 
 _LEGAL = '''
 import torch
@@ -69,22 +74,6 @@ def ttt_eval(model, val_tokens, opt, epochs, chunks):
             loss.backward()
             opt.step()
     return loss_sum
-'''
-
-_BEST_SO_FAR = '''
-import torch
-def ttt_eval(model, val_tokens, opt, epochs, chunks):
-    best_loss = float("inf")
-    for epoch in range(epochs):
-        total_loss = 0.0
-        for s, e in chunks:
-            x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
-            loss = model(x, y)
-            total_loss += loss.item()
-            loss.backward()
-            opt.step()
-        best_loss = min(best_loss, total_loss)
-    return best_loss
 '''
 
 

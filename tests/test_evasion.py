@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import function_matches
+
 ROOT = Path(__file__).resolve().parents[1]
 EVASION = ROOT / "submissions" / "evasion"
 VARIANTS = sorted(p.parent for p in EVASION.glob("*/expected.json"))
@@ -43,10 +45,6 @@ def caught(result, layer: str) -> list:
     return [f for f in result.active_findings if f.layer.value == layer and f.severity >= Severity.MEDIUM]
 
 
-def _function_matches(have: str | None, want: str) -> bool:
-    return bool(have) and (have == want or have.endswith("." + want))
-
-
 def missing(result, layer: str, items: list[dict]) -> list[dict]:
     """The must_report items that `layer` did not report."""
     found = caught(result, layer)
@@ -54,7 +52,7 @@ def missing(result, layer: str, items: list[dict]) -> list[dict]:
     for item in items:
         names = [item["rule"]] if "rule" in item else list(item["any_of"])
         hits = [f for f in found if f.rule in names
-                and (not item.get("function") or _function_matches(f.location.function, item["function"]))]
+                and (not item.get("function") or function_matches(f.location.function, item["function"]))]
         if not hits:
             out.append(item)
     return out

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import function_matches
+
 REPO = Path(__file__).resolve().parent.parent
 SUBMISSIONS = REPO / "submissions"
 FIXTURES = sorted(p.parent for p in SUBMISSIONS.glob("*/expected.json"))
@@ -125,14 +127,6 @@ def test_fixture_scripts_compile():
 
 # ---------------------------------------------------------------- the static audit
 
-def _function_matches(found: str | None, wanted: str) -> bool:
-    """`wanted` names a function; a qualified name (Class.method, outer.<locals>.inner) matches
-    on its last components."""
-    if not found:
-        return False
-    return found == wanted or found.endswith("." + wanted)
-
-
 @pytest.mark.parametrize("folder", FIXTURES, ids=IDS)
 def test_static_audit_matches_expected(folder: Path):
     static_audit = pytest.importorskip("harness.static.audit", reason="harness.static.audit not written yet")
@@ -147,7 +141,7 @@ def test_static_audit_matches_expected(folder: Path):
     for item in want["must_report"]:
         hits = [f for f in findings if f.rule == item["rule"]]
         if "function" in item:
-            hits = [f for f in hits if _function_matches(f.location.function, item["function"])]
+            hits = [f for f in hits if function_matches(f.location.function, item["function"])]
         if "line" in item:
             hits = [f for f in hits if f.location.line == item["line"]]
         assert hits, f"leak undetected: {folder.name} should report {item}; got:\n{summary}"

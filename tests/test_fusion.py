@@ -2,6 +2,8 @@
 suspicion goes against what a complete trace recorded at its line."""
 from __future__ import annotations
 
+import pytest
+
 from harness.core.findings import AuditResult, Confidence, Finding, Layer, Location, Severity
 from harness.dynamic.judge.sites import Site
 from harness.fusion import PROVEN, REFUTED, SUSPECTED, fuse
@@ -42,10 +44,15 @@ def test_legal_updates_at_the_flagged_line_refute_it():
     assert s.exit_code(Severity.MEDIUM) == 0
 
 
-def test_one_premature_update_keeps_the_suspicion():
-    f = finding("train-before-score", Layer.STATIC, 10)
-    sites = {"train_gpt.py:10": Site(path="train_gpt.py", line=10, updates=64, premature=1)}
-    fuse(*results([f], [], sites))
+@pytest.mark.parametrize("rule,site", [
+    ("train-before-score", Site(path="train_gpt.py", line=10, updates=64, premature=1)),
+    # a score at the line of a train-before-score finding says nothing about its updates
+    ("train-before-score", Site(path="train_gpt.py", line=10, scores=3)),
+    ("hash-key-reads-target", Site(path="train_gpt.py", line=10, updates=3, scores=3)),
+], ids=["one_premature_update_keeps_it", "events_that_do_not_decide_the_rule", "rule_without_refuting_events"])
+def test_what_a_complete_trace_recorded_at_the_line_does_not_refute(rule, site):
+    f = finding(rule, Layer.STATIC, 10)
+    fuse(*results([f], [], {"train_gpt.py:10": site}))
     assert f.status == SUSPECTED and f.severity is Severity.HIGH
 
 
@@ -61,21 +68,6 @@ def test_an_incomplete_trace_refutes_nothing():
     f = finding("train-before-score", Layer.STATIC, 10)
     fuse(*results([f], [], None))
     assert f.status == SUSPECTED and any("not checked against a trace" in e for e in f.evidence)
-
-
-def test_events_that_do_not_decide_the_rule_refute_nothing():
-    # a score at the line of a train-before-score finding says nothing about its updates
-    f = finding("train-before-score", Layer.STATIC, 10)
-    sites = {"train_gpt.py:10": Site(path="train_gpt.py", line=10, scores=3)}
-    fuse(*results([f], [], sites))
-    assert f.status == SUSPECTED and f.severity is Severity.HIGH
-
-
-def test_a_rule_without_refuting_events_is_never_refuted():
-    f = finding("hash-key-reads-target", Layer.STATIC, 10)
-    sites = {"train_gpt.py:10": Site(path="train_gpt.py", line=10, updates=3, scores=3)}
-    fuse(*results([f], [], sites))
-    assert f.status == SUSPECTED and f.severity is Severity.HIGH
 
 
 def test_facts_the_static_layer_reads_itself_are_proven():

@@ -211,41 +211,32 @@ SIMPLE = ["pass", "break", "continue", "import torch", "from torch import nn as 
           "@decorator", "async def g(): await x", "print(x, file=sys.stderr)", "yield", "return"]
 
 
+# The forms of gen_expr, one a row: `e()` is a smaller random expression.
+EXPR_FORMS = (
+    lambda r, e: f"{e()}.{r.choice(ATTRS)}",
+    lambda r, e: f"{e()}({', '.join(e() for _ in range(r.randrange(4)))})",
+    lambda r, e: f"({e()} {r.choice(BINOPS)} {e()})",
+    lambda r, e: f"{e()}[{e()}]",
+    lambda r, e: f"{e()}[{e()}:{e()}, ...]",
+    lambda r, e: "[" + ", ".join(e() for _ in range(r.randrange(4))) + "]",
+    lambda r, e: f"{{{e()}: {e()}}}",
+    lambda r, e: f"(lambda a, b: {e()})",
+    lambda r, e: f"(not {e()})",
+    lambda r, e: f"[q for q in {e()} if q]",
+    lambda r, e: f"({e()} if {e()} else {e()})",
+    lambda r, e: f"f'{{{e()}}}'",
+    lambda r, e: f"(yield {e()})",
+    lambda r, e: f"(await {e()})",
+    lambda r, e: f"(z := {e()})",
+)
+
+
 def gen_expr(r, depth: int) -> str:
     """A random expression (grammar-ish: names, literals, calls, operators, comprehensions...)."""
     if depth <= 0 or r.random() < 0.3:
         return r.choice(NAMES) if r.random() < 0.6 else r.choice(LEAVES)
     e = lambda: gen_expr(r, depth - 1)  # noqa: E731
-    form = r.randrange(15)
-    if form == 0:
-        return f"{e()}.{r.choice(ATTRS)}"
-    if form == 1:
-        return f"{e()}({', '.join(e() for _ in range(r.randrange(4)))})"
-    if form == 2:
-        return f"({e()} {r.choice(BINOPS)} {e()})"
-    if form == 3:
-        return f"{e()}[{e()}]"
-    if form == 4:
-        return f"{e()}[{e()}:{e()}, ...]"
-    if form == 5:
-        return "[" + ", ".join(e() for _ in range(r.randrange(4))) + "]"
-    if form == 6:
-        return f"{{{e()}: {e()}}}"
-    if form == 7:
-        return f"(lambda a, b: {e()})"
-    if form == 8:
-        return f"(not {e()})"
-    if form == 9:
-        return f"[q for q in {e()} if q]"
-    if form == 10:
-        return f"({e()} if {e()} else {e()})"
-    if form == 11:
-        return f"f'{{{e()}}}'"
-    if form == 12:
-        return f"(yield {e()})"
-    if form == 13:
-        return f"(await {e()})"
-    return f"(z := {e()})"
+    return EXPR_FORMS[r.randrange(len(EXPR_FORMS))](r, e)
 
 
 def gen_block(r, depth: int, n: int) -> list[str]:
@@ -296,6 +287,24 @@ INSERT_TOKENS = ["(", ")", "[", "]", "{", "}", ":", "def ", "class ", "lambda ",
                  "é", "\u2028", "𝔘", ";", ",", "=", "*", "**", "f'{", "}'", "  ", "\n    "]
 
 
+def edit_lines(draw, lines: list[str], op: str, i: int) -> bool:
+    """The line edits the script and log mutators share, made on `lines` in place at line `i`;
+    False when `op` is none of them."""
+    if op == "delete":
+        del lines[i]
+    elif op == "duplicate":
+        lines.insert(i, lines[i])
+    elif op == "swap":
+        j = draw(st.integers(0, len(lines) - 1))
+        lines[i], lines[j] = lines[j], lines[i]
+    elif op == "truncate":  # line i cut short, the lines after it dropped
+        del lines[i + 1:]
+        lines[i] = lines[i][:draw(st.integers(0, len(lines[i])))]
+    else:
+        return False
+    return True
+
+
 @st.composite
 def mutated_script(draw) -> str:
     """A script from submissions/ with a few line- and token-level mutations."""
@@ -307,14 +316,9 @@ def mutated_script(draw) -> str:
         op = draw(st.sampled_from(["delete", "duplicate", "swap", "insert", "indent", "dedent", "truncate",
                                    "replace_char"]))
         i = draw(st.integers(0, len(lines) - 1))
-        if op == "delete":
-            del lines[i]
-        elif op == "duplicate":
-            lines.insert(i, lines[i])
-        elif op == "swap":
-            j = draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-        elif op == "insert":
+        if edit_lines(draw, lines, op, i):
+            continue
+        if op == "insert":
             pos = draw(st.integers(0, len(lines[i])))
             tok = draw(st.sampled_from(INSERT_TOKENS))
             lines[i] = lines[i][:pos] + tok + lines[i][pos:]
@@ -322,9 +326,6 @@ def mutated_script(draw) -> str:
             lines[i] = "    " + lines[i]
         elif op == "dedent":
             lines[i] = lines[i].lstrip()
-        elif op == "truncate":
-            cut = draw(st.integers(0, len(lines[i])))
-            lines = lines[:i] + [lines[i][:cut]]
         elif op == "replace_char" and lines[i]:
             pos = draw(st.integers(0, len(lines[i]) - 1))
             lines[i] = lines[i][:pos] + draw(st.characters()) + lines[i][pos + 1:]
@@ -487,18 +488,10 @@ def log_text(draw) -> str:
                 lines = [""]
             i = draw(st.integers(0, len(lines) - 1))
             op = draw(st.sampled_from(["delete", "duplicate", "swap", "replace", "truncate", "insert"]))
-            if op == "delete":
-                del lines[i]
-            elif op == "duplicate":
-                lines.insert(i, lines[i])
-            elif op == "swap":
-                j = draw(st.integers(0, len(lines) - 1))
-                lines[i], lines[j] = lines[j], lines[i]
-            elif op == "replace":
+            if edit_lines(draw, lines, op, i):
+                continue
+            if op == "replace":
                 lines[i] = draw(log_line())
-            elif op == "truncate":
-                lines = lines[:i + 1]
-                lines[i] = lines[i][:draw(st.integers(0, len(lines[i])))]
             else:
                 lines.insert(i, draw(st.text(max_size=60)))
         return "\n".join(lines)

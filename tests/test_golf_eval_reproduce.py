@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.evaluation.claims import UsageError
+from harness.evaluation.verify_report import UsageError
 from harness.evaluation.capture import Capture, ReproduceOptions
 from harness.evaluation.reproduce import (
     build_command,

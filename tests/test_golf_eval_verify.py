@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli.eval import main
-from harness.evaluation.claims import FAIL, PASS, UNVERIFIED, VerifyOptions, verify
+from harness.evaluation.claims import verify
+from harness.evaluation.verify_report import FAIL, PASS, UNVERIFIED, VerifyOptions
 from harness.core.findings import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]

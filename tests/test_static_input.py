@@ -10,22 +10,9 @@ from pathlib import Path
 from harness.core.findings import ExitCode
 from harness.static.source import MAX_DEPTH, UnpackError, load_source, unpack
 from harness.static.audit import audit_folder_static, audit_source
+from tests.helpers import adapt_then_score
 
-TTT_LEAK = '''import torch
-
-
-def eval_ttt(model, val_tokens, opt, chunks):
-    loss_sum = 0.0
-    for s, e in chunks:
-        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
-        loss = model(x, y)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            nll = model(x, y)
-        loss_sum += nll.item()
-    return loss_sum
-'''
+TTT_LEAK = "import torch\n\n\n" + adapt_then_score()
 
 
 def _pack(code: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from harness.core.findings import Severity
 from harness.challenge.flags import submission_flags
 from harness.static.audit import audit_folder_static, audit_source
+from tests.helpers import adapt_then_score
 
 SCRIPT = '''import os
 import torch
@@ -18,18 +19,7 @@ class Hyperparameters:
     slot_enabled = bool(int(os.environ.get("SLOT_ENABLED", "0")))
 
 
-def ttt_eval(model, val_tokens, opt, chunks):
-    loss_sum = 0.0
-    for s, e in chunks:
-        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
-        loss = model(x, y)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            nll = model(x, y)
-        loss_sum += nll.item()
-    return loss_sum
-
+''' + adapt_then_score("ttt_eval") + '''
 
 def slot_eval(args, model, val_tokens, chunks):
     use_slot = getattr(args, "slot_enabled", False)

@@ -5,8 +5,6 @@ and leaves the verdict to the black-box probe. Failure messages say which way a 
 "tampering undetected" or "false tampering"."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,14 +13,13 @@ from harness.core.findings import Layer, Severity
 from harness.core.registry import rule_by_name
 from harness.dynamic.trace.events import Trace
 from harness.dynamic.trace.tracer import Tracer
+from tests.helpers import marker_line
 from tests.test_tracer import CHUNK, SEQ, V, cfg_for, load_val, make_model, val_tokens
 
 
 def line_of(marker: str) -> int:
     """Line number (in this file) of the statement carrying `# <marker>`."""
-    lines = Path(__file__).read_text().splitlines()
-    (hit,) = [i + 1 for i, s in enumerate(lines) if s.rstrip().endswith(f"# {marker}")]
-    return hit
+    return marker_line(__file__, marker)
 
 
 def _score(model, val_t, ci):

@@ -7,7 +7,6 @@ or "false leak" (a legal loop whose events look illegal).
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import os
 import threading
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from harness.dynamic.trace.events import (LossComputed, ProvenanceLost, Scored, Trace, Update, ValLoaded,
                                    mask_from_ranges, ranges_from_positions)
 from harness.dynamic.trace.tracer import Tracer, TracerConfig
+from tests.helpers import marker_line
 
 torch.set_num_threads(1)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,10 +62,7 @@ def cfg_for(val: np.ndarray, **kw) -> TracerConfig:
 
 def line_of(marker: str) -> int:
     """Line number (in this file) of the statement carrying `# <marker>`."""
-    src = inspect.getsource(inspect.getmodule(line_of)).splitlines()
-    hits = [i + 1 for i, s in enumerate(src) if s.rstrip().endswith(f"# {marker}")]
-    assert len(hits) == 1, marker
-    return hits[0]
+    return marker_line(__file__, marker)
 
 
 def load_val(val: np.ndarray) -> torch.Tensor:

@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 from harness import __version__
-from harness.evaluation.claims import FAIL, UNVERIFIED, Check, VerifyReport
+from harness.evaluation.verify_report import FAIL, UNVERIFIED, Check, VerifyReport
 from harness.reports.common import one_line
 from harness.reports.sarif import INFO_URI
 

@@ -3,7 +3,8 @@
     golf-audit ci --base REF [--head REF] [--dynamic] [--out DIR] [--sota-bpb X | --sota-logs DIR]
 
 1. What the PR changed: `git diff --raw` between the merge base of BASE and HEAD, and HEAD.
-2. Layout (GA012 submission-layout): exactly one new folder under records/track_*/, nothing else.
+2. Layout: the rules with a change check (`Rule.check_change`) judge the changed paths (e.g.
+   exactly one new folder under records/track_*/, nothing else).
 3. Each new record folder, read from the HEAD commit's blobs into a scratch folder: the static
    audit, `golf-eval verify` (claims vs logs), and with --dynamic the toy-scale dynamic audit.
 4. Writes OUT/golf-audit.sarif (runs: static incl. layout, dynamic, claims), OUT/summary.md
@@ -182,7 +183,8 @@ def _unsuppress(res: AuditResult) -> None:
 
 
 def _verify(fo: FolderOutcome, args: argparse.Namespace, repo: Path, significance_gates: bool) -> None:
-    from harness.evaluation.claims import VerifyOptions, verify
+    from harness.evaluation.claims import verify
+    from harness.evaluation.verify_report import VerifyOptions
 
     sota_logs = None
     if args.sota_logs:

@@ -150,7 +150,7 @@ def _verify_rows(gate: "GateResult", fo: "FolderOutcome") -> list[str]:
 
 def _rule_ran(rule: Rule, layers_run: set[str]) -> bool:
     """Did a layer that can check this rule run? A rule with only a static layer but no static check
-    (like submission-layout) is not checked by a folder audit."""
+    (one that only judges a pull request's changed paths) is not checked by a folder audit."""
     static = rule.has_static() and Layer.STATIC.value in layers_run
     dynamic = rule.has_judge() and any(layer.value in layers_run for layer in rule.layers if layer != Layer.STATIC)
     return static or dynamic

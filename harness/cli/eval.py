@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _verify_options(args: argparse.Namespace):
-    from harness.evaluation.claims import UsageError, VerifyOptions
+    from harness.evaluation.verify_report import UsageError, VerifyOptions
 
     if args.alpha <= 0 or args.alpha >= 1:
         raise UsageError("--alpha must be in (0, 1)")
@@ -101,7 +101,8 @@ def _emit(args: argparse.Namespace, render_text, render_json, render_md) -> None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from harness.evaluation.claims import UsageError, verify
+    from harness.evaluation.claims import verify
+    from harness.evaluation.verify_report import UsageError
     from harness.reports.verify import render_verify_text, verify_json, verify_markdown
 
     if not args.dir.is_dir():
@@ -113,7 +114,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from harness.evaluation.claims import UsageError
+    from harness.evaluation.verify_report import UsageError
     from harness.evaluation.capture import ReproduceOptions
     from harness.evaluation.reproduce import SandboxRefused, parse_env_pairs, reproduce
     from harness.reports.reproduce import render_reproduce_text, reproduce_json, reproduce_markdown
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help is 0, bad usage is 2
         return int(e.code or 0) if isinstance(e.code, int) else int(ExitCode.USAGE)
-    from harness.evaluation.claims import UsageError
+    from harness.evaluation.verify_report import UsageError
 
     try:
         if args.command == "verify":

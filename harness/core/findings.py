@@ -73,8 +73,8 @@ def location_fingerprint(name: str, location: Location, occurrence: int = 0) -> 
 
 @dataclass
 class Finding:
-    rule: str  # kebab-case rule name, e.g. "train-before-score"
-    rule_id: str  # stable id, e.g. "GA001"; never reused
+    rule: str  # kebab-case rule name (`Rule.name`)
+    rule_id: str  # stable id (`Rule.id`); never reused
     severity: Severity
     confidence: Confidence
     layer: Layer
@@ -149,7 +149,7 @@ class AuditResult:
         return [f for f in self.findings if f.suppressed is None]
 
     def exit_code(self, fail_on: Severity = Severity.MEDIUM) -> ExitCode:
-        # Default fail-on is medium: low-severity findings (e.g. packed-source, which is
+        # Default fail-on is medium: low-severity findings (e.g. a packed file, which is
         # allowed but worth knowing) are listed without failing the audit.
         if any(f.severity >= fail_on for f in self.active_findings) or self.unused_suppressions:
             return ExitCode.FINDINGS

@@ -51,10 +51,15 @@ class Invalid:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def _overrides(check: str) -> classmethod:
+    """A classmethod of `Rule`: does this rule class override the check method `check`?"""
+    return classmethod(lambda cls: getattr(cls, check) is not getattr(Rule, check))
+
+
 class Rule:
     # --- identity (stable: ids are never reused) ---
-    id: ClassVar[str] = ""  # "GA001"
-    name: ClassVar[str] = ""  # "train-before-score"
+    id: ClassVar[str] = ""  # "GA" and three digits
+    name: ClassVar[str] = ""  # kebab-case, unique
     severity: ClassVar[Severity] = Severity.HIGH
     confidence: ClassVar[Confidence] = Confidence.MEDIUM
     layers: ClassVar[tuple[Layer, ...]] = (Layer.STATIC,)  # layers that can report this rule
@@ -112,25 +117,15 @@ class Rule:
         """Judge the events a traced run recorded; a pure function. Default: no judge."""
         return ()
 
+    # --- which checks a rule has: those it overrides ---
+    has_text_check = _overrides("check_texts")
+    has_project_check = _overrides("check_project")
+    has_change_check = _overrides("check_change")
+    has_judge = _overrides("judge")
+
     @classmethod
     def has_static(cls) -> bool:
         return cls.check_static is not Rule.check_static or cls.has_project_check() or cls.has_text_check()
-
-    @classmethod
-    def has_text_check(cls) -> bool:
-        return cls.check_texts is not Rule.check_texts
-
-    @classmethod
-    def has_project_check(cls) -> bool:
-        return cls.check_project is not Rule.check_project
-
-    @classmethod
-    def has_change_check(cls) -> bool:
-        return cls.check_change is not Rule.check_change
-
-    @classmethod
-    def has_judge(cls) -> bool:
-        return cls.judge is not Rule.judge
 
     def finding(
         self,

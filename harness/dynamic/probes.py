@@ -2,9 +2,9 @@
 the scores. They catch what provenance cannot see (a hash key on the target, an n-gram cache in
 pure Python, adapt-then-score through numpy).
 
-- causality (rule future-dependent-score): replace the rest of a long document after position i;
+- causality: replace the rest of a long document after position i;
   every score of every position <= i must stay the same.
-- properness (rule improper-distribution): replace x_i by K-1 other values, one run each; the
+- properness: replace x_i by K-1 other values, one run each; the
   probabilities exp(-NLL_i(v)) over the true token and the others must sum to <= 1 (= 1 over
   the whole vocabulary with `exhaustive`). Each run changes position i only, so the prefix of i
   is identical in every run and the sum is exact; the run also checks causality for all

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.evaluation.claims import VerifyOptions
+from harness.evaluation.verify_report import VerifyOptions
 
 
 @dataclass

@@ -26,16 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.evaluation import code_size, toy
-from harness.evaluation.claims import (
-    FAIL,
-    INFO,
-    UNVERIFIED,
-    Check,
-    UsageError,
-    VerifyReport,
-    find_script,
-    verify,
-)
+from harness.evaluation.claim_logs import find_script
+from harness.evaluation.claims import verify
+from harness.evaluation.verify_report import FAIL, INFO, UNVERIFIED, Check, UsageError, VerifyReport
 from harness.evaluation.logs import ParsedLog, parse_log_text
 from harness.core.findings import ExitCode
 from harness.evaluation.capture import Capture, ReproduceOptions

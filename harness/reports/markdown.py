@@ -21,7 +21,7 @@ def check_rows(result: AuditResult, rules: list[Rule]) -> list[tuple[str, str, s
     for rule in rules:
         hits = [f for f in result.active_findings if f.rule == rule.name]
         if not hits and not (rule.has_static() or rule.has_judge()):
-            # checked outside a folder audit (GA012 submission-layout: only by `golf-audit ci`)
+            # checked outside a folder audit (a change check: only by `golf-audit ci`)
             rows.append((f"`{rule.name}` ({rule.id})", "➖ not run", "checked by `golf-audit ci` on a pull request"))
             continue
         layer_ran = any(layer.value in ran for layer in rule.layers)

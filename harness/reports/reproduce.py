@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.evaluation.claims import PASS
+from harness.evaluation.verify_report import PASS
 from harness.evaluation.reproduce import ReproduceReport
 from harness.reports.common import number
 from harness.reports.verify import EXIT_WORDS, MARK, STYLE, render_verify_text, verify_markdown

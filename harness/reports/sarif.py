@@ -13,6 +13,7 @@ from pathlib import Path
 from harness import __version__
 from harness.core.findings import AuditResult, Finding, Layer, Location, Severity, location_fingerprint
 from harness.reports.common import one_line, reason
+from harness.core.registry import UNUSED_SUPPRESSION_ID
 from harness.core.rule import Rule
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -27,8 +28,8 @@ class ToolCheck:
     no judge and no static check, and the registry does not list it. SARIF still needs a
     reportingDescriptor in `driver.rules` for it, because GitHub code scanning shows only results
     that point at one (a `toolExecutionNotification` is not an alert). Its descriptors follow the
-    rules', so a rule's `ruleIndex` is its position in the catalogue; its ids are below GA001,
-    where rules/ ids start."""
+    rules', so a rule's `ruleIndex` is its position in the catalogue; its ids are kept in the
+    registry with the rules', which no rule may take."""
 
     id: str
     name: str
@@ -50,7 +51,7 @@ class ToolCheck:
 # An unused (or reason-less) suppression fails the audit like a finding, so code scanning must see
 # it too.
 UNUSED_SUPPRESSION = ToolCheck(
-    id="GA000", name="unused-suppression",
+    id=UNUSED_SUPPRESSION_ID, name="unused-suppression",
     short="Suppression comment that suppresses nothing or gives no reason.",
     text=("A `# golf-audit: ignore[rule] -- reason` comment that matches no finding on its "
           "line or the next, or that gives no reason."),

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.evaluation.claims import FAIL, INFO, PASS, UNVERIFIED, VerifyReport
+from harness.evaluation.verify_report import FAIL, INFO, PASS, UNVERIFIED, VerifyReport
 from harness.reports.common import md_cell, number
 
 STYLE = {PASS: "green", FAIL: "bold red", UNVERIFIED: "yellow", INFO: "cyan"}

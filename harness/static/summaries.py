@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import libcst as cst
 
@@ -85,6 +86,18 @@ def _names(node: cst.CSTNode | None) -> set[str]:
     return {n.value for n in D._names(node)} if node is not None else set()
 
 
+def _until_stable(fns: list, step: Callable[[Any, Any], bool]) -> None:
+    """Apply `step(ctx, fn)` (True: it added something) to every function, round after round,
+    until a round adds nothing or ROUNDS rounds ran."""
+    for _ in range(ROUNDS):
+        changed = False
+        for ctx, fn in fns:
+            if step(ctx, fn):
+                changed = True
+        if not changed:
+            break
+
+
 def _solve(project) -> Summaries:
     summ = Summaries()
     # an empty placeholder while solving: events computed below must not ask for the summaries
@@ -94,58 +107,57 @@ def _solve(project) -> Summaries:
     for _, fn in fns:
         summ.accumulates[id(fn)] = D.accumulating_params(fn)
     # 1. accumulators handed on: `score_document_starts(..., totals)` -> score_chunk(..., totals)
-    for _ in range(ROUNDS):
+    def hand_on(ctx, fn) -> bool:
         changed = False
-        for ctx, fn in fns:
-            params = set(_params(fn))
-            for st in fn.stmts:
-                for site in project.call_sites_in(ctx, fn, st):
-                    for pname in summ.accumulates.get(id(site.callee), ()):
-                        value = site.bound.get(pname)
-                        if isinstance(value, cst.Name) and value.value in params \
-                                and value.value not in summ.accumulates[id(fn)]:
-                            summ.accumulates[id(fn)].add(value.value)
-                            changed = True
-        if not changed:
-            break
-    # 2. what each accumulator receives the scores of
-    for _ in range(ROUNDS):
-        changed = False
-        for ctx, fn in fns:
-            acc = summ.accumulates[id(fn)]
-            if not acc:
-                continue
-            into = summ.scores_into.setdefault(id(fn), {})
-            for p in _params(fn):
-                derived = D.tainted_names(ctx, fn, {p})
-                for s in score_events(ctx, fn, derived, summ):
-                    if s.accumulator in acc and p not in into.setdefault(s.accumulator, set()):
-                        into[s.accumulator].add(p)
+        params = set(_params(fn))
+        for st in fn.stmts:
+            for site in project.call_sites_in(ctx, fn, st):
+                for pname in summ.accumulates.get(id(site.callee), ()):
+                    value = site.bound.get(pname)
+                    if isinstance(value, cst.Name) and value.value in params \
+                            and value.value not in summ.accumulates[id(fn)]:
+                        summ.accumulates[id(fn)].add(value.value)
                         changed = True
-        if not changed:
-            break
-    # 3. what each function trains on without scoring it (scores_into is final by now)
-    for _ in range(ROUNDS):
+        return changed
+
+    # 2. what each accumulator receives the scores of
+    def scores_into(ctx, fn) -> bool:
+        acc = summ.accumulates[id(fn)]
+        if not acc:
+            return False
         changed = False
-        for ctx, fn in fns:
-            trains = train_events(ctx, fn, summ)
-            if not trains:
+        into = summ.scores_into.setdefault(id(fn), {})
+        for p in _params(fn):
+            derived = D.tainted_names(ctx, fn, {p})
+            for s in score_events(ctx, fn, derived, summ):
+                if s.accumulator in acc and p not in into.setdefault(s.accumulator, set()):
+                    into[s.accumulator].add(p)
+                    changed = True
+        return changed
+
+    # 3. what each function trains on without scoring it (scores_into is final by now)
+    def trains_unscored(ctx, fn) -> bool:
+        trains = train_events(ctx, fn, summ)
+        if not trains:
+            return False
+        changed = False
+        reported = D.reported_names(ctx, fn) | summ.accumulates[id(fn)]
+        mine = summ.trains.setdefault(id(fn), {})
+        for p in _data_params(fn):
+            if p in mine:
                 continue
-            reported = D.reported_names(ctx, fn) | summ.accumulates[id(fn)]
-            mine = summ.trains.setdefault(id(fn), {})
-            for p in _data_params(fn):
-                if p in mine:
-                    continue
-                derived = D.tainted_names(ctx, fn, {p})
-                on = [t for t in trains if D.trains_on(ctx, fn, t, derived)]
-                if not on:
-                    continue
-                if any(s.accumulator in reported for s in score_events(ctx, fn, derived, summ)):
-                    continue  # it scores that data too: judged inside, not handed to callers
-                mine[p] = on[0]
-                changed = True
-        if not changed:
-            break
+            derived = D.tainted_names(ctx, fn, {p})
+            on = [t for t in trains if D.trains_on(ctx, fn, t, derived)]
+            if not on:
+                continue
+            if any(s.accumulator in reported for s in score_events(ctx, fn, derived, summ)):
+                continue  # it scores that data too: judged inside, not handed to callers
+            mine[p] = on[0]
+            changed = True
+        return changed
+
+    for step in (hand_on, scores_into, trains_unscored):
+        _until_stable(fns, step)
     return summ
 
 

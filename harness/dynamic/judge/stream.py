@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.challenge import token_bytes
 from harness.challenge.shards import read_shard
 from harness.dynamic.judge.positions import n_positions, trace_cache
 from harness.dynamic.trace.events import RunEnd, RunStart, Trace
@@ -35,30 +36,14 @@ def val_stream(trace: Trace) -> np.ndarray | None:
 
 def byte_tables(tokenizer_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Per-token (base bytes, has leading space, is boundary) for a SentencePiece model: the
-    UTF-8 bytes each token adds to the decoded text."""
+    UTF-8 bytes each token adds to the decoded text (harness/challenge/token_bytes.py)."""
     try:
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
     except Exception:  # noqa: BLE001 - missing or unreadable tokenizer: bytes unknown
         return None
-    v = int(sp.vocab_size())
-    base = np.zeros(v, dtype=np.int64)
-    space = np.zeros(v, dtype=bool)
-    boundary = np.ones(v, dtype=bool)
-    for t in range(v):
-        if sp.is_control(t) or sp.is_unknown(t) or sp.is_unused(t):
-            continue
-        boundary[t] = False
-        if sp.is_byte(t):
-            base[t] = 1
-            continue
-        piece = sp.id_to_piece(t)
-        if piece.startswith("\u2581"):
-            space[t] = True
-            piece = piece[1:]
-        base[t] = len(piece.encode("utf-8"))
-    return base, space, boundary
+    return token_bytes.byte_tables(sp)
 
 
 def tokenizer_path(trace: Trace) -> str | None:

@@ -12,6 +12,7 @@ Scratch layout (the sandbox's only writable place; cwd of the run):
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from harness.dynamic.trace import reported as logparse
 from harness.dynamic.cpu import toy_env
 from harness.dynamic.trace.events import Reported, RunEnd, Trace
 from harness.challenge.shards import read_shard, write_shard
+from harness.challenge.token_bytes import byte_tables, per_token_bytes
 from harness.dynamic.cpu.packages import explain_missing
 
 from harness.dynamic.run.paths import SCRATCH_PREFIX, STATE_DIR, Aliases
@@ -76,8 +78,7 @@ def val_bytes_utf8(tokens: np.ndarray, tokenizer_path: str | Path) -> tuple[int,
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
     toks = [int(t) for t in np.asarray(tokens).tolist()]
-    n_vocab = sp.get_piece_size()
-    boundary = [sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) for i in range(n_vocab)]
+    boundary = byte_tables(sp)[2].tolist()
 
     def dec(ids: list[int]) -> int:
         return len(sp.decode(ids).encode("utf-8"))
@@ -92,29 +93,6 @@ def val_bytes_utf8(tokens: np.ndarray, tokenizer_path: str | Path) -> tuple[int,
             start = i + 1
     lut = int(per_token_bytes(np.asarray(toks), sp)[1:].sum()) if toks else 0
     return decoded, lut
-
-
-def per_token_bytes(tokens: np.ndarray, sp) -> np.ndarray:
-    """The challenge's LUT rule per position: base bytes of the piece, plus one for its
-    leading space unless the previous token is a boundary (position 0 counts as after one)."""
-    n_vocab = sp.get_piece_size()
-    boundary = np.array([sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i) for i in range(n_vocab)])
-    base = np.zeros(n_vocab, dtype=np.int64)
-    space = np.zeros(n_vocab, dtype=bool)
-    for i in range(n_vocab):
-        if boundary[i]:
-            continue
-        if sp.is_byte(i):
-            base[i] = 1
-            continue
-        piece = sp.id_to_piece(i)
-        if piece.startswith("\u2581"):
-            space[i] = True
-            piece = piece[1:]
-        base[i] = len(piece.encode("utf-8"))
-    arr = np.asarray(tokens, dtype=np.int64)
-    prev_boundary = np.concatenate([[True], boundary[arr[:-1]]]) if arr.size else np.zeros(0, bool)
-    return base[arr] + (space[arr] & ~prev_boundary)
 
 
 # ---------------------------------------------------------------- toy data
@@ -278,6 +256,34 @@ _DTYPE_MISMATCH = ("expected scalar type", "same dtype", "expected m1 and m2", "
                    "should be the same", "expected both vectors to have same dtype")
 
 
+def _retry_with_bf16_autocast(run_once):
+    """`autocast(device_type="cuda")` regions first run in float32 (CPU bf16 autocast was
+    measured ~9x slower). A script that relies on autocast to mix dtypes (bf16 weights, fp32
+    activations) then fails with a dtype mismatch that cannot happen on the GPU; such a run is
+    repeated once with CPU bf16 autocast, and the notes say so. The wrapper keeps the run's
+    signature (`functools.wraps`: harness/evaluation/toy.py reads its parameters)."""
+
+    @functools.wraps(run_once)
+    def run(folder: str | Path, *, scratch: str | Path | None = None, shim_options: dict | None = None,
+            **kwargs: Any) -> RunResult:
+        shim_options = dict(shim_options or {})
+        first = run_once(folder, scratch=scratch, shim_options=shim_options, **kwargs)
+        fp32 = shim_options.get("autocast", "float32") == "float32"
+        mixed = first.error is not None and any(p in (first.error + first.stderr[-2000:]) for p in _DTYPE_MISMATCH)
+        used_autocast = any("autocast(cuda) -> float32" in n for n in first.notes)
+        if not (fp32 and mixed and used_autocast):
+            return first
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        second = run_once(folder, scratch=scratch, shim_options={**shim_options, "autocast": "bf16"}, **kwargs)
+        second.notes.insert(0, f"autocast: float32 run failed ({first.error}); reran with CPU bf16 autocast")
+        second.wall_s += first.wall_s
+        return second
+
+    return run
+
+
+@_retry_with_bf16_autocast
 def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy_data: dict,
                    submission_env: dict[str, str] | None = None, nproc: int = 1, trace: bool = True,
                    tracer_options: dict | None = None,
@@ -287,40 +293,8 @@ def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy
                    shim_options: dict | None = None, limits: sandbox.Limits | None = None,
                    allow_network: bool = False, allow_weak_sandbox: bool = False) -> RunResult:
     """Run the submission in `folder` on toy data inside the sandbox. Never raises for what
-    the submission does; every failure is a RunResult with `error` set.
-
-    `autocast(device_type="cuda")` regions first run in float32 (CPU bf16 autocast was
-    measured ~9x slower). A script that relies on autocast to mix dtypes (bf16 weights, fp32
-    activations) then fails with a dtype mismatch that cannot happen on the GPU; such a run is
-    repeated once with CPU bf16 autocast, and the notes say so."""
-    kwargs = dict(env=env, toy_data=toy_data, submission_env=submission_env, nproc=nproc, trace=trace,
-                  tracer_options=tracer_options,
-                  val_override=val_override, timeout_s=timeout_s, keep_scratch=keep_scratch,
-                  toy_options=toy_options, limits=limits, allow_network=allow_network,
-                  allow_weak_sandbox=allow_weak_sandbox)
-    shim_options = dict(shim_options or {})
-    first = _run_submission(folder, scratch=scratch, shim_options=shim_options, **kwargs)
-    fp32 = shim_options.get("autocast", "float32") == "float32"
-    mixed = first.error is not None and any(p in (first.error + first.stderr[-2000:]) for p in _DTYPE_MISMATCH)
-    used_autocast = any("autocast(cuda) -> float32" in n for n in first.notes)
-    if not (fp32 and mixed and used_autocast):
-        return first
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
-    second = _run_submission(folder, scratch=scratch, shim_options={**shim_options, "autocast": "bf16"}, **kwargs)
-    second.notes.insert(0, f"autocast: float32 run failed ({first.error}); reran with CPU bf16 autocast")
-    second.wall_s += first.wall_s
-    return second
-
-
-def _run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy_data: dict,
-                    submission_env: dict[str, str] | None = None, nproc: int = 1, trace: bool = True,
-                   tracer_options: dict | None = None,
-                    val_override: np.ndarray | None = None, timeout_s: float = 300,
-                    scratch: str | Path | None = None, keep_scratch: bool = False,
-                    toy_options: toy_env.ToyOptions | None = None,
-                    shim_options: dict | None = None, limits: sandbox.Limits | None = None,
-                    allow_network: bool = False, allow_weak_sandbox: bool = False) -> RunResult:
+    the submission does; every failure is a RunResult with `error` set. A float32-autocast run
+    that fails on mixed dtypes is run once more with bf16 autocast (_retry_with_bf16_autocast)."""
     folder = Path(folder).resolve()
     notes: list[str] = []
     env = dict(env or {})

@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from harness.dynamic.run.paths import INNER_SCRATCH  # the fixed path inside the sandbox
 
@@ -290,8 +290,9 @@ def _pid_ns(pid: int) -> str | None:
         return None
 
 
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
+def _proc_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, the fields of /proc/PID/stat after the command name: state, ppid, pgrp, session, ...)
+    for every process that is still there when read."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -300,8 +301,13 @@ def _children_map() -> dict[int, list[int]]:
                 stat = fh.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-        kids.setdefault(ppid, []).append(int(d))
+        yield int(d), stat[stat.rindex(b")") + 2:].split()
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for pid, fields in _proc_stats():
+        kids.setdefault(int(fields[1]), []).append(pid)
     return kids
 
 
@@ -478,19 +484,7 @@ def run(cmd: list[str], *, scratch: Path, env: dict[str, str], limits: Limits | 
 def _orphans_of_session(sid: int) -> list[int]:
     """Processes still in the session the sandbox was started in (start_new_session makes
     the wrapper's pid the session id)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[3]) == sid:
-            out.append(int(d))
-    return out
+    return [pid for pid, fields in _proc_stats() if int(fields[3]) == sid]
 
 
 def python_executable() -> str:

@@ -39,6 +39,17 @@ class Info:
         self.pstate: str | None = None
 
 
+def _view_of_map(t: Tensor, info: Info | None, flat: Tensor | None) -> Tensor | None:
+    """t's view of `flat`, a position or score map of t's storage (`info`); None when the storage
+    has no such map, or t reads it at another element size."""
+    if flat is None or t.element_size() != info.itemsize:
+        return None
+    try:
+        return P.view_of(flat, t)
+    except RuntimeError:
+        return None
+
+
 def union_stags(tags: Iterable[dict[int, int]]) -> dict[int, int] | None:
     """Union of score tags ({loss op: element bitmask}); None when empty."""
     out: dict[int, int] = {}
@@ -72,20 +83,10 @@ class StorageMixin:
         return info
 
     def _pmap(self, t: Tensor, info: Info | None) -> Tensor | None:
-        if info is None or info.pmap is None or t.element_size() != info.itemsize:
-            return None
-        try:
-            return P.view_of(info.pmap, t)
-        except RuntimeError:
-            return None
+        return _view_of_map(t, info, info.pmap if info is not None else None)
 
     def _smap(self, t: Tensor, info: Info | None) -> Tensor | None:
-        if info is None or info.smap is None or t.element_size() != info.itemsize:
-            return None
-        try:
-            return P.view_of(info.smap, t)
-        except RuntimeError:
-            return None
+        return _view_of_map(t, info, info.smap if info is not None else None)
 
     def _geom(self, t: Tensor, info: Info) -> tuple:
         return (tuple(t.shape), tuple(t.stride()), t.storage_offset(), info.gen)
