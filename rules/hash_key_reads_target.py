@@ -7,7 +7,7 @@ import re
 import libcst as cst
 
 from harness.static import dataflow as D
-from harness.static.engine import ModuleContext, base_name, dotted, walk
+from harness.static.engine import ModuleContext, base_name, dotted, looks_hashed, walk
 from harness.static.project import CallSite, project_findings
 from harness.static.reaching import FlowTaint
 from harness.core.findings import Confidence, Layer, Severity
@@ -152,19 +152,6 @@ def _last_slice(sub: cst.Subscript):
     return lower, upper
 
 
-def _hashy(node: cst.CSTNode) -> bool:
-    for n in walk(node):
-        if isinstance(n, cst.BinaryOperation):
-            if isinstance(n.operator, (cst.Modulo, cst.BitXor)):
-                return True
-            if isinstance(n.operator, cst.Multiply) and any(
-                    isinstance(x, cst.Integer) and int(x.value.replace("_", "")) >= 100 for x in (n.left, n.right)):
-                return True
-        elif isinstance(n, cst.Call) and dotted(n.func).split(".")[-1] in ("bitwise_xor", "hash", "remainder", "fmod"):
-            return True
-    return False
-
-
 def _token_slices(node: cst.CSTNode, exclude: str | None) -> list[tuple[str, int, cst.Subscript]]:
     out = []
     for n in walk(node):
@@ -268,7 +255,7 @@ def _lookup_keys(ctx, fn, tables: bool = False) -> list:
     for st in fn.stmts:
         node = st.node
         value = node.value if isinstance(node, (cst.Assign, cst.Return)) else None
-        if value is None or not _hashy(value):
+        if value is None or not looks_hashed(value):
             continue
         reads = {n.value for n in walk(value) if isinstance(n, cst.Name)}
         looked_up = any(LOOKUP_CALL.search(dotted(c.func).split(".")[-1]) for c in st.calls)
@@ -491,7 +478,7 @@ class HashKeyReadsTarget(Rule):
                     target, value = None, node.value
                 else:
                     continue
-                if not _hashy(value):
+                if not looks_hashed(value):
                     continue
                 c = 0
                 exclude = None

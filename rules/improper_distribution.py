@@ -13,7 +13,7 @@ from harness.static import dataflow as D
 from harness.dynamic.judge.locations import location
 from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
 from harness.dynamic.trace.events import Frame
-from harness.static.engine import ModuleContext, dotted, walk
+from harness.static.engine import ModuleContext, dotted, looks_hashed, walk
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 
@@ -264,7 +264,7 @@ class _Defs:
             if isinstance(node, cst.AugAssign) and isinstance(node.operator, (cst.BitXorAssign, cst.ModuloAssign)):
                 return st
             value = getattr(node, "value", None)
-            if value is not None and _hashy(value):
+            if value is not None and looks_hashed(value):
                 return st
         return None
 
@@ -338,19 +338,6 @@ class _Defs:
                 if shared:
                     return (nt, nk, nst), (dt, dk, dst)
         return None
-
-
-def _hashy(node: cst.CSTNode) -> bool:
-    for n in walk(node):
-        if isinstance(n, cst.BinaryOperation):
-            if isinstance(n.operator, (cst.Modulo, cst.BitXor)):
-                return True
-            if isinstance(n.operator, cst.Multiply) and any(
-                    isinstance(x, cst.Integer) and int(x.value.replace("_", ""), 0) >= 100 for x in (n.left, n.right)):
-                return True
-        elif isinstance(n, cst.Call) and dotted(n.func).split(".")[-1] in ("bitwise_xor", "hash", "remainder", "fmod"):
-            return True
-    return False
 
 
 class ImproperDistribution(Rule):

@@ -127,6 +127,24 @@ def string_value(node: cst.SimpleString) -> str:
     return str(node.evaluated_value)
 
 
+_HASH_CALLS = ("bitwise_xor", "hash", "remainder", "fmod")
+
+
+def looks_hashed(node: cst.CSTNode) -> bool:
+    """Arithmetic of a hash key: `%`, `^`, a multiply by a large constant (a prime), or a call
+    of xor/hash/remainder. A shape, not a proof: callers combine it with where the value goes."""
+    for n in walk(node):
+        if isinstance(n, cst.BinaryOperation):
+            if isinstance(n.operator, (cst.Modulo, cst.BitXor)):
+                return True
+            if isinstance(n.operator, cst.Multiply) and any(
+                    isinstance(x, cst.Integer) and int(x.value.replace("_", ""), 0) >= 100 for x in (n.left, n.right)):
+                return True
+        elif isinstance(n, cst.Call) and dotted(n.func).split(".")[-1] in _HASH_CALLS:
+            return True
+    return False
+
+
 def collect(node: cst.CSTNode | None) -> _Collector:
     c = _Collector()
     if node is None:
