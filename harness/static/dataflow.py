@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from harness.static.engine import Function, ModuleContext, Stmt, base_name, dotted, target_names, walk
+from harness.static.engine import Function, ModuleContext, Stmt, base_name, dotted, names_in, target_names, walk
 from harness.static.project import project_of
 from harness.static.reaching import FlowTaint
 
@@ -42,43 +42,67 @@ def _stmt_value_reads(st: Stmt) -> set[str]:
 def _module_call(st: Stmt, clean: set[str]) -> bool:
     """`x = f(...)` where `f` is a module function whose return values carry no validation data."""
     node = st.node
-    return isinstance(node, (cst.Assign, cst.AnnAssign)) and isinstance(node.value, cst.Call) \
-        and isinstance(node.value.func, cst.Name) and node.value.func.value in clean
+    t = type(node)
+    return (t is cst.Assign or t is cst.AnnAssign) and type(node.value) is cst.Call \
+        and type(node.value.func) is cst.Name and node.value.func.value in clean
+
+
+_ASSIGNS = (cst.Assign, cst.AugAssign, cst.AnnAssign)
+# concrete LibCST classes without subclasses: a type lookup answers what isinstance does, without
+# ABCMeta's Python-level __instancecheck__ on every miss (see engine._Name)
+_ASSIGN_TYPES = frozenset(_ASSIGNS)
+_MUTATORS = ("copy_", "append", "extend", "index_put_", "index_copy_", "scatter_", "put_")
 
 
 def tainted_names(ctx: ModuleContext, fn: Function, seeds: set[str], clean: set[str] | None = None) -> set[str]:
     """Names in `fn` that hold data derived from `seeds` (flow-insensitive fixed point). `clean`:
     module functions known to return nothing derived from their tainted arguments (a training
     function handed val data for its progress prints still returns an untainted model)."""
+    # a pure function of the function's facts, `seeds` and `clean`: the project's fixed points
+    # (val_taint, the summaries) ask again with the same arguments each round. A copy is
+    # returned, as before: callers own the set they get.
+    key = ("tainted", frozenset(seeds), frozenset(clean) if clean else frozenset())
+    hit = fn.memo.get(key)
+    if hit is None:
+        hit = fn.memo[key] = _tainted_names(fn, seeds, clean or set())
+    return set(hit)
+
+
+def _tainted_names(fn: Function, seeds: set[str], clean: set[str]) -> set[str]:
     tainted = set(seeds)
-    clean = clean or set()
+    # the statements that can bind a name from what they read, and the in-place mutation calls
+    # (`x_batch[i].copy_(tokens)` or `buf.append(tok)` taint their base): fixed per function
+    binders = fn.memo.get("binders")
+    if binders is None:
+        binders = fn.memo["binders"] = [
+            st for st in fn.stmts
+            if st.writes and (type(st.node) in _ASSIGN_TYPES or st.kind in ("for", "with"))]
+        mutations = []
+        for st in fn.stmts:
+            for call in st.calls:
+                if type(call.func) is cst.Attribute and call.func.attr.value in _MUTATORS:
+                    arg_names = set()
+                    for a in call.args:
+                        arg_names |= {n.value for n in names_in(a.value)}
+                    mutations.append((base_name(call.func.value), arg_names))
+        fn.memo["mutations"] = mutations
+    mutations = fn.memo["mutations"]
     changed = True
     while changed:
         changed = False
-        for st in fn.stmts:
-            if not st.writes:
-                continue
-            if isinstance(st.node, (cst.Assign, cst.AugAssign, cst.AnnAssign)) or st.kind in ("for", "with"):
-                if st.reads & tainted and not st.writes <= tainted and not _module_call(st, clean):
-                    tainted |= set(st.writes)
-                    changed = True
-        # in-place mutation calls: `x_batch[i].copy_(tokens)` or `buf.append(tok)` taint their base
-        for st in fn.stmts:
-            for call in st.calls:
-                if isinstance(call.func, cst.Attribute) and call.func.attr.value in (
-                        "copy_", "append", "extend", "index_put_", "index_copy_", "scatter_", "put_"):
-                    arg_names = set()
-                    for a in call.args:
-                        arg_names |= {n.value for n in _names(a.value)}
-                    base = base_name(call.func.value)
-                    if base and arg_names & tainted and base not in tainted:
-                        tainted.add(base)
-                        changed = True
+        for st in binders:
+            if st.reads & tainted and not st.writes <= tainted and not _module_call(st, clean):
+                tainted |= set(st.writes)
+                changed = True
+        for base, arg_names in mutations:
+            if base and arg_names & tainted and base not in tainted:
+                tainted.add(base)
+                changed = True
     return tainted
 
 
 def _names(node: cst.CSTNode) -> list[cst.Name]:
-    return [n for n in walk(node) if isinstance(n, cst.Name)]
+    return names_in(node)
 
 
 def _call_arg_names(call: cst.Call) -> list[set[str]]:
@@ -247,12 +271,36 @@ class ScoreEvent:
 
 
 def optimizer_names(ctx: ModuleContext, fn: Function) -> set[str]:
-    names = set()
-    for f in (ctx.functions["<module>"], fn):
-        for st in f.stmts:
-            if isinstance(st.node, cst.Assign) and isinstance(st.node.value, cst.Call):
-                if OPTIMIZER_CTOR.search(ctx.resolve(dotted(st.node.value.func))):
-                    names |= set(st.writes)
+    key = ("optimizer_names", id(ctx))
+    hit = fn.memo.get(key)
+    if hit is None:
+        hit = fn.memo[key] = _optimizer_names(ctx, fn)
+    return set(hit)
+
+
+def _module_optimizers(ctx: ModuleContext) -> set[str]:
+    """Names the module body binds to an optimizer (every function's optimizer_names starts
+    from them: scanned once per file, not once per function)."""
+    top = ctx.functions["<module>"]
+    hit = top.memo.get("module_optimizers")
+    if hit is None:
+        hit = top.memo["module_optimizers"] = _optimizer_ctors(ctx, top)
+    return hit
+
+
+def _optimizer_ctors(ctx: ModuleContext, f: Function) -> set[str]:
+    names: set[str] = set()
+    for st in f.stmts:
+        if isinstance(st.node, cst.Assign) and isinstance(st.node.value, cst.Call):
+            if OPTIMIZER_CTOR.search(ctx.resolve(dotted(st.node.value.func))):
+                names |= set(st.writes)
+    return names
+
+
+def _optimizer_names(ctx: ModuleContext, fn: Function) -> set[str]:
+    names = set(_module_optimizers(ctx))
+    if fn is not ctx.functions["<module>"]:
+        names |= _optimizer_ctors(ctx, fn)
     names |= {p for p in fn.params if OPTIMIZER_NAME.fullmatch(p) or p.endswith("opt") or p.endswith("optimizer")}
     # aliases: cur_opt = opt
     for st in fn.stmts:
@@ -278,6 +326,16 @@ def trains_on(ctx: ModuleContext, fn: Function, t: TrainEvent, names: set[str]) 
 
 
 def direct_train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
+    # the function's own steps never change; train_events asks for them once per fixed-point
+    # round of the summaries and once per rule (a new list each time: callers extend it)
+    key = ("direct_train_events", id(ctx))
+    hit = fn.memo.get(key)
+    if hit is None:
+        hit = fn.memo[key] = _direct_train_events(ctx, fn)
+    return list(hit)
+
+
+def _direct_train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
     opts = optimizer_names(ctx, fn)
     events = []
     for st in fn.stmts:
@@ -473,6 +531,13 @@ def _fstring_text(node: cst.FormattedString) -> str:
 def reported_names(ctx: ModuleContext, fn: Function) -> set[str]:
     """Names whose values reach what the function reports: its return values, or what it prints
     next to val_loss/val_bpb — closed backwards over assignments."""
+    hit = fn.memo.get("reported_names")
+    if hit is None:
+        hit = fn.memo["reported_names"] = _reported_names(fn)
+    return set(hit)
+
+
+def _reported_names(fn: Function) -> set[str]:
     out: set[str] = set()
     for st in fn.stmts:
         if isinstance(st.node, cst.Return) and st.node.value is not None:

@@ -21,17 +21,25 @@ from harness.core.findings import Location
 
 
 # ------------------------------------------------------------------ small helpers
+# Node kinds compared by type identity, not isinstance: LibCST nodes are ABCs, so every isinstance
+# miss runs ABCMeta.__instancecheck__ in Python (a third of a million per 1,700-line audit), and
+# these concrete classes have no subclasses, so `type(n) is cst.Name` answers the same.
+_Name, _Attribute, _Call, _Subscript = cst.Name, cst.Attribute, cst.Call, cst.Subscript
+_SimpleString, _IfExp = cst.SimpleString, cst.IfExp
+
+
 def dotted(node: cst.CSTNode | None) -> str:
     """`a.b.c` for Name/Attribute chains; calls and subscripts keep their base: `x(...).y` -> `x().y`."""
-    if isinstance(node, cst.Name):
+    t = type(node)
+    if t is _Name:
         return node.value
-    if isinstance(node, cst.Attribute):
+    if t is _Attribute:
         base = dotted(node.value)
         return f"{base}.{node.attr.value}" if base else node.attr.value
-    if isinstance(node, cst.Call):
+    if t is _Call:
         base = dotted(node.func)
         return f"{base}()" if base else ""
-    if isinstance(node, cst.Subscript):
+    if t is _Subscript:
         base = dotted(node.value)
         return f"{base}[]" if base else ""
     return ""
@@ -40,70 +48,79 @@ def dotted(node: cst.CSTNode | None) -> str:
 def base_name(node: cst.CSTNode | None) -> str | None:
     """The variable an expression is rooted at: `x` for `x[1:].to(d)`, `x.data`, `x`."""
     while True:
-        if isinstance(node, cst.Name):
+        t = type(node)
+        if t is _Name:
             return node.value
-        if isinstance(node, cst.Attribute):
+        if t is _Attribute or t is _Subscript:
             node = node.value
-        elif isinstance(node, cst.Subscript):
-            node = node.value
-        elif isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        elif t is _Call and type(node.func) is _Attribute:
             node = node.func.value
         else:
             return None
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_SKIPPED_FIELDS = frozenset((
+    "whitespace_before", "whitespace_after", "lpar", "rpar", "comma", "whitespace_after_star",
+    "whitespace_before_colon", "semicolon", "leading_lines", "header", "footer", "lines_after_decorators",
+    "whitespace_after_def", "whitespace_before_params", "whitespace_after_in", "whitespace_before_in",
+    "whitespace_after_for", "whitespace_after_arg", "whitespace_after_equal", "whitespace_before_equal", "equal",
+    "colon", "first_whitespace", "whitespace_after_await", "whitespace_after_if", "whitespace_before_if",
+    "whitespace_after_as", "whitespace_before_as", "whitespace_after_lambda", "whitespace_after_return",
+    "whitespace_after_import", "whitespace_after_from", "whitespace_before_import", "operator",
+    "whitespace_after_with"))
+
+
+class _ChildFields(dict):
+    """type -> the fields that may hold child nodes (layout and operators skipped), computed
+    on a type's first lookup: `_FIELDS[cls]` is one dict lookup in the walk loops."""
+
+    def __missing__(self, cls: type) -> tuple[str, ...]:
+        names = self[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name not in _SKIPPED_FIELDS)
+        return names
+
+
+class _NodeTypes(dict):
+    """type -> is it a LibCST node. cst.CSTNode is an ABC: isinstance() against it is the walk's
+    hottest call; a type's answer never changes, so it is asked once per type."""
+
+    def __missing__(self, t: type) -> bool:
+        known = self[t] = issubclass(t, cst.CSTNode)
+        return known
+
+
+_FIELDS: dict[type, tuple[str, ...]] = _ChildFields()
+_IS_NODE: dict[type, bool] = _NodeTypes()
 
 
 def _child_fields(cls: type) -> tuple[str, ...]:
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = tuple(f.name for f in dataclasses.fields(cls)
-                      if f.name not in ("whitespace_before", "whitespace_after", "lpar", "rpar", "comma",
-                                        "whitespace_after_star", "whitespace_before_colon", "semicolon",
-                                        "leading_lines", "header", "footer", "lines_after_decorators",
-                                        "whitespace_after_def", "whitespace_before_params", "whitespace_after_in",
-                                        "whitespace_before_in", "whitespace_after_for", "whitespace_after_arg",
-                                        "whitespace_after_equal", "whitespace_before_equal", "equal", "colon",
-                                        "first_whitespace", "whitespace_after_await", "whitespace_after_if",
-                                        "whitespace_before_if", "whitespace_after_as", "whitespace_before_as",
-                                        "whitespace_after_lambda", "whitespace_after_return", "whitespace_after_import",
-                                        "whitespace_after_from", "whitespace_before_import", "operator",
-                                        "whitespace_after_with"))
-        _FIELDS[cls] = names
-    return names
-
-
-_IS_NODE: dict[type, bool] = {}
+    return _FIELDS[cls]
 
 
 def _is_node_type(t: type) -> bool:
-    # cst.CSTNode is an ABC: isinstance() against it is the walk's hottest call; a type's answer
-    # never changes, so it is asked once per type
-    known = _IS_NODE.get(t)
-    if known is None:
-        known = _IS_NODE[t] = issubclass(t, cst.CSTNode)
-    return known
+    return _IS_NODE[t]
 
 
 def walk(node: cst.CSTNode):
     """Every node below `node` (pre-order), read straight from the dataclass fields: LibCST's own
     visitor machinery rebuilds nodes as it goes and costs several times more."""
     stack = [node]
-    is_node = _IS_NODE.get
+    pop, push = stack.pop, stack.append
+    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
     while stack:
-        n = stack.pop()
+        n = pop()
         yield n
         cls = type(n)
-        for name in _FIELDS.get(cls) or _child_fields(cls):
+        for name in fields(cls):
             v = getattr(n, name, None)
             if v is None:
                 continue
             t = type(v)
             if t is list or t is tuple:
-                stack.extend(x for x in reversed(v) if is_node(type(x)) or _is_node_type(type(x)))
-            elif is_node(t) or _is_node_type(t):
-                stack.append(v)
+                for x in reversed(v):
+                    if is_node(type(x)):
+                        push(x)
+            elif is_node(t):
+                push(v)
 
 
 class _Collector:
@@ -146,24 +163,73 @@ def looks_hashed(node: cst.CSTNode) -> bool:
 
 
 def collect(node: cst.CSTNode | None) -> _Collector:
+    """The names, attribute names, calls, strings and conditional expressions below `node`, in
+    pre-order. The index builder calls this once per statement, so it is `walk` inlined (no
+    generator frame per node) with the kinds told apart by type identity (see `_Name`)."""
     c = _Collector()
     if node is None:
         return c
-    for n in walk(node):
-        if isinstance(n, cst.Name):
-            c.names.add(n.value)
-        elif isinstance(n, cst.Attribute):
-            c.attrs.add(n.attr.value)
-        elif isinstance(n, cst.Call):
-            c.calls.append(n)
-        elif isinstance(n, cst.SimpleString):
+    add_name, add_attr, calls, strings, ifexps = c.names.add, c.attrs.add, c.calls, c.strings, c.ifexps
+    stack = [node]
+    pop, push = stack.pop, stack.append
+    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
+    while stack:
+        n = pop()
+        cls = type(n)
+        if cls is _Name:
+            add_name(n.value)
+            continue  # no child nodes (its parentheses are not walked)
+        if cls is _Attribute:
+            add_attr(n.attr.value)
+        elif cls is _Call:
+            calls.append(n)
+        elif cls is _SimpleString:
             try:
-                c.strings.append(string_value(n))
+                strings.append(string_value(n))
             except Exception:  # noqa: BLE001
                 pass
-        elif isinstance(n, cst.IfExp):
-            c.ifexps.append(n)
+            continue  # no child nodes
+        elif cls is _IfExp:
+            ifexps.append(n)
+        for name in fields(cls):
+            v = getattr(n, name, None)
+            if v is None:
+                continue
+            t = type(v)
+            if t is list or t is tuple:
+                for x in reversed(v):
+                    if is_node(type(x)):
+                        push(x)
+            elif is_node(t):
+                push(v)
     return c
+
+
+def names_in(node: cst.CSTNode) -> list[cst.Name]:
+    """The Name nodes below `node`, in `walk` order (`walk` inlined: the dataflow asks this of
+    every call argument, again and again)."""
+    out: list[cst.Name] = []
+    stack = [node]
+    pop, push = stack.pop, stack.append
+    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
+    while stack:
+        n = pop()
+        cls = type(n)
+        if cls is _Name:
+            out.append(n)
+            continue  # no child nodes
+        for name in fields(cls):
+            v = getattr(n, name, None)
+            if v is None:
+                continue
+            t = type(v)
+            if t is list or t is tuple:
+                for x in reversed(v):
+                    if is_node(type(x)):
+                        push(x)
+            elif is_node(t):
+                push(v)
+    return out
 
 
 def target_names(node: cst.CSTNode) -> set[str]:
@@ -249,6 +315,9 @@ class Function:
     node: cst.FunctionDef | None
     stmts: list[Stmt] = field(default_factory=list)
     loops: dict[int, Loop] = field(default_factory=dict)
+    # facts derived from this function alone (dataflow/summaries memoise them here): the
+    # project's fixed points ask for the same ones round after round
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def loop_body(self, loop_id: int) -> list[Stmt]:
         loop = self.loops[loop_id]
@@ -513,12 +582,25 @@ MAX_SYNTAX_NODES = 90_000  # the largest real train_gpt.py has ~37,000; LibCST n
 
 
 def _guard_size(tree: ast.Module) -> None:
+    # counts the nodes `ast.walk` visits, without its two generator layers per node (ast.walk
+    # cost ~0.07x the LibCST parse, this ~0.02x)
     count = 0
-    for _ in ast.walk(tree):
+    stack = [tree]
+    pop, push, AST = stack.pop, stack.append, ast.AST
+    while stack:
+        node = pop()
         count += 1
         if count > MAX_SYNTAX_NODES:
             raise ParseError(f"more than {MAX_SYNTAX_NODES:,} syntax nodes: too large to analyse "
                              "(the largest real train_gpt.py has about 37,000)")
+        for name in node._fields:
+            v = getattr(node, name, None)
+            if isinstance(v, AST):
+                push(v)
+            elif type(v) is list:
+                for x in v:
+                    if isinstance(x, AST):
+                        push(x)
 
 
 _GLUED_KEYWORD = re.compile(r"(?<=[\)\]\}0-9\"'])(?=(?:for|if|else|in|and|or|not|is|async)\b)")

@@ -72,6 +72,13 @@ class Reachability:
         by_last: dict[str, list[str]] = {}
         for q, fn in self.ctx.functions.items():
             by_last.setdefault(fn.name, []).append(q)
+        # constructing a class reaches its __init__ and forward: class name -> those methods, in
+        # the order the loop over every __init__ then every forward used to find them per call
+        ctors: dict[str, list[str]] = {}
+        for target in by_last.get("__init__", []) + by_last.get("forward", []):
+            owner = target.split(".")[-2:-1]
+            if owner:
+                ctors.setdefault(owner[0], []).append(target)
         graph: dict[str, list[tuple[str, tuple]]] = {}
         for q, fn in self.ctx.functions.items():
             edges = []
@@ -80,10 +87,8 @@ class Reachability:
                     last = dotted(call.func).split(".")[-1].rstrip("()")
                     for target in by_last.get(last, []):
                         edges.append((target, st.guards))
-                    # constructing a class reaches its __init__ and forward
-                    for target in by_last.get("__init__", []) + by_last.get("forward", []):
-                        if target.split(".")[-2:-1] == [last]:
-                            edges.append((target, st.guards))
+                    for target in ctors.get(last, ()):
+                        edges.append((target, st.guards))
                 # functions passed as values (callbacks) count as reached
                 for name in st.reads:
                     for target in by_last.get(name, []):

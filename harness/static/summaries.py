@@ -29,7 +29,7 @@ from typing import Any, Callable
 import libcst as cst
 
 from harness.static import dataflow as D
-from harness.static.engine import Function, ModuleContext, Stmt, base_name, walk
+from harness.static.engine import Function, ModuleContext, Stmt, base_name, names_in, walk
 from harness.static.project import SELF_NAMES, project_of
 
 ROUNDS = 8  # call chains deeper than this are not followed (real scripts nest two or three)
@@ -58,21 +58,32 @@ def _data_params(fn: Function) -> list[str]:
     """Parameters that hold data, as opposed to a configuration object read only through its
     fields (`h.train_seq_len`) or a model that is only called (`model(x, y)`, `model.train()`):
     a loss is computed "from" those too, but training on them is not training on their data."""
+    # two walks of the whole body, asked once per round of the summaries' fixed point: memoised
+    hit = fn.memo.get("data_params")
+    if hit is None:
+        hit = fn.memo["data_params"] = _uses_of_params(fn)
+    return list(hit)
+
+
+def _uses_of_params(fn: Function) -> list[str]:
     uses: dict[str, set[str]] = {p: set() for p in _params(fn)}
     if fn.node is None:
         return list(uses)
     callee_ids: set[int] = set()
     attr_ids: dict[int, bool] = {}  # id(Name) -> the attribute is called (a method)
+    Call, Name, Attribute = cst.Call, cst.Name, cst.Attribute  # by type identity: see engine._Name
     for n in walk(fn.node.body):
-        if isinstance(n, cst.Call):
-            if isinstance(n.func, cst.Name):
+        t = type(n)
+        if t is Call:
+            ft = type(n.func)
+            if ft is Name:
                 callee_ids.add(id(n.func))
-            elif isinstance(n.func, cst.Attribute) and isinstance(n.func.value, cst.Name):
+            elif ft is Attribute and type(n.func.value) is Name:
                 attr_ids[id(n.func.value)] = True
-        elif isinstance(n, cst.Attribute) and isinstance(n.value, cst.Name):
+        elif t is Attribute and type(n.value) is Name:
             attr_ids.setdefault(id(n.value), False)
-    for n in walk(fn.node.body):
-        if isinstance(n, cst.Name) and n.value in uses:
+    for n in names_in(fn.node.body):
+        if n.value in uses:
             if id(n) in callee_ids:
                 uses[n.value].add("called")
             elif id(n) in attr_ids:

@@ -316,5 +316,17 @@ def ranges_from_sorted(u: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), ends.tolist()))
 
 
+# the last few masks converted: an optimizer step writes the same positions into every parameter
+# and its state (one TTT step: ~40 Update events, one mask), and each conversion unpacks the whole
+# bitmask. Few entries: a mask is up to one bit per validation token.
+_RANGES: dict[int, tuple[tuple[int, int], ...]] = {}
+_RANGES_KEPT = 4
+
+
 def ranges_of_mask(mask: int) -> list[tuple[int, int]]:
-    return ranges_from_sorted(positions_from_mask(mask))
+    hit = _RANGES.get(mask)
+    if hit is None:
+        if len(_RANGES) >= _RANGES_KEPT:
+            _RANGES.clear()
+        hit = _RANGES[mask] = tuple(ranges_from_sorted(positions_from_mask(mask)))
+    return list(hit)  # a new list, as before: the caller's event owns it

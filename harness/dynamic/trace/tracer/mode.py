@@ -48,6 +48,18 @@ class TracerMode(C.TorchDispatchMode):
     def __init__(self, tracer: Tracer):
         super().__init__()
         self.tracer = tracer
+        # id(op) -> (op, composite?, the tracer's special handler or None): OpOverload.__hash__
+        # is Python code, and the composite / special / plan lookups hashed each op ~2 times
+        # (~30k Python calls per toy TTT run); an int key hashes in C. The op is kept in the
+        # value and compared, so an id reused by another object is never taken for it.
+        self._ops: dict[int, tuple] = {}
+
+    def _op_facts(self, func) -> tuple:
+        comp = _COMPOSITE.get(func)
+        if comp is None:
+            comp = _COMPOSITE[func] = C.is_composite_implicit(func)
+        facts = self._ops[id(func)] = (func, comp, self.tracer.special.get(func))
+        return facts
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if kwargs is None:
@@ -55,9 +67,10 @@ class TracerMode(C.TorchDispatchMode):
         tr = self.tracer
         if tr.paused:
             return func(*args, **kwargs)
-        comp = _COMPOSITE.get(func)
-        if comp is None:
-            comp = _COMPOSITE[func] = C.is_composite_implicit(func)
+        facts = self._ops.get(id(func))
+        if facts is None or facts[0] is not func:
+            facts = self._op_facts(func)
+        comp = facts[1]
         if comp and needs_decompose(tr.infos, func, args, kwargs):
             with self:
                 out = C.decompose(func, args, kwargs)
@@ -102,7 +115,7 @@ class TracerMode(C.TorchDispatchMode):
             return out
         try:
             if not hit:
-                special = tr.special.get(func)
+                special = facts[2]
                 if special is not None:
                     special(func, args, kwargs, out)
                 return out
