@@ -190,6 +190,14 @@ def crash_once(task: dict, marker_dir: str) -> dict:
     return audit_task(task)
 
 
+def hang_on(task: dict, pr: int) -> dict:
+    """Test-only task: never finishes on PR `pr`."""
+    if task["pr"] == pr:
+        import time
+        time.sleep(600)
+    return audit_task(task)
+
+
 def _run_with(repo: Path, prs: list[int], runner) -> dict:
     return triage(TriageOptions(repo=str(repo), prs=prs, jobs=2), runner=runner)
 
@@ -202,6 +210,16 @@ def test_local_pool_worker_lost_then_retry(repo, tmp_path):
     assert "worker lost" in recs[4]["not_audited"][0]
     doc = _run_with(repo, [3, 4], LocalPool(2, fn=functools.partial(crash_once, marker_dir=str(tmp_path))))
     assert all(r["verdict"] == "clean" and r["attempts"] == 2 for r in doc["prs"])
+
+
+def test_local_pool_stops_a_task_that_does_not_finish(repo):
+    import time
+    t0 = time.monotonic()
+    doc = _run_with(repo, [3, 4], LocalPool(2, fn=functools.partial(hang_on, pr=4), task_timeout=20))
+    recs = {r["pr"]: r for r in doc["prs"]}
+    assert recs[3]["verdict"] == "clean"
+    assert recs[4]["verdict"] == "not-audited" and "did not finish in 20 s" in recs[4]["not_audited"][0]
+    assert time.monotonic() - t0 < 120
 
 
 # ------------------------------------------------------------------ Dask

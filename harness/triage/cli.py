@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
                         "else the address of a Dask scheduler (tcp://host:8786)")
     p.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                    help="workers for local / dask-local (default: cores; 1 with --dynamic)")
+    p.add_argument("--task-timeout", type=float, default=None, metavar="S",
+                   help="local pool: seconds one PR may take before its worker is stopped and the PR is "
+                        "'not audited' (default 600; 3600 with --dynamic)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="result cache (default: as golf-audit, $XDG_CACHE_HOME/golf-audit or ./.golf-audit-cache)")
@@ -141,7 +144,7 @@ def main_triage(argv: list[str]) -> int:
     cache_dir = None if args.no_cache else (args.cache_dir or str(cache.default_dir(Path.cwd())))
     opts = TriageOptions(repo=args.repo, prs=prs, main=args.main, dynamic=args.dynamic, claims=args.claims,
                          fail_on=args.fail_on, timeout=args.timeout, allow_weak_sandbox=args.allow_weak_sandbox,
-                         cache_dir=cache_dir, cluster=args.cluster, jobs=args.jobs)
+                         cache_dir=cache_dir, cluster=args.cluster, jobs=args.jobs, task_timeout=args.task_timeout)
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
         doc = triage(opts, on_record=progress.record, on_plan=progress.plan)

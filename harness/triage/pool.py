@@ -41,6 +41,15 @@ def lost_record(task: dict[str, Any], attempts: int, detail: str = "") -> dict[s
     return rec
 
 
+def timeout_record(task: dict[str, Any], seconds: float, attempts: int) -> dict[str, Any]:
+    rec = base_record(task)
+    rec["not_audited"].append(f"not audited: the audit did not finish in {seconds:.0f} s (the worker was stopped)")
+    rec["attempts"] = attempts
+    rec["transient"] = True
+    rec["verdict"] = verdict_of(rec)
+    return rec
+
+
 def error_record(task: dict[str, Any], message: str, attempts: int = 1) -> dict[str, Any]:
     rec = base_record(task)
     rec["not_audited"].append(f"internal error: {message}")
@@ -109,6 +118,7 @@ class _Worker:
         child.close()
         self.task: dict | None = None
         self.attempt = 0
+        self.started = 0.0
 
 
 class LocalPool:
@@ -116,9 +126,10 @@ class LocalPool:
 
     name = "local"
 
-    def __init__(self, workers: int, fn: Callable[[dict], dict] = audit_task):
+    def __init__(self, workers: int, fn: Callable[[dict], dict] = audit_task, task_timeout: float | None = None):
         self.workers = max(1, workers)
         self.fn = fn
+        self.task_timeout = task_timeout  # a task running longer is killed: "not audited: timed out"
         self._ctx = mp.get_context("spawn")
         self._pool: list[_Worker] = []
 
@@ -141,10 +152,19 @@ class LocalPool:
                         self._replace(idle)
                         queue.appendleft((task, attempt))
                         continue
-                    idle.task, idle.attempt = task, attempt
+                    idle.task, idle.attempt, idle.started = task, attempt, time.monotonic()
                 busy = [w for w in self._pool if w.task is not None]
-                ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
+                limit = None
+                if self.task_timeout:
+                    limit = max(0.0, min(w.started for w in busy) + self.task_timeout - time.monotonic())
+                ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=limit)
                 for w in busy:
+                    if self.task_timeout and w.conn not in ready and w.proc.sentinel not in ready \
+                            and time.monotonic() - w.started >= self.task_timeout:
+                        task = w.task
+                        self._replace(w)
+                        yield task, timeout_record(task, self.task_timeout, w.attempt)  # type: ignore[arg-type]
+                        continue
                     if w.conn in ready or w.proc.sentinel in ready:
                         got = self._collect(w)
                         task, attempt = w.task, w.attempt

@@ -39,6 +39,7 @@ class TriageOptions:
     cache_dir: str | None = None  # None = no cache
     cluster: str = "local"  # local | dask-local | a scheduler address
     jobs: int | None = None  # local pool / LocalCluster workers (None: cores; 1 with --dynamic)
+    task_timeout: float | None = None  # local pool: seconds one PR may take (None: 600 static, 3600 dynamic)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def audit_options(self) -> dict[str, Any]:
@@ -117,7 +118,8 @@ def make_runner(opts: TriageOptions, fn: Callable | None = None):
 
     fn = fn or audit_task
     if opts.cluster in ("local", "", None):
-        return LocalPool(opts.workers(), fn=fn)
+        timeout = opts.task_timeout or (3600 if opts.dynamic else 600)
+        return LocalPool(opts.workers(), fn=fn, task_timeout=timeout)
     if opts.cluster == "dask-local":
         return DaskRunner(None, workers=opts.workers(), fn=fn)
     return DaskRunner(opts.cluster, fn=fn)
