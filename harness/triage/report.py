@@ -126,8 +126,7 @@ def score_plot(doc: dict, width: int = 720, height: int = 260, bins: int = 30) -
     legal = [bpb(r) for r in doc["prs"] if r["verdict"] == CLEAN and bpb(r) is not None]
     flagged = [bpb(r) for r in doc["prs"] if r["verdict"] in FLAGGED and bpb(r) is not None]
     values = sorted(legal + flagged)
-    title = (f"Claimed val_bpb: {len(legal)} legal vs {len(flagged)} flagged PRs "
-             "(lower is better)")
+    title = f"Claimed val_bpb: {len(legal)} legal vs {len(flagged)} flagged PRs (lower is better)"
     if not values:
         return (f'<svg id="score-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" '
                 f'role="img"><title>{html.escape(title)}</title><text x="10" y="30">no claimed scores</text></svg>')
@@ -164,22 +163,23 @@ def score_plot(doc: dict, width: int = 720, height: int = 260, bins: int = 30) -
                 parts.append(f'<rect class="bar {cls}" x="{x + 1 + j * (bw - 2) / 2:.1f}" y="{mt + ph - h:.1f}" '
                              f'width="{max(1.0, (bw - 2) / 2):.1f}" height="{h:.1f}" fill="{color}">'
                              f'<title>{cls}: {c} PR(s), val_bpb {a:.4f}–{b:.4f}{edge}</title></rect>')
+    decimals = max(2, min(6, int(math.ceil(-math.log10((hi - lo) / 5))) + 1))
     for k in range(6):
         v = lo + k * (hi - lo) / 5
         x = ml + k * pw / 5
         parts.append(f'<line x1="{x:.1f}" y1="{mt + ph}" x2="{x:.1f}" y2="{mt + ph + 4}" stroke="#333"/>')
-        parts.append(f'<text x="{x:.1f}" y="{mt + ph + 16}" text-anchor="middle">{v:.3f}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{mt + ph + 16}" text-anchor="middle">{v:.{decimals}f}</text>')
     for k in range(3):
         v = top * k / 2
         y = mt + ph - ph * k / 2
         parts.append(f'<text x="{ml - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.0f}</text>')
     parts.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle">claimed val_bpb '
-                 f'(axis {lo:.3f}–{hi:.3f}; outliers in the edge bins)</text>')
-    lx = ml + pw - 150
-    parts.append(f'<rect x="{lx}" y="{mt}" width="10" height="10" fill="#2e7d32"/>'
-                 f'<text x="{lx + 14}" y="{mt + 9}">legal ({len(legal)})</text>')
-    parts.append(f'<rect x="{lx + 75}" y="{mt}" width="10" height="10" fill="#c62828"/>'
-                 f'<text x="{lx + 89}" y="{mt + 9}">flagged ({len(flagged)})</text>')
+                 f'(axis {lo:.{decimals}f}–{hi:.{decimals}f}; outliers in the edge bins)</text>')
+    lx, ly = ml + pw - 170, 7
+    parts.append(f'<rect x="{lx}" y="{ly}" width="10" height="10" fill="#2e7d32"/>'
+                 f'<text x="{lx + 14}" y="{ly + 9}">legal ({len(legal)})</text>')
+    parts.append(f'<rect x="{lx + 85}" y="{ly}" width="10" height="10" fill="#c62828"/>'
+                 f'<text x="{lx + 99}" y="{ly + 9}">flagged ({len(flagged)})</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
