@@ -53,7 +53,7 @@ def test_discovery_picks_each_prs_folder(repo):
                           "Merge pull request #3").decode().strip()
     assert srcs[3].commit == merge
     assert srcs[7].other_folders == [f"{fake.TRACK}/2026-04-05_Notes"]
-    assert "outside records/" in srcs[5].note
+    assert "not in a record folder" in srcs[5].note
     assert [e.path for e in srcs[5].files] == ["train_gpt.py"], "root edit: only the root files it changed"
     assert {e.path.rsplit("/", 1)[1] for e in srcs[4].files} == {"train_gpt.py", "README.md", "submission.json"}
     assert srcs[6].folder is None and srcs[6].reason.startswith("no submission folder")
@@ -79,7 +79,7 @@ def test_choose_folder_prefers_the_train_script():
                                                                        "records/track_10min_16mb/c"}
     folder, others, note = gitsource.choose_folder([E("experiments/x/train_x.py", "100644", "0" * 40),
                                                     E("records/track_10min_16mb/d/README.md", "100644", "0" * 40)])
-    assert folder == "experiments/x" and others == ["records/track_10min_16mb/d"] and "outside records/" in note
+    assert folder == "experiments/x" and others == ["records/track_10min_16mb/d"] and "not in a record folder" in note
 
 
 # ------------------------------------------------------------------ verdicts, records, cache

@@ -320,6 +320,12 @@ def _candidate(path: str) -> str | None:
     return None
 
 
+def _container(folder: str) -> bool:
+    """The repository root, records/ or records/track_*: folders that hold other submissions."""
+    parts = PurePosixPath(folder).parts
+    return not parts or (parts[0] == "records" and (len(parts) == 1 or (len(parts) == 2 and parts[1].startswith("track_"))))
+
+
 def _is_train(name: str) -> bool:
     return name.startswith("train") and name.endswith(".py")
 
@@ -352,7 +358,7 @@ def choose_folder(changed: list[Entry]) -> tuple[str | None, list[str], str]:
         best = max(py_dirs.items(), key=lambda kv: (any(_is_train(n) for n in kv[1]), len(kv[1]), kv[0] != ""))[0]
         others = [d or "." for d in py_dirs if d != best] + [f for f, _ in ranked]
         where = best or "the repository root"
-        note = f"the PR's Python code is outside records/ (in {where})"
+        note = f"the PR's Python code is not in a record folder (it is in {where})"
         if ranked:
             note += f"; record folder(s) without Python code: {', '.join(f for f, _ in ranked)}"
         return best, others, note
@@ -426,9 +432,10 @@ def _locate(s: PRSource, changed: list[Entry], deleted: list[str], cat: CatFile)
         s.reason = f"no submission folder: the PR changes no Python file{where}"
         return
     s.folder = folder
-    if folder == "":
-        # the root script edited in place: only the root files the PR changed are its submission
-        entries = [e for e in changed if "/" not in e.path]
+    if _container(folder):
+        # the root script edited in place, or files loose in records/ or a track folder: only
+        # the files the PR changed there are its submission (not the challenge's, not others')
+        entries = [e for e in changed if str(PurePosixPath(e.path).parent) == (folder or ".")]
     else:
         entries = cat.tree_files(s.commit, folder) or []
     for e in entries:
