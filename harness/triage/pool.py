@@ -91,7 +91,18 @@ class _Feed:
 
 # ------------------------------------------------------------------ local pool
 def _worker_main(conn, fn: Callable[[dict], dict]) -> None:
-    """A pool worker: audit tasks from the pipe until told to stop (None)."""
+    """A pool worker: import what an audit needs, say "ready", then audit tasks from the pipe
+    until told to stop (None). A task's time (and its timeout) starts warm."""
+    try:
+        import harness.audit  # noqa: F401
+        import harness.evaluation.claims  # noqa: F401
+        import harness.static.audit  # noqa: F401
+        from harness.core.registry import all_rules
+
+        all_rules()
+        conn.send("ready")
+    except (OSError, ValueError):
+        return
     while True:
         try:
             task = conn.recv()
@@ -120,6 +131,14 @@ class _Worker:
         self.attempt = 0
         self.started = 0.0
 
+    def wait_ready(self, timeout: float = 600) -> None:
+        try:
+            if self.conn.poll(timeout) and self.conn.recv() == "ready":
+                return
+        except (EOFError, OSError):
+            pass
+        raise RuntimeError(f"a triage worker did not start (exit code {self.proc.exitcode})")
+
 
 class LocalPool:
     """`workers` long-lived processes; `run(tasks)` yields (task, record) as they finish."""
@@ -139,12 +158,18 @@ class LocalPool:
     def run(self, tasks: Iterable[dict]) -> Iterator[tuple[dict, dict]]:
         queue = _Feed(tasks)
         try:
+            if queue:  # start the workers together, each importing once
+                fresh = [_Worker(self._ctx, self.fn) for _ in range(self.workers - len(self._pool))]
+                self._pool.extend(fresh)
+                for w in fresh:
+                    w.wait_ready()
             while queue or any(w.task is not None for w in self._pool):
                 while (len(self._pool) < self.workers or any(w.task is None for w in self._pool)) and queue:
                     idle = next((w for w in self._pool if w.task is None), None)
-                    if idle is None:
+                    if idle is None:  # a replacement for a worker that died
                         idle = _Worker(self._ctx, self.fn)
                         self._pool.append(idle)
+                        idle.wait_ready()
                     task, attempt = queue.popleft()
                     try:
                         idle.conn.send(task)
