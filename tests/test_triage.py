@@ -146,6 +146,25 @@ def test_cli_usage_errors(tmp_path, repo):
     assert not (tmp_path / "o" / "triage.json").exists()
 
 
+def test_progress_bar_counts_verdicts_and_eta():
+    import io
+
+    from harness.triage.cli import Progress
+
+    buf = io.StringIO()
+    bar = Progress(enabled=True, file=buf)
+    bar.plan(3, 0, 3)
+    for i, v in enumerate(["clean", "findings", "clean"], 1):
+        bar.record({"verdict": v}, i, 3)
+    bar.stop()
+    out = buf.getvalue()
+    assert "3/3" in out and "clean:2" in out and "findings:1" in out and "ETA" in out
+    quiet = Progress(enabled=False)
+    quiet.plan(1, 0, 1)
+    quiet.record({"verdict": "clean"}, 1, 1)
+    assert quiet.counts == {"clean": 1} and quiet._bar is None
+
+
 def test_unknown_pr_is_not_audited(repo, tmp_path):
     doc = triage(TriageOptions(repo=str(repo), prs=[1, 4242], jobs=1))
     rec = {r["pr"]: r for r in doc["prs"]}[4242]

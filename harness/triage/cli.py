@@ -80,8 +80,9 @@ def parse_prs(text: str) -> list[int]:
 class Progress:
     """A rich progress bar on stderr: done/total, a count per verdict, the ETA."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, file=None):
         self.enabled = enabled
+        self.file = file  # default: stderr
         self.counts: dict[str, int] = {}
         self._bar = None
         self._task = None
@@ -96,7 +97,9 @@ class Progress:
         self._bar = RichProgress(TextColumn("triage"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=False)
+                                 console=Console(stderr=self.file is None, file=self.file,
+                                                 force_terminal=True if self.file is not None else None),
+                                 transient=False)
         self._bar.start()
         self._task = self._bar.add_task("triage", total=total, completed=0,
                                         counts=f"({to_audit} to audit, {done} known)")

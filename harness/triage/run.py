@@ -128,7 +128,7 @@ def make_runner(opts: TriageOptions, fn: Callable | None = None):
 def triage(opts: TriageOptions, on_record: Callable[[dict, int, int], None] | None = None,
            on_plan: Callable[[int, int, int], None] | None = None, runner=None) -> dict[str, Any]:
     """Run the triage; returns the triage document (schema golf-audit-triage/1)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     repo = git_dir(opts.repo)
     main_commit = git(repo, "rev-parse", "--verify", f"{opts.main}^{{commit}}").decode().strip()
     records: dict[int, dict] = {}
@@ -229,6 +229,10 @@ def triage(opts: TriageOptions, on_record: Callable[[dict, int, int], None] | No
                     "cache": bool(opts.cache_dir)},
         "timing": {"wall_s": round(time.perf_counter() - t0, 2), "discover_s": round(t_discover, 2),
                    "audit_s": round(time.perf_counter() - t_audit, 2), "audited": audited,
+                   # CPU of this process (discovery, reading blobs, keys, cache) and of the audits
+                   "client_cpu_s": round(time.process_time() - c0, 2),
+                   "audit_cpu_s": round(sum(r.get("cpu_s") or 0 for r in ordered if not r.get("cached")
+                                            and not r.get("same_as")), 2),
                    "from_cache": sum(1 for r in ordered if r.get("cached"))},
         "counts": counts,
         "prs": ordered,

@@ -67,6 +67,7 @@ def base_record(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _audit_into(task: dict[str, Any], record: dict[str, Any]) -> None:
+    c0 = time.process_time()
     from harness.audit import audit_one
     from harness.core.findings import Layer, Severity
 
@@ -98,12 +99,16 @@ def _audit_into(task: dict[str, Any], record: dict[str, Any]) -> None:
                                                         "not needed by the static audit or verify"})
         for rel in task.get("skipped") or []:
             record["not_audited"].append(f"{rel}: not a regular file (symlink, submodule); not extracted")
+        phases = record.setdefault("phases", {})
+        phases["extract_cpu_s"] = round(time.process_time() - c0, 3)
         sub = _submission(disk)
         record["claimed"] = sub
         record["track"] = _track(folder)
         record["record_claim"] = record["track"] == "track_10min_16mb" and sub.get("val_bpb") is not None
 
+        c1 = time.process_time()
         result = audit_one(str(disk), options)
+        phases["audit_cpu_s"] = round(time.process_time() - c1, 3)
         # as harness.audit caches: a crash, or a dynamic layer that did not complete, may pass
         # on a re-run; a static parse failure is for good
         record["transient"] = any("internal error" in n.reason or n.layer != Layer.STATIC
@@ -126,7 +131,9 @@ def _audit_into(task: dict[str, Any], record: dict[str, Any]) -> None:
         record["warnings"] = [w.replace(prefix, "") for w in result.warnings]
         if task.get("claims"):
             record["layers"].append("claims")
+            c2 = time.process_time()
             _claims(disk, record)
+            phases["claims_cpu_s"] = round(time.process_time() - c2, 3)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
