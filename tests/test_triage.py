@@ -143,6 +143,10 @@ def test_cli_usage_errors(tmp_path, repo):
     assert cli_main(["triage", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == ExitCode.USAGE
     assert cli_main(["triage", str(repo), "--prs", "x1", "--out", str(tmp_path / "o")]) == ExitCode.USAGE
     assert cli_main(["triage", str(repo), "--prs", "1", "--all"]) == ExitCode.USAGE
+    # a scheduler nobody listens at: a usage error, no outputs
+    pytest.importorskip("distributed")
+    assert cli_main(["triage", str(repo), "--prs", "1", "--cluster", "tcp://127.0.0.1:9", "--out",
+                     str(tmp_path / "o")]) == ExitCode.USAGE
     assert not (tmp_path / "o" / "triage.json").exists()
 
 

@@ -126,6 +126,7 @@ def main_triage(argv: list[str]) -> int:
     from harness import cache
     from harness.core.findings import worst_exit
     from harness.triage.gitsource import GitError, git_dir
+    from harness.triage.pool import ClusterError
     from harness.triage.report import write_all
     from harness.triage.run import TriageOptions, triage
     from harness.triage.work import CLEAN, FLAGGED
@@ -151,7 +152,7 @@ def main_triage(argv: list[str]) -> int:
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
         doc = triage(opts, on_record=progress.record, on_plan=progress.plan)
-    except GitError as exc:
+    except (GitError, ClusterError) as exc:
         progress.stop()
         print(f"golf-audit triage: usage error: {exc}", file=sys.stderr)
         return ExitCode.USAGE

@@ -28,6 +28,10 @@ from typing import Any, Callable, Iterable, Iterator
 from harness.triage.work import audit_task, base_record, verdict_of
 
 WORKER_LOST = "worker lost"
+
+
+class ClusterError(Exception):
+    """The Dask cluster cannot be used: distributed not installed, scheduler unreachable."""
 MAX_ATTEMPTS = 2  # the first run and one retry
 
 
@@ -268,13 +272,19 @@ class DaskRunner:
         return f"Dask LocalCluster, {self.workers} worker process(es) x 1 thread"
 
     def start(self) -> None:
-        import dask
-        from distributed import Client, LocalCluster
+        try:
+            import dask
+            from distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise ClusterError(f"dask[distributed] is not installed ({exc}): pip install 'golf-audit[triage]'") from None
 
         if self.client is not None:
             return
         if self.address:
-            self.client = Client(self.address, timeout="30s")
+            try:
+                self.client = Client(self.address, timeout="30s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise ClusterError(f"cannot reach the Dask scheduler at {self.address}: {exc}") from None
         else:
             with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                                   "distributed.worker.daemon": False}):
