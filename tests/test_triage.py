@@ -169,6 +169,33 @@ def test_progress_bar_counts_verdicts_and_eta():
     assert quiet.counts == {"clean": 1} and quiet._bar is None
 
 
+class _InterruptAfterOne:
+    """A runner that audits the first task, then is interrupted (Ctrl-C)."""
+
+    def run(self, tasks):
+        for task in tasks:
+            yield task, audit_task(task)
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_reports_what_finished(repo, tmp_path):
+    opts = TriageOptions(repo=str(repo), prs=[3, 4, 6, 7], cache_dir=str(tmp_path / "c"), keep_partial=True)
+    doc = triage(opts, runner=_InterruptAfterOne())
+    assert doc["interrupted"] is True
+    recs = {r["pr"]: r for r in doc["prs"]}
+    done = [n for n in (3, 4, 7) if recs[n]["verdict"] == "clean"]
+    assert len(done) == 1, "one PR finished before the interrupt"
+    for n in {3, 4, 7} - set(done):
+        assert recs[n]["verdict"] == "not-audited"
+        assert recs[n]["not_audited"] == ["the run was interrupted before this PR was audited"]
+        assert recs[n]["folder"] == fake.FOLDERS[n]
+    assert "interrupted" in render_markdown(doc)
+    again = triage(TriageOptions(repo=str(repo), prs=[3, 4, 6, 7], cache_dir=str(tmp_path / "c"), jobs=1))
+    assert again["timing"]["from_cache"] == 1 and again["timing"]["audited"] == 2
+    with pytest.raises(KeyboardInterrupt):  # the API raises unless asked to keep what finished
+        triage(TriageOptions(repo=str(repo), prs=[3, 4]), runner=_InterruptAfterOne())
+
+
 def test_unknown_pr_is_not_audited(repo, tmp_path):
     doc = triage(TriageOptions(repo=str(repo), prs=[1, 4242], jobs=1))
     rec = {r["pr"]: r for r in doc["prs"]}[4242]

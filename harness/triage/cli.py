@@ -148,7 +148,8 @@ def main_triage(argv: list[str]) -> int:
     cache_dir = None if args.no_cache else (args.cache_dir or str(cache.default_dir(Path.cwd())))
     opts = TriageOptions(repo=args.repo, prs=prs, main=args.main, dynamic=args.dynamic, claims=args.claims,
                          fail_on=args.fail_on, timeout=args.timeout, allow_weak_sandbox=args.allow_weak_sandbox,
-                         cache_dir=cache_dir, cluster=args.cluster, jobs=args.jobs, task_timeout=args.task_timeout)
+                         cache_dir=cache_dir, cluster=args.cluster, jobs=args.jobs, task_timeout=args.task_timeout,
+                         keep_partial=True)
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
         doc = triage(opts, on_record=progress.record, on_plan=progress.plan)
@@ -156,7 +157,7 @@ def main_triage(argv: list[str]) -> int:
         progress.stop()
         print(f"golf-audit triage: usage error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the audits started (discovery, the workers' start)
         progress.stop()
         print("golf-audit triage: interrupted (no outputs written)", file=sys.stderr)
         return ExitCode.NOT_AUDITABLE
@@ -171,6 +172,9 @@ def main_triage(argv: list[str]) -> int:
     codes = [ExitCode.CLEAN if r["verdict"] == CLEAN else ExitCode.FINDINGS if r["verdict"] in FLAGGED
              else ExitCode.NOT_AUDITABLE for r in doc["prs"]]
     code = worst_exit(codes) if codes else ExitCode.NOT_AUDITABLE
+    if doc.get("interrupted"):
+        print("golf-audit triage: interrupted: the PRs not yet audited are reported as not audited; what "
+              "finished is cached, so the same command goes on from there", file=sys.stderr)
     if not args.quiet:
         counts = ", ".join(f"{v} {n}" for v, n in doc["counts"].items() if n)
         t = doc["timing"]

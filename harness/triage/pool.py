@@ -116,6 +116,8 @@ def _worker_main(conn, fn: Callable[[dict], dict]) -> None:
             return
         try:
             out = fn(task)
+        except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent decides
+            return
         except BaseException as exc:  # noqa: BLE001 - reported, the worker lives on
             out = error_record(task, f"{type(exc).__name__}: {exc}")
             out["detail"] = traceback.format_exc()[-4000:]

@@ -83,7 +83,8 @@ def render_markdown(doc: dict) -> str:
     lines = [f"## golf-audit triage: {len(prs)} pull requests", "",
              f"main `{doc['main'][:12]}` · {doc['tool']} · {layers} · {doc['generated']} · "
              f"{doc['timing']['audited']} audited, {doc['timing']['from_cache']} from cache, "
-             f"{doc['timing']['wall_s']:.0f} s", "",
+             f"{doc['timing']['wall_s']:.0f} s" + (" · **interrupted**: PRs not reached are listed as not audited"
+                                                   if doc.get("interrupted") else ""), "",
              "| verdict | PRs |", "|---|---:|"]
     lines += [f"| {VERDICT_LABEL[v]} | {doc['counts'].get(v, 0)} |" for v in VERDICTS]
     lb = leaderboard(doc)

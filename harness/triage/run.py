@@ -40,6 +40,7 @@ class TriageOptions:
     cluster: str = "local"  # local | dask-local | a scheduler address
     jobs: int | None = None  # local pool / LocalCluster workers (None: cores; 1 with --dynamic)
     task_timeout: float | None = None  # local pool: seconds one PR may take (None: 600 static, 3600 dynamic)
+    keep_partial: bool = False  # on Ctrl-C, return what finished (the rest not audited) instead of raising
     extra: dict[str, Any] = field(default_factory=dict)
 
     def audit_options(self) -> dict[str, Any]:
@@ -191,6 +192,7 @@ def triage(opts: TriageOptions, on_record: Callable[[dict, int, int], None] | No
         own_runner = runner is None
         runner = runner or make_runner(opts)
         t_audit = time.perf_counter()
+        interrupted = False
         try:
             for task, rec in runner.run(tasks()):
                 audited += 1
@@ -204,14 +206,19 @@ def triage(opts: TriageOptions, on_record: Callable[[dict, int, int], None] | No
                     done += 1
                     if on_record:
                         on_record(out, done, total)
+        except KeyboardInterrupt:
+            if not opts.keep_partial:
+                raise
+            interrupted = True  # what finished is reported (and cached); the rest is not audited
         finally:
             if own_runner and hasattr(runner, "close"):
                 runner.close()
     missing_prs = [s.number for s in sources if s.number not in records]
     for n in missing_prs:  # never silently dropped
         src = next(s for s in sources if s.number == n)
-        rec = base_record({"pr": n, "folder": src.folder})
-        rec["not_audited"].append("internal error: no result came back for this PR")
+        rec = with_pr(base_record({"pr": n}), src)
+        rec["not_audited"].append("the run was interrupted before this PR was audited" if interrupted
+                                  else "internal error: no result came back for this PR")
         rec["verdict"] = NOT_AUDITED
         records[n] = rec
     ordered = [records[n] for n in sorted(records)]
@@ -235,5 +242,6 @@ def triage(opts: TriageOptions, on_record: Callable[[dict, int, int], None] | No
                                             and not r.get("same_as")), 2),
                    "from_cache": sum(1 for r in ordered if r.get("cached"))},
         "counts": counts,
+        "interrupted": interrupted,
         "prs": ordered,
     }
