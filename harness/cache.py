@@ -45,15 +45,23 @@ def content_key(target: Path, options: dict) -> str:
     """sha256 over golf-audit's version and code, the options (rule set, env, layers, ...) and
     every file in the folder (path and bytes). Every file, not only .py/.md/.json/.log/.txt:
     the dynamic layer runs the submission, which may read any of them."""
+    files = [target] if target.is_file() else sorted(
+        p for p in target.rglob("*") if p.is_file() and not (SKIP_DIRS & set(p.relative_to(target).parts)))
+    return digest_key(((str(p.relative_to(target) if p != target else p.name),
+                        hashlib.sha256(p.read_bytes()).digest()) for p in files), options)
+
+
+def digest_key(files, options: dict) -> str:
+    """The key of `content_key` from (relative path, digest of the file's bytes) pairs in path
+    order: a caller that already has a content hash of each file (a git blob id, for
+    `golf-audit triage`) keys a folder without reading it."""
     h = hashlib.sha256()
     h.update(f"golf-audit {__version__}\n".encode())
     h.update(_code_digest())
     h.update(json.dumps(options, sort_keys=True, default=str).encode())
-    files = [target] if target.is_file() else sorted(
-        p for p in target.rglob("*") if p.is_file() and not (SKIP_DIRS & set(p.relative_to(target).parts)))
-    for p in files:
-        h.update(str(p.relative_to(target) if p != target else p.name).encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+    for rel, digest in files:
+        h.update(str(rel).encode() + b"\0")
+        h.update(digest)
     return h.hexdigest()
 
 

@@ -4,6 +4,7 @@
     golf-audit rules                    list the rules
     golf-audit explain NAME|ID          print a rule's documentation
     golf-audit ci --base REF ...        the pull-request gate (harness.ci.gate)
+    golf-audit triage REPO ...          every PR of a challenge clone (harness.triage)
 
 Exit codes: 0 clean at --fail-on, 1 findings, 2 usage error, 3 not auditable (1 outranks 3).
 """
@@ -46,6 +47,7 @@ subcommands:
   golf-audit rules               list the rules
   golf-audit explain NAME|ID     print a rule's documentation
   golf-audit ci --base REF       the pull-request gate
+  golf-audit triage REPO         every pull request of a challenge clone (docs/triage.md)
 
 exit codes:
   0  audited and clean at --fail-on
@@ -157,6 +159,12 @@ def cmd_ci(argv: list[str]) -> int:
     return main_ci(argv)
 
 
+def cmd_triage(argv: list[str]) -> int:
+    from harness.triage.cli import main_triage
+
+    return main_triage(argv)
+
+
 def cmd_audit(argv: list[str]) -> int:
     args = audit_parser().parse_args(argv)
     for target in args.paths:
@@ -211,7 +219,7 @@ def cmd_audit(argv: list[str]) -> int:
 
 # Subcommands: the first word picks one; anything else is an audit of paths (audit a folder
 # named like a subcommand as `./rules`). Adding a subcommand is one function and one entry here.
-COMMANDS = {"rules": cmd_rules, "explain": cmd_explain, "ci": cmd_ci}
+COMMANDS = {"rules": cmd_rules, "explain": cmd_explain, "ci": cmd_ci, "triage": cmd_triage}
 
 
 def main(argv: list[str] | None = None) -> int:
