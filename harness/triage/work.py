@@ -70,6 +70,7 @@ def _audit_into(task: dict[str, Any], record: dict[str, Any]) -> None:
     c0 = time.process_time()
     from harness.audit import audit_one
     from harness.core.findings import Layer, Severity
+    from harness.core.registry import UNUSED_SUPPRESSION_ID
 
     options = dict(task["options"])
     fail_on = Severity[task.get("fail_on", "medium").upper()]
@@ -120,7 +121,7 @@ def _audit_into(task: dict[str, Any], record: dict[str, Any]) -> None:
             entry = _finding_entry(f, prefix)
             (record["blocking"] if f.severity >= fail_on else record["advisories"]).append(entry)
         for loc in result.unused_suppressions:
-            record["blocking"].append({"kind": "rule", "rule": "unused-suppression", "rule_id": "GA000",
+            record["blocking"].append({"kind": "rule", "rule": "unused-suppression", "rule_id": UNUSED_SUPPRESSION_ID,
                                        "severity": "medium", "file": loc.path, "line": loc.line,
                                        "function": loc.function, "message": "suppression without a reason "
                                        "or matching nothing"})
