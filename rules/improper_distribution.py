@@ -130,6 +130,19 @@ def ngram_target_lp(val_np, positions, ctx_table, full_table, mask, prime=np.uin
     return -out.sum()
 '''
 
+# the keys come from a helper that returns the context key and the (context, token) key together
+_HELPER_KEYS = '''
+import numpy as np
+def bucket_keys(stream, at, mask, mult=np.uint64(1000003)):
+    h = stream[at - 1].astype(np.uint64) * mult
+    return (h & mask).astype(np.int64), ((h ^ stream[at].astype(np.uint64)) & mask).astype(np.int64)
+def cache_lp(stream, at, ctx_counts, pair_counts, mask):
+    ck, pk = bucket_keys(stream, at, mask)
+    c = ctx_counts[ck].astype(np.float64)
+    p = (pair_counts[pk] + 0.5) / (c + 1.0)
+    return np.log(p).sum()
+'''
+
 _PAIR_ROW_NORMALISED = _PAIR_ROW_OVER_CONTEXT_COUNT.replace(
     "p = (hit + beta * model_p) / (ctx_c + beta)", "p = (hit + beta * model_p) / (pair_c.sum(1) + beta)")
 
@@ -214,8 +227,10 @@ class _Defs:
     """Flow-insensitive definitions of one function: what each name is computed from, which names
     are hashed keys, and which tables are read at which keys."""
 
-    def __init__(self, ctx: ModuleContext, fn) -> None:
+    def __init__(self, ctx: ModuleContext, fn, follow_helpers: bool = True) -> None:
         self.ctx = ctx
+        self.fn = fn
+        self.follow_helpers = follow_helpers
         self.defs: dict[str, list] = {}
         self.value_reads: dict[int, set[str]] = {}  # what a definition computes from (not its targets)
         for st in fn.stmts:
@@ -258,15 +273,34 @@ class _Defs:
         return self._anc[name]
 
     def hashed_def(self, name: str):
-        """The statement that hashes `name` (XOR, modulo, a large multiplier), if one does."""
+        """The statement that hashes `name` (XOR, modulo, a large multiplier), or that binds it from
+        a helper of this module whose returned values are hashed (`ck, fk = hash_keys(...)`, PR #797)."""
         for st in self.defs.get(name, ()):
             node = st.node
             if isinstance(node, cst.AugAssign) and isinstance(node.operator, (cst.BitXorAssign, cst.ModuloAssign)):
                 return st
             value = getattr(node, "value", None)
-            if value is not None and looks_hashed(value):
+            if value is not None and (looks_hashed(value) or self._helper_returns_hash(value)):
                 return st
         return None
+
+    def _helper_returns_hash(self, value) -> bool:
+        """`value` calls a function of this module (one level deep) that returns hashed keys."""
+        if not self.follow_helpers or not isinstance(value, cst.Call):
+            return False
+        helper = self.ctx.functions.get(dotted(value.func))
+        if helper is None or helper is self.fn:
+            return False
+        inner = _Defs(self.ctx, helper, follow_helpers=False)
+        for st in helper.stmts:
+            ret = st.node.value if isinstance(st.node, cst.Return) else None
+            if ret is not None and (looks_hashed(ret) or any(inner.keyish(n) for n in self.names(ret))):
+                return True
+        return False
+
+    def same_binding(self, a: str, b: str) -> bool:
+        """`a` and `b` are bound by one hashed statement (`ctx_key, pair_key = hash_keys(...)`)."""
+        return any(st in self.defs.get(b, ()) and self.hashed_def(a) is st for st in self.defs.get(a, ()))
 
     def key_def(self, name: str):
         """The statement that hashes `name`, or the one that computes it from a hash."""
@@ -333,7 +367,7 @@ class _Defs:
             for dt, dk, dst in sorted(den, key=rank):
                 if dt == nt or dk == nk:
                     continue
-                shared = dk in n_anc or (self.keyish(dk) and any(
+                shared = dk in n_anc or self.same_binding(nk, dk) or (self.keyish(dk) and any(
                     self.hashed_def(a) is not None for a in (self.ancestors(dk) | {dk}) & n_anc))
                 if shared:
                     return (nt, nk, nst), (dt, dk, dst)
@@ -406,6 +440,8 @@ and mixtures that are improper for other reasons are left to the probe.
                 note="PR #779/#813/#770: full_counts[h(ctx, y)] / ctx_counts[h(ctx)] read at the target only"),
         Invalid(_PAIR_ROW_OVER_CONTEXT_COUNT, line=9, function="ngram_nll", message_contains="realised",
                 note="PR #972: pair counts gathered at the target over the context count (not their sum)"),
+        Invalid(_HELPER_KEYS, line=9, function="cache_lp", message_contains="realised",
+                note="PR #797: both keys returned by a hashing helper of the module"),
         Invalid(_SCALAR_BUCKETS, line=11, function="ngram_target_lp", message_contains="realised",
                 note="plain Python per position: full_table[int(h(ctx, x[pos]) & mask)] over ctx_table[...]"),
         Invalid(_BYTE_MIX, line=8, function="byte_mix_bpb", message_contains="byte",
