@@ -199,6 +199,20 @@ def eval_two_models(model_a, model_b, val_tokens):
 
 # lower of two losses; a max of two log-probabilities is how log-sum-exp mixtures are written
 # (`m = np.maximum(lp_a, lp_b); m + log(w_a exp(lp_a - m) + w_b exp(lp_b - m))`), so max is not read
+# a whole-tensor minimum (a pruning threshold) next to per-token losses: no choice per token
+_THRESHOLD_MIN = '''
+import torch
+import torch.nn.functional as F
+def eval_pruned(model, val_tokens, k):
+    x, y = val_tokens[:-1], val_tokens[1:]
+    norms = torch.stack([p.norm() for p in model.parameters()])
+    thresh = torch.topk(norms.flatten(), k).values.min()
+    with torch.no_grad():
+        nll = F.cross_entropy(model(x), y, reduction="none")
+    per_token = nll.min() + nll - nll.min()
+    return per_token.mean().item(), thresh
+'''
+
 _ELEMENTWISE = ("minimum", "fmin")
 _REDUCE = ("min", "amin")
 
@@ -231,6 +245,7 @@ class RescoredTokens(Rule):
 
     VALID = [Valid(_LEGAL, "one pass, each token scored once"),
              Valid(_MIXED_NOT_CHOSEN, "every position takes the mixture, whichever expert did better"),
+             Valid(_THRESHOLD_MIN, "`.values.min()` with no dim: a whole-tensor threshold (PR #1867 crashed the check)"),
              Valid(_GATE_FROM_PREFIX, "expert chosen per token by the prefix (entropy), not by the target's loss"),
              Valid(_LOGSUMEXP_MIX, "np.maximum of two log-probabilities as the log-sum-exp shift of a fixed mixture"),
              Valid(_FIRST_PASS_ONLY, "multi-epoch TTT on already-scored chunks, scored once in the first pass"),
@@ -351,8 +366,11 @@ class RescoredTokens(Rule):
             stacked = inner.args[0].value
         else:
             return None
+        # a reduction over a dimension: `dim=`/`axis=`, or a positional argument after the input
+        # (`x.min()` of a method call has none: a whole-tensor minimum, no per-token choice)
+        first = 1 if inner.args and stacked is inner.args[0].value else 0
         has_dim = any(x.keyword is not None and x.keyword.value in ("dim", "axis") for x in inner.args) or \
-            any(x.keyword is None for x in inner.args[(0 if stacked is not inner.args[0].value else 1):] if inner.args)
+            any(x.keyword is None for x in inner.args[first:])
         if not has_dim or not isinstance(stacked, cst.Call) or \
                 dotted(stacked.func).split(".")[-1] not in ("stack", "vstack", "cat", "concatenate") or not stacked.args:
             return None
