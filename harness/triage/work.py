@@ -210,21 +210,12 @@ def _track(folder: str | None) -> str | None:
     return parts[1] if len(parts) >= 2 and parts[0] == "records" and parts[1].startswith("track_") else None
 
 
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, (int, float)):
-        return float(x)
-    if isinstance(x, str):
-        try:
-            return float(x.strip())
-        except ValueError:
-            return None
-    return None
 
 
 def _submission(disk: Path) -> dict[str, Any]:
     """What submission.json claims (the fields the triage table shows)."""
+    from harness.evaluation.claim_logs import number  # the claim checks' own reading of a number
+
     for p in [disk / "submission.json"] + sorted(disk.glob("submission*.json")):
         if p.is_file():
             try:
@@ -233,7 +224,7 @@ def _submission(disk: Path) -> dict[str, Any]:
                 return {"error": f"{p.name} does not parse"}
             if not isinstance(data, dict):
                 return {"error": f"{p.name} is not a JSON object"}
-            out: dict[str, Any] = {"val_bpb": _num(data.get("val_bpb")), "val_loss": _num(data.get("val_loss"))}
+            out: dict[str, Any] = {"val_bpb": number(data.get("val_bpb")), "val_loss": number(data.get("val_loss"))}
             for key in ("name", "author", "github_id", "date", "track"):
                 if isinstance(data.get(key), (str, int, float)) and not isinstance(data.get(key), bool):
                     out[key] = str(data[key])[:200]
