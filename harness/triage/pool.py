@@ -45,22 +45,23 @@ def lost_record(task: dict[str, Any], attempts: int, detail: str = "") -> dict[s
     return rec
 
 
-def timeout_record(task: dict[str, Any], seconds: float, attempts: int) -> dict[str, Any]:
+def _failed_record(task: dict[str, Any], reason: str, attempts: int) -> dict[str, Any]:
+    """A PR whose audit did not complete: not audited, and worth another try on a re-run."""
     rec = base_record(task)
-    rec["not_audited"].append(f"not audited: the audit did not finish in {seconds:.0f} s (the worker was stopped)")
+    rec["not_audited"].append(reason)
     rec["attempts"] = attempts
     rec["transient"] = True
     rec["verdict"] = verdict_of(rec)
     return rec
+
+
+def timeout_record(task: dict[str, Any], seconds: float, attempts: int) -> dict[str, Any]:
+    return _failed_record(task, f"not audited: the audit did not finish in {seconds:.0f} s (the worker was stopped)",
+                          attempts)
 
 
 def error_record(task: dict[str, Any], message: str, attempts: int = 1) -> dict[str, Any]:
-    rec = base_record(task)
-    rec["not_audited"].append(f"internal error: {message}")
-    rec["attempts"] = attempts
-    rec["transient"] = True
-    rec["verdict"] = verdict_of(rec)
-    return rec
+    return _failed_record(task, f"internal error: {message}", attempts)
 
 
 class _Feed:

@@ -5,6 +5,8 @@ its working folder, the GPU name). The names here are what an ordinary contest r
 a scratch folder called like a checkout of the challenge, a hidden runtime folder beside the
 script. What stays observable is documented in docs/sandbox.md."""
 
+import os
+
 # Where bubblewrap mounts the scratch folder inside the sandbox. One fixed path for every run:
 # contest data loaders seed their sampling from the shard *paths* (the April records' loader),
 # so a random scratch name made two runs of the same script train on different batches.
@@ -34,12 +36,6 @@ class Aliases:
         if not self.enabled:
             return host
         if host not in self.binds:
-            name = host.rstrip("/").rsplit("/", 1)[-1] if not _is_dir(host) else ""
+            name = "" if os.path.isdir(host) else os.path.basename(host.rstrip("/"))
             self.binds[host] = f"{INNER_LIBS}/{len(self.binds)}" + (f"-{name}" if name else "")
         return self.binds[host]
-
-
-def _is_dir(path: str) -> bool:
-    import os
-
-    return os.path.isdir(path)
