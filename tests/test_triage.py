@@ -223,6 +223,19 @@ def test_markdown_orders_candidates_by_claimed_score():
     assert page.count("<script") == 2  # the data and the code, both inline
 
 
+def test_placeholder_scores_are_not_claims(tmp_path):
+    """Templates ship `"val_bpb": 0.0` or `-1`: no model scores that, so it is no record claim and
+    must not top the leaderboard (the 10 best claims of the real backlog were such placeholders)."""
+    from harness.triage.work import _submission
+
+    (tmp_path / "submission.json").write_text(json.dumps({"val_bpb": 0.0, "val_loss": -1, "name": "x"}))
+    sub = _submission(tmp_path)
+    assert sub["val_bpb"] is None and sub["val_loss"] is None
+    assert sub["val_bpb_placeholder"] == 0.0 and sub["val_loss_placeholder"] == -1
+    (tmp_path / "submission.json").write_text(json.dumps({"val_bpb": 1.0712}))
+    assert _submission(tmp_path)["val_bpb"] == 1.0712
+
+
 # ------------------------------------------------------------------ workers that die
 def crash_on(task: dict, pr: int) -> dict:
     """Test-only task: the worker process dies (os._exit) on PR `pr`; other PRs are audited."""

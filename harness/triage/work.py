@@ -225,6 +225,11 @@ def _submission(disk: Path) -> dict[str, Any]:
             if not isinstance(data, dict):
                 return {"error": f"{p.name} is not a JSON object"}
             out: dict[str, Any] = {"val_bpb": number(data.get("val_bpb")), "val_loss": number(data.get("val_loss"))}
+            for key in ("val_bpb", "val_loss"):
+                v = out[key]
+                if v is not None and not v > 0:  # 0 or -1: a template's placeholder, no score can be
+                    out[key] = None
+                    out[f"{key}_placeholder"] = v
             for key in ("name", "author", "github_id", "date", "track"):
                 if isinstance(data.get(key), (str, int, float)) and not isinstance(data.get(key), bool):
                     out[key] = str(data[key])[:200]
