@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="workers on both sides (default 2)")
     ap.add_argument("--claims", action="store_true")
     ap.add_argument("--dynamic", action="store_true")
+    ap.add_argument("--json", default=None, help="write both runs' per-PR verdicts and times here")
     args = ap.parse_args(argv)
 
     tmp = None
@@ -67,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     t_cluster = t_start + t_run
 
     same = {r["pr"]: r["verdict"] for r in local["prs"]} == {r["pr"]: r["verdict"] for r in cluster["prs"]}
+    by_pr = {r["pr"]: r for r in cluster["prs"]}
+    print(f"{'PR':>6}  {'local':18} {'s':>7}  {'cluster':18} {'s':>7}")
+    for r in local["prs"]:
+        c = by_pr.get(r["pr"], {})
+        mark = "" if c.get("verdict") == r["verdict"] else "  <- differs"
+        print(f"{r['pr']:>6}  {r['verdict']:18} {r.get('time_s') or 0:7.1f}  {c.get('verdict', '-'):18} "
+              f"{c.get('time_s') or 0:7.1f}{mark}")
     n = len(local["prs"])
     audited = local["timing"]["audited"]
     print(f"PRs: {n} ({audited} audits), workers: {args.jobs}, layers: static"
@@ -75,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Dask LocalCluster {t_cluster:8.1f} s  (start-up {t_start:.1f} s + triage {t_run:.1f} s)")
     print(f"ratio cluster/local: {t_cluster / t_local:.2f} (without start-up: {t_run / t_local:.2f})")
     print(f"same verdicts: {same}")
+    if args.json:
+        import json
+
+        rows = [{"pr": r["pr"], "local": r["verdict"], "local_s": r.get("time_s"),
+                 "cluster": by_pr.get(r["pr"], {}).get("verdict"), "cluster_s": by_pr.get(r["pr"], {}).get("time_s"),
+                 "not_audited": r.get("not_audited")} for r in local["prs"]]
+        Path(args.json).write_text(json.dumps({"local_s": t_local, "cluster_s": t_cluster, "cluster_start_s": t_start,
+                                               "same": same, "prs": rows}, indent=1))
     if tmp is not None:
         tmp.cleanup()
     return 0 if same else 1
