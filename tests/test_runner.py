@@ -382,6 +382,22 @@ def test_step_switches_move_inside_the_toy_run(tmp_path):
     assert flags == {"RECUR_START_STEP": "1"}
 
 
+def test_a_zero_period_is_kept_only_where_the_script_guards_it(tmp_path):
+    from harness.dynamic.cpu import toy_env
+
+    read = "import os\nclass H:\n    val_loss_every = int(os.environ.get('VAL_LOSS_EVERY', 500))\nargs = H()\n"
+    # PR #440's shape: `step % args.val_loss_every` with no `> 0` test divides by zero at 0
+    (tmp_path / "train_gpt.py").write_text(read + "for step in range(3):\n    if step % args.val_loss_every == 0:\n"
+                                          "        pass\n")
+    env, _ = toy_env.toy_env(tmp_path, data_path="/d/datasets/x", tokenizer_path="/t.model")
+    assert int(env["VAL_LOSS_EVERY"]) > 1000  # never reached by the toy run, and no modulo by zero
+    (tmp_path / "train_gpt.py").write_text(read + "for step in range(3):\n"
+                                          "    if args.val_loss_every > 0 and step % args.val_loss_every == 0:\n"
+                                          "        pass\n")
+    env, _ = toy_env.toy_env(tmp_path, data_path="/d/datasets/x", tokenizer_path="/t.model")
+    assert env["VAL_LOSS_EVERY"] == "0"  # the baseline's "never"
+
+
 def test_the_sandbox_imports_golf_audit_from_this_checkout():
     # the sandbox hides /tmp: an editable install pointing at another checkout must not be relied on
     root = runner.checkout_root()

@@ -269,6 +269,23 @@ def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None) -> tuple
     return out, notes
 
 
+_PERIOD = re.compile(r"_(EVERY|FREQ)$")
+_NEVER = "1000000000"
+
+
+def _unguarded_modulo(source: str, env_name: str) -> bool:
+    """The script reads `env_name` into a name it takes a modulo by (`step % args.x`) and never
+    tests that name against 0 (`args.x > 0`, `if args.x and ...`)."""
+    bound = re.findall(r"(\w+)\s*(?::[^=\n]*)?=[^\n]*environ(?:\.get\(|\[)\s*['\"]" + env_name + r"['\"]", source)
+    for attr in set(bound):
+        if not re.search(r"%\s*(?:[\w.]+\.)?" + attr + r"\b", source):
+            continue
+        guarded = re.search(r"\b" + attr + r"\s*(?:>|!=)\s*0\b|\bif\s+(?:[\w.]+\.)?" + attr + r"\s+and\b", source)
+        if not guarded:
+            return True
+    return False
+
+
 def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = "",
             opts: ToyOptions | None = None, source: str | None = None) -> tuple[dict[str, str], list[str]]:
     """(env values to set, notes). Paths are always set (scripts read them under many names)."""
@@ -285,6 +302,12 @@ def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = 
         value = rule(reads[name]) if callable(rule) else rule
         if value is not None:
             env[name] = value
+    # A period set to 0 ("never": VAL_LOSS_EVERY=0) is what the baseline's `every > 0 and step %
+    # every == 0` means, but a script that takes `step % every` unguarded divides by zero there
+    # (PR #440): give it a period the toy run never reaches instead.
+    for name, value in list(env.items()):
+        if value == "0" and _PERIOD.search(name) and _unguarded_modulo(source, name):
+            env[name] = _NEVER
     # Step-based switches (RECUR_START_STEP=3000: depth recurrence turns on mid-training) are
     # moved inside the toy run, so the code the final eval runs with is the code a real run ends
     # with (a 3-step run would otherwise evaluate the model in its never-switched state).
