@@ -309,7 +309,9 @@ read at that same key into a value that reaches a log (`counts[prev, tgt] += 1` 
 count and read at the realised token only (`full[h(ctx) ^ y * P] / ctx[h(ctx)]`, PRs #770/#779/
 #813/#972) — the numerator key must be a hash built from the denominator's key, which is a
 heuristic over names' definitions (medium confidence), and exact (unhashed) count tables are not
-reported; and a token's score repeated over its bytes and mixed, as a probability, with another
+reported; the ratio may sit in a cache's lookup method whose result a caller logs, or the lookup may
+return both counts for the caller to divide (one call level, methods matched by name and by the
+class the caller constructs: PRs #769/#809/#826/#846/#853/#870/#881/#918/#944/#961); and a token's score repeated over its bytes and mixed, as a probability, with another
 per-byte probability before the log (a byte-level model mixed into token scoring, PR #1933).
 Caches prefilled from the whole stream, target-dependent backoff (`if count[target] > 0: return`)
 and mixtures that are improper for other reasons are left to the probe.
@@ -320,6 +322,7 @@ and mixtures that are improper for other reasons are left to the probe.
         "shared/rules.md: eval-time caches and mixtures must be normalised; hashed lookups of counts for the "
         "realised token only and byte-level models mixed into a token model fail",
         "PRs #770, #779, #813, #972 (hashed n-gram count ratios read at the target), #1933 (byte-level PPM mixer)",
+        "PRs #769, #809, #826, #846, #853, #870, #881, #918, #944, #961 (n-gram cache / full-rescore family, rejected)",
     )
     fix = "Build every feature, key and cache entry for position i from tokens before i only, and normalise mixtures."
 
