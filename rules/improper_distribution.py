@@ -10,10 +10,11 @@ import re
 import libcst as cst
 
 from harness.static import dataflow as D
+from rules import _hashed_counts as H
 from harness.dynamic.judge.locations import location
 from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
 from harness.dynamic.trace.events import Frame
-from harness.static.engine import ModuleContext, dotted, looks_hashed, walk
+from harness.static.engine import ModuleContext, dotted, walk
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 
@@ -146,6 +147,54 @@ def cache_lp(stream, at, ctx_counts, pair_counts, mask):
 _PAIR_ROW_NORMALISED = _PAIR_ROW_OVER_CONTEXT_COUNT.replace(
     "p = (hit + beta * model_p) / (ctx_c + beta)", "p = (hit + beta * model_p) / (pair_c.sum(1) + beta)")
 
+# the n-gram cache family (PRs #769/#809/#826/#846/#853/#870/#881/#918/#944/#961): the keys come
+# from a method of the cache, the ratio is what a lookup method returns, and the log is in the eval
+_CACHE_LOOKUP_RATIO = '''
+import numpy as np
+class SuffixCounts:
+    def __init__(self, buckets):
+        self.mask = np.int64(buckets - 1)
+        self.seen = np.zeros(buckets, dtype=np.int64)
+        self.next = np.zeros(buckets, dtype=np.int64)
+    def _keys(self, stream, pos):
+        h = stream[pos - 2].astype(np.int64) * 40503 ^ stream[pos - 1].astype(np.int64) * 65599
+        return h & self.mask, (h ^ stream[pos].astype(np.int64) * 92821) & self.mask
+    def add(self, stream, pos):
+        c, f = self._keys(stream, pos)
+        np.add.at(self.seen, c, 1)
+        np.add.at(self.next, f, 1)
+    def prob(self, stream, pos):
+        c, f = self._keys(stream, pos)
+        return self.next[f] / np.maximum(self.seen[c], 1)
+
+def mixed_nll(model_p, stream, spans, lam):
+    table = SuffixCounts(1 << 20)
+    total = 0.0
+    for pos in spans:
+        q = table.prob(stream, pos)
+        total -= np.log((1 - lam) * model_p[pos] + lam * q).sum()
+        table.add(stream, pos)
+    return total
+'''
+
+# legal: the same cache scored first and updated after, its lookup a distribution over the whole
+# vocabulary (every candidate's pair count, divided by their sum)
+_CACHE_LOOKUP_NORMALISED = _CACHE_LOOKUP_RATIO.replace('''    def prob(self, stream, pos):
+        c, f = self._keys(stream, pos)
+        return self.next[f] / np.maximum(self.seen[c], 1)''', '''    def prob(self, stream, pos, vocab=1024):
+        c, f = self._keys(stream, pos)
+        h = stream[pos - 2].astype(np.int64) * 40503 ^ stream[pos - 1].astype(np.int64) * 65599
+        rows = self.next[(h[:, None] ^ np.arange(vocab)[None, :] * 92821) & self.mask] + 0.5
+        return rows[np.arange(len(pos)), stream[pos]] / rows.sum(1)''')
+
+# the lookup returns the two counts; the caller divides them (PR #769)
+_CACHE_RETURNS_COUNTS = _CACHE_LOOKUP_RATIO.replace('''        return self.next[f] / np.maximum(self.seen[c], 1)''', '''        hits = self.next[f]
+        ctx = self.seen[c]
+        return hits, ctx, f''').replace('''        q = table.prob(stream, pos)
+''', '''        hits, ctx, _ = table.prob(stream, pos)
+        q = np.where(ctx > 0, hits / np.maximum(ctx, 1), 0.0)
+''')
+
 
 def _subscript_key(node: cst.CSTNode, ctx: ModuleContext):
     """(container, key) source texts of `c[k]`, `c[a][b]` (-> "c", "a][b"), or `c.get(k, ...)`."""
@@ -223,157 +272,6 @@ _BYTE_SPREAD_SUMMED = _BYTE_MIX.replace('''    mixed = lam * np.exp(per_byte_lp)
 BYTE_NAME = re.compile(r"byte", re.I)
 
 
-class _Defs:
-    """Flow-insensitive definitions of one function: what each name is computed from, which names
-    are hashed keys, and which tables are read at which keys."""
-
-    def __init__(self, ctx: ModuleContext, fn, follow_helpers: bool = True) -> None:
-        self.ctx = ctx
-        self.fn = fn
-        self.follow_helpers = follow_helpers
-        self.defs: dict[str, list] = {}
-        self.value_reads: dict[int, set[str]] = {}  # what a definition computes from (not its targets)
-        for st in fn.stmts:
-            node = st.node
-            if not st.writes:
-                continue
-            if isinstance(node, (cst.Assign, cst.AnnAssign)) and node.value is not None:
-                reads = self.names(node.value)
-            elif isinstance(node, cst.AugAssign):
-                reads = self.names(node.value) | self.names(node.target)
-            elif isinstance(node, cst.For):
-                reads = self.names(node.iter)
-            else:
-                continue
-            self.value_reads[id(st)] = reads
-            for w in st.writes:
-                self.defs.setdefault(w, []).append(st)
-        self._anc: dict[str, frozenset] = {}
-
-    @staticmethod
-    def names(node) -> set[str]:
-        return {n.value for n in walk(node) if isinstance(n, cst.Name)}
-
-    def ancestors(self, name: str) -> frozenset:
-        """Names `name` is computed from, transitively."""
-        found = self._anc.get(name)
-        if found is not None:
-            return found
-        self._anc[name] = frozenset()  # cycles (`h ^= ...`) stop here
-        out: set[str] = set()
-        todo = [name]
-        while todo:
-            n = todo.pop()
-            for st in self.defs.get(n, ()):
-                for r in self.value_reads[id(st)]:
-                    if r not in out and r != name:
-                        out.add(r)
-                        todo.append(r)
-        self._anc[name] = frozenset(out)
-        return self._anc[name]
-
-    def hashed_def(self, name: str):
-        """The statement that hashes `name` (XOR, modulo, a large multiplier), or that binds it from
-        a helper of this module whose returned values are hashed (`ck, fk = hash_keys(...)`, PR #797)."""
-        for st in self.defs.get(name, ()):
-            node = st.node
-            if isinstance(node, cst.AugAssign) and isinstance(node.operator, (cst.BitXorAssign, cst.ModuloAssign)):
-                return st
-            value = getattr(node, "value", None)
-            if value is not None and (looks_hashed(value) or self._helper_returns_hash(value)):
-                return st
-        return None
-
-    def _helper_returns_hash(self, value) -> bool:
-        """`value` calls a function of this module (one level deep) that returns hashed keys."""
-        if not self.follow_helpers or not isinstance(value, cst.Call):
-            return False
-        helper = self.ctx.functions.get(dotted(value.func))
-        if helper is None or helper is self.fn:
-            return False
-        inner = _Defs(self.ctx, helper, follow_helpers=False)
-        for st in helper.stmts:
-            ret = st.node.value if isinstance(st.node, cst.Return) else None
-            if ret is not None and (looks_hashed(ret) or any(inner.keyish(n) for n in self.names(ret))):
-                return True
-        return False
-
-    def same_binding(self, a: str, b: str) -> bool:
-        """`a` and `b` are bound by one hashed statement (`ctx_key, pair_key = hash_keys(...)`)."""
-        return any(st in self.defs.get(b, ()) and self.hashed_def(a) is st for st in self.defs.get(a, ()))
-
-    def key_def(self, name: str):
-        """The statement that hashes `name`, or the one that computes it from a hash."""
-        return self.hashed_def(name) or next(
-            st for st in self.defs.get(name, ()) if any(self.hashed_def(r) is not None for r in self.value_reads[id(st)]))
-
-    def keyish(self, name: str) -> bool:
-        """A hashed key, or a value computed straight from one (`ctx_key = (ctx_hash & mask).astype(...)`)."""
-        return self.hashed_def(name) is not None or any(
-            self.hashed_def(r) is not None for st in self.defs.get(name, ()) for r in self.value_reads[id(st)]
-            if r != name)
-
-    def _reads(self, value) -> list:
-        """(table, key) of the table reads in an expression: `t[key]`, `t[i][key]`, `t.get(key)`."""
-        out = []
-        for sub in walk(value):
-            if isinstance(sub, cst.Subscript):
-                table = dotted(sub.value)
-                keys = {k for el in sub.slice for k in self.names(el.slice)}
-            elif isinstance(sub, cst.Call) and isinstance(sub.func, cst.Attribute) \
-                    and sub.func.attr.value == "get" and sub.args:
-                table = dotted(sub.func.value)
-                keys = self.names(sub.args[0].value)
-            else:
-                continue
-            if table:
-                out.extend((table, k) for k in keys)
-        return out
-
-    def lookups(self, expr, st, hops: int = 3) -> list:
-        """(table, key, statement) for the table reads an expression's value comes from: in the
-        expression itself, then back through the definitions of the names it reads (a few steps),
-        stopping at a read keyed by a hash (the value read there is the count, not the key)."""
-        out = [(t, k, st) for t, k in self._reads(expr)]
-        frontier, seen = self.names(expr), set()
-        for _ in range(hops):
-            nxt: set[str] = set()
-            for n in frontier - seen:
-                seen.add(n)
-                for d in self.defs.get(n, ()):
-                    value = getattr(d.node, "value", None)
-                    if value is None:
-                        continue
-                    reads = self._reads(value)
-                    out.extend((t, k, d) for t, k in reads)
-                    if not any(self.keyish(k) for _, k in reads):
-                        nxt |= self.value_reads[id(d)]
-            frontier = nxt
-        return out
-
-    def extension(self, num: list, den: list):
-        """A numerator read at a hashed key built from a denominator's key (or from the hash that
-        key comes from), in another table, the denominator not computed from that numerator read."""
-        den_reads = {(t, k) for t, k, _ in den}
-        for nt, nk, nst in num:
-            if (nt, nk) in den_reads or not self.keyish(nk):
-                continue
-            n_anc = self.ancestors(nk)
-
-            def rank(item):  # a hashed context key first, then a key read from a table, then the rest
-                dk = item[1]
-                return (not self.keyish(dk), not any(self._reads(getattr(d.node, "value", None) or cst.Name("_"))
-                                                     for d in self.defs.get(dk, ())))
-            for dt, dk, dst in sorted(den, key=rank):
-                if dt == nt or dk == nk:
-                    continue
-                shared = dk in n_anc or self.same_binding(nk, dk) or (self.keyish(dk) and any(
-                    self.hashed_def(a) is not None for a in (self.ancestors(dk) | {dk}) & n_anc))
-                if shared:
-                    return (nt, nk, nst), (dt, dk, dst)
-        return None
-
-
 class ImproperDistribution(Rule):
     id = "GA011"
     name = "improper-distribution"
@@ -411,7 +309,9 @@ read at that same key into a value that reaches a log (`counts[prev, tgt] += 1` 
 count and read at the realised token only (`full[h(ctx) ^ y * P] / ctx[h(ctx)]`, PRs #770/#779/
 #813/#972) — the numerator key must be a hash built from the denominator's key, which is a
 heuristic over names' definitions (medium confidence), and exact (unhashed) count tables are not
-reported; and a token's score repeated over its bytes and mixed, as a probability, with another
+reported; the ratio may sit in a cache's lookup method whose result a caller logs, or the lookup may
+return both counts for the caller to divide (one call level, methods matched by name and by the
+class the caller constructs: PRs #769/#809/#826/#846/#853/#870/#881/#918/#944/#961); and a token's score repeated over its bytes and mixed, as a probability, with another
 per-byte probability before the log (a byte-level model mixed into token scoring, PR #1933).
 Caches prefilled from the whole stream, target-dependent backoff (`if count[target] > 0: return`)
 and mixtures that are improper for other reasons are left to the probe.
@@ -422,13 +322,16 @@ and mixtures that are improper for other reasons are left to the probe.
         "shared/rules.md: eval-time caches and mixtures must be normalised; hashed lookups of counts for the "
         "realised token only and byte-level models mixed into a token model fail",
         "PRs #770, #779, #813, #972 (hashed n-gram count ratios read at the target), #1933 (byte-level PPM mixer)",
+        "PRs #769, #809, #826, #846, #853, #870, #881, #918, #944, #961 (n-gram cache / full-rescore family, rejected)",
     )
     fix = "Build every feature, key and cache entry for position i from tokens before i only, and normalise mixtures."
 
     VALID = [Valid(_SCORE_FIRST, "the cache is read for the token, then counts it: score first"),
              Valid(_COLLECTED_SCORE_FIRST, "numpy cache read first, blended in torch after the loop"),
              Valid(_PAIR_ROW_NORMALISED, "hashed pair counts over the whole vocabulary, divided by their own sum"),
-             Valid(_BYTE_SPREAD_SUMMED, "token log-probabilities spread over bytes and summed back: no mixture")]
+             Valid(_BYTE_SPREAD_SUMMED, "token log-probabilities spread over bytes and summed back: no mixture"),
+             Valid(_CACHE_LOOKUP_NORMALISED, "cache lookup method normalised over every candidate token; "
+                                             "scored first, counted after")]
     INVALID = [
         Invalid(_COUNT_FIRST, line=9, function="cache_nll", message_contains="before",
                 note="the count of (prev, target) is incremented, then read for the same token's probability"),
@@ -444,6 +347,11 @@ and mixtures that are improper for other reasons are left to the probe.
                 note="PR #797: both keys returned by a hashing helper of the module"),
         Invalid(_SCALAR_BUCKETS, line=11, function="ngram_target_lp", message_contains="realised",
                 note="plain Python per position: full_table[int(h(ctx, x[pos]) & mask)] over ctx_table[...]"),
+        Invalid(_CACHE_LOOKUP_RATIO, line=17, function="SuffixCounts.prob", message_contains="realised",
+                note="PRs #826/#870/#961: keys from a method of the cache, ratio returned by its lookup, log in the "
+                     "eval that calls it (scored before counting: the order is legal, the distribution is not)"),
+        Invalid(_CACHE_RETURNS_COUNTS, line=26, function="mixed_nll", message_contains="realised",
+                note="PR #769: the lookup returns the pair count and the context count, the eval divides them"),
         Invalid(_BYTE_MIX, line=8, function="byte_mix_bpb", message_contains="byte",
                 note="PR #1933: token log-probabilities spread over bytes and mixed with a byte-level model"),
     ]
@@ -485,7 +393,7 @@ and mixtures that are improper for other reasons are left to the probe.
                     value, reps = (pos[0] if pos else None), (pos[1] if len(pos) > 1 else kw.get("repeats"))
                 if value is None or reps is None:
                     continue
-                vnames, rnames = _Defs.names(value), _Defs.names(reps)
+                vnames, rnames = H.Defs.names(value), H.Defs.names(reps)
                 if not rnames & byte_names or not vnames or vnames <= byte_names:
                     continue
                 spread = D.tainted_names(ctx, fn, set(st.writes)) if st.writes else set()
@@ -525,7 +433,7 @@ and mixtures that are improper for other reasons are left to the probe.
             for n in walk(value):
                 if not (isinstance(n, cst.BinaryOperation) and isinstance(n.operator, (cst.Add, cst.Subtract))):
                     continue
-                sides = [_Defs.names(n.left), _Defs.names(n.right)]
+                sides = [H.Defs.names(n.left), H.Defs.names(n.right)]
                 exps = [any(isinstance(c, cst.Call) and dotted(c.func).split(".")[-1] in ("exp", "exp2", "pow")
                             for c in walk(x)) for x in (n.left, n.right)]
                 if all(exps) and (bool(sides[0] & spread) != bool(sides[1] & spread)):
@@ -539,7 +447,7 @@ and mixtures that are improper for other reasons are left to the probe.
         pairs of other contexts hashed into it), so the implied probabilities of the candidate tokens
         sum to more than one; a normalised cache divides by the sum of the numerator over all
         candidate tokens instead."""
-        facts = _Defs(ctx, fn)
+        facts = H.Defs(ctx, fn)
         for st in fn.stmts:
             node = st.node
             value = node.value if isinstance(node, (cst.Assign, cst.AnnAssign, cst.Return)) else None
@@ -550,33 +458,42 @@ and mixtures that are improper for other reasons are left to the probe.
                     continue
                 num = facts.lookups(div.left, st)
                 den = facts.lookups(div.right, st)
-                if not num or not den:
-                    continue
-                pair = facts.extension(num, den)
+                pair = facts.extension(num, den) if num and den else None
+                keys, helper = facts, None
+                if pair is None:
+                    keys, helper, pair = facts.returned_pair(div) or (facts, None, None)
                 if pair is None:
                     continue
-                scored = self._reaches_log(ctx, fn, st)
+                scored, caller, call = self._reaches_log(ctx, fn, st), None, None
+                if scored is None:
+                    caller, call, scored = self._caller_log(ctx, fn, st) or (None, None, None)
                 if scored is None:
                     continue
                 (nt, nk, nst), (dt, dk, dst) = pair
+                where = f"enters the score at line {scored.line}: `{ctx.code(scored.node)[:120]}`"
+                if call is not None:
+                    where = (f"returned by {q}() and, at its call in line {call.line} "
+                             f"(`{ctx.code(call.node)[:100]}`), enters the score at line {scored.line}: "
+                             f"`{ctx.code(scored.node)[:100]}`")
                 return self.finding(
                     Layer.STATIC,
                     f"{q}() takes the probability of the realised token as `{nt}` at a hashed (context, token) "
                     f"key over `{dt}` at the context key: the denominator is a count total, not the sum of the "
                     "numerator over the vocabulary, so the implied distribution is not normalised",
                     ctx.location(st.line, q),
-                    [f"ratio at line {st.line}: `{ctx.code(div)[:140]}`",
-                     f"numerator read at line {nst.line} with key `{nk}` (built at line "
-                     f"{facts.key_def(nk).line}: `{ctx.code(facts.key_def(nk).node)[:120]}`)",
+                    [f"ratio at line {st.line}: `{ctx.code(div)[:140]}`"]
+                    + ([f"both counts returned by {helper.qualname}() from one call"] if helper else []) +
+                    [f"numerator read at line {nst.line} with key `{nk}` (built at line "
+                     f"{keys.key_def(nk).line}: `{ctx.code(keys.key_def(nk).node)[:120]}`)",
                      f"denominator read at line {dst.line} with key `{dk}`: `{nk}` hashes the same context and one more "
                      "token",
-                     f"enters the score at line {scored.line}: `{ctx.code(scored.node)[:120]}`",
+                     where,
                      "hashed pair buckets also count other contexts' pairs: summed over every candidate token the "
                      "numerators exceed the context count, so the candidates' probabilities do not sum to one"],
                     confidence=Confidence.MEDIUM,
                     fix="Compute the cache's distribution over the whole vocabulary for the context (the pair counts "
                         "of every candidate token) and divide by their sum; or mix with a closed-form normaliser.",
-                    **ctx.reach_fields(q, st),
+                    **self._reach(ctx, q, st, caller, call),
                 )
         return None
 
@@ -617,6 +534,34 @@ and mixtures that are improper for other reasons are left to the probe.
                     else:
                         continue
                     break
+
+    @staticmethod
+    def _reach(ctx: ModuleContext, q: str, st, caller, call) -> dict:
+        """Reachability of the ratio, or of the call that scores with it when only that is known
+        to run (a cache method called from an eval that a config preset switches on)."""
+        here = ctx.reach_fields(q, st)
+        if caller is None or here.get("reachable"):
+            return here
+        there = ctx.reach_fields(caller.qualname, call)
+        return there if there.get("reachable") else here
+
+    def _caller_log(self, ctx: ModuleContext, fn, st):
+        """(caller, call statement, log statement): `st`'s value is returned by `fn` (a cache's lookup
+        method) and, where another function of the file calls `fn`, the returned value enters a
+        log there (one call level)."""
+        derived = D.tainted_names(ctx, fn, set(st.writes)) if st.writes else set()
+        if not isinstance(st.node, cst.Return) and \
+                not any(isinstance(r.node, cst.Return) and set(r.reads) & derived for r in fn.stmts[st.order:]):
+            return None
+        for caller in ctx.functions.values():
+            if caller is fn:
+                continue
+            for cs in caller.stmts:
+                if cs.writes and any(fn in H.callees(ctx, caller, c) for c in cs.calls):
+                    scored = self._reaches_log(ctx, caller, cs)
+                    if scored is not None:
+                        return caller, cs, scored
+        return None
 
     @staticmethod
     def _reaches_log(ctx: ModuleContext, fn, r):

@@ -48,7 +48,7 @@ class Reachability:
                         args = call.args
                         if args and isinstance(args[0].value, cst.SimpleString):
                             default = None
-                            if len(args) > 1 and isinstance(args[1].value, (cst.SimpleString, cst.Integer)):
+                            if len(args) > 1 and isinstance(args[1].value, (cst.SimpleString, cst.Integer, cst.Float)):
                                 v = args[1].value
                                 default = str(v.evaluated_value) if isinstance(v, cst.SimpleString) else v.value
                             for w in st.writes:
