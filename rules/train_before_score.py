@@ -50,9 +50,11 @@ def lora_eval(model, lora, val_tokens, docs, chunk):
     return total_loss
 '''
 
-_ADAPT_THEN_SCORE = '''
-import torch
-def eval_ttt(model, val_tokens, opt, chunks):
+def adapt_then_score(name: str = "eval_ttt") -> str:
+    """The adapt-then-score loop of PR #518 as a function `name`: each chunk is trained on
+    (`opt.step()`, the body's sixth line) before it is scored (`nll = model(x, y)`, the ninth).
+    The tests build their own cases around it too."""
+    return f'''def {name}(model, val_tokens, opt, chunks):
     loss_sum = 0.0
     for s, e in chunks:
         x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
@@ -64,6 +66,9 @@ def eval_ttt(model, val_tokens, opt, chunks):
         loss_sum += nll.item()
     return loss_sum
 '''
+
+
+_ADAPT_THEN_SCORE = "\nimport torch\n" + adapt_then_score()
 
 _LAST_EPOCH = '''
 import torch

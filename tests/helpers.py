@@ -4,22 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def adapt_then_score(name: str = "eval_ttt") -> str:
-    """The adapt-then-score loop of PR #518 as a function `name`: each chunk is trained on
-    (`opt.step()`, the body's sixth line) before it is scored (`nll = model(x, y)`, the ninth)."""
-    return f'''def {name}(model, val_tokens, opt, chunks):
-    loss_sum = 0.0
-    for s, e in chunks:
-        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
-        loss = model(x, y)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            nll = model(x, y)
-        loss_sum += nll.item()
-    return loss_sum
-'''
+from rules.train_before_score import adapt_then_score  # noqa: F401 - the tests' adapt-then-score source
 
 
 def marker_line(path: str | Path, marker: str) -> int:

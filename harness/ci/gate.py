@@ -37,19 +37,16 @@ from harness.ci.git_changes import Change, GitError, changed_files, materialize,
 from harness.core.findings import AuditResult, ExitCode, Finding, Layer, NotAudited, Severity, worst_exit
 from harness.challenge.layout import record_folder_of
 from harness.core.registry import all_rules
+from harness.core.usage import UsageParser
 
 SARIF_NAME, SUMMARY_NAME, VERDICT_NAME = "golf-audit.sarif", "summary.md", "verdict.json"
 MAX_FOLDERS = 3  # a PR adding more is already a layout finding; audit a few, say so for the rest
 INFORMATIONAL = {"seeds"}  # verify checks that never gate
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(ExitCode.USAGE, f"{self.prog}: usage error: {message}\n")
-
 
 def ci_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="golf-audit ci", description="Gate a Parameter Golf pull request: layout, static audit, "
+    p = UsageParser(prog="golf-audit ci", description="Gate a Parameter Golf pull request: layout, static audit, "
                 "claims vs logs (golf-eval verify), optionally the dynamic toy audit.")
     p.add_argument("--base", required=True, metavar="REF", help="the branch the PR targets (e.g. origin/main or a sha)")
     p.add_argument("--head", default="HEAD", metavar="REF", help="the PR's head commit (default: HEAD)")

@@ -21,15 +21,12 @@ from harness.core.config import Config, ConfigError, load_config
 from harness.core.findings import ExitCode, Severity, worst_exit
 from harness.core.rule import Rule
 from harness.core.registry import all_rules, rule_by_name
+from harness.core.usage import UsageParser
 
 
 class UsageError(Exception):
     pass
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse exits 2 already; keep the message to one line
-        self.exit(ExitCode.USAGE, f"{self.prog}: usage error: {message}\n")
 
 
 def _env_pairs(values: list[str]) -> dict[str, str]:
@@ -58,7 +55,7 @@ exit codes:
 
 
 def audit_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="golf-audit", description="Audit Parameter Golf submissions for compliance.",
+    p = UsageParser(prog="golf-audit", description="Audit Parameter Golf submissions for compliance.",
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("paths", nargs="+", help="submission folders (or .py files)")
     p.add_argument("--format", choices=["text", "json", "sarif", "markdown"], default=None,
@@ -125,7 +122,7 @@ def cmd_rules(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    _Parser(prog="golf-audit rules", description="List the rules.").parse_args(argv)
+    UsageParser(prog="golf-audit rules", description="List the rules.").parse_args(argv)
     table = Table(title="golf-audit rules")
     for col in ("id", "name", "severity", "confidence", "layers", "what it does"):
         table.add_column(col)
@@ -138,7 +135,7 @@ def cmd_rules(argv: list[str]) -> int:
 
 
 def cmd_explain(argv: list[str]) -> int:
-    p = _Parser(prog="golf-audit explain", description="Print a rule's documentation.")
+    p = UsageParser(prog="golf-audit explain", description="Print a rule's documentation.")
     p.add_argument("name")
     args = p.parse_args(argv)
     rule = rule_by_name(args.name)

@@ -28,17 +28,17 @@ class Severity(enum.IntEnum):
 
     @property
     def sarif_level(self) -> str:
-        return {Severity.LOW: "note", Severity.MEDIUM: "warning", Severity.HIGH: "error"}[self]
+        return ("note", "warning", "error")[self - 1]
 
 
 class Confidence(enum.IntEnum):
-    LOW = 1
-    MEDIUM = 2
-    HIGH = 3
+    """The same three levels as Severity; SARIF names its precision after them."""
+
+    LOW, MEDIUM, HIGH = 1, 2, 3
 
     @property
     def sarif_precision(self) -> str:
-        return {Confidence.LOW: "low", Confidence.MEDIUM: "medium", Confidence.HIGH: "high"}[self]
+        return self.name.lower()
 
 
 class Layer(str, enum.Enum):

@@ -62,10 +62,7 @@ def tainted_names(ctx: ModuleContext, fn: Function, seeds: set[str], clean: set[
     # (val_taint, the summaries) ask again with the same arguments each round. A copy is
     # returned, as before: callers own the set they get.
     key = ("tainted", frozenset(seeds), frozenset(clean) if clean else frozenset())
-    hit = fn.memo.get(key)
-    if hit is None:
-        hit = fn.memo[key] = _tainted_names(fn, seeds, clean or set())
-    return set(hit)
+    return set(fn.memoised(key, lambda: _tainted_names(fn, seeds, clean or set())))
 
 
 def _tainted_names(fn: Function, seeds: set[str], clean: set[str]) -> set[str]:
@@ -271,21 +268,14 @@ class ScoreEvent:
 
 
 def optimizer_names(ctx: ModuleContext, fn: Function) -> set[str]:
-    key = ("optimizer_names", id(ctx))
-    hit = fn.memo.get(key)
-    if hit is None:
-        hit = fn.memo[key] = _optimizer_names(ctx, fn)
-    return set(hit)
+    return set(fn.memoised(("optimizer_names", id(ctx)), lambda: _optimizer_names(ctx, fn)))
 
 
 def _module_optimizers(ctx: ModuleContext) -> set[str]:
     """Names the module body binds to an optimizer (every function's optimizer_names starts
     from them: scanned once per file, not once per function)."""
     top = ctx.functions["<module>"]
-    hit = top.memo.get("module_optimizers")
-    if hit is None:
-        hit = top.memo["module_optimizers"] = _optimizer_ctors(ctx, top)
-    return hit
+    return top.memoised("module_optimizers", lambda: _optimizer_ctors(ctx, top))
 
 
 def _optimizer_ctors(ctx: ModuleContext, f: Function) -> set[str]:
@@ -328,11 +318,7 @@ def trains_on(ctx: ModuleContext, fn: Function, t: TrainEvent, names: set[str]) 
 def direct_train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
     # the function's own steps never change; train_events asks for them once per fixed-point
     # round of the summaries and once per rule (a new list each time: callers extend it)
-    key = ("direct_train_events", id(ctx))
-    hit = fn.memo.get(key)
-    if hit is None:
-        hit = fn.memo[key] = _direct_train_events(ctx, fn)
-    return list(hit)
+    return list(fn.memoised(("direct_train_events", id(ctx)), lambda: _direct_train_events(ctx, fn)))
 
 
 def _direct_train_events(ctx: ModuleContext, fn: Function) -> list[TrainEvent]:
@@ -531,10 +517,7 @@ def _fstring_text(node: cst.FormattedString) -> str:
 def reported_names(ctx: ModuleContext, fn: Function) -> set[str]:
     """Names whose values reach what the function reports: its return values, or what it prints
     next to val_loss/val_bpb — closed backwards over assignments."""
-    hit = fn.memo.get("reported_names")
-    if hit is None:
-        hit = fn.memo["reported_names"] = _reported_names(fn)
-    return set(hit)
+    return set(fn.memoised("reported_names", lambda: _reported_names(fn)))
 
 
 def _reported_names(fn: Function) -> set[str]:

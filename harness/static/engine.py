@@ -100,27 +100,32 @@ def _is_node_type(t: type) -> bool:
     return _IS_NODE[t]
 
 
+def _push_children(n: cst.CSTNode, cls: type, push) -> None:
+    """Push the child nodes of `n` (of type `cls`) so that they pop in source order: the one
+    step every walk below shares (read straight from the dataclass fields)."""
+    is_node = _IS_NODE.__getitem__
+    for name in _FIELDS[cls]:
+        v = getattr(n, name, None)
+        if v is None:
+            continue
+        t = type(v)
+        if t is list or t is tuple:
+            for x in reversed(v):
+                if is_node(type(x)):
+                    push(x)
+        elif is_node(t):
+            push(v)
+
+
 def walk(node: cst.CSTNode):
     """Every node below `node` (pre-order), read straight from the dataclass fields: LibCST's own
     visitor machinery rebuilds nodes as it goes and costs several times more."""
     stack = [node]
     pop, push = stack.pop, stack.append
-    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
     while stack:
         n = pop()
         yield n
-        cls = type(n)
-        for name in fields(cls):
-            v = getattr(n, name, None)
-            if v is None:
-                continue
-            t = type(v)
-            if t is list or t is tuple:
-                for x in reversed(v):
-                    if is_node(type(x)):
-                        push(x)
-            elif is_node(t):
-                push(v)
+        _push_children(n, type(n), push)
 
 
 class _Collector:
@@ -172,7 +177,6 @@ def collect(node: cst.CSTNode | None) -> _Collector:
     add_name, add_attr, calls, strings, ifexps = c.names.add, c.attrs.add, c.calls, c.strings, c.ifexps
     stack = [node]
     pop, push = stack.pop, stack.append
-    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
     while stack:
         n = pop()
         cls = type(n)
@@ -191,17 +195,7 @@ def collect(node: cst.CSTNode | None) -> _Collector:
             continue  # no child nodes
         elif cls is _IfExp:
             ifexps.append(n)
-        for name in fields(cls):
-            v = getattr(n, name, None)
-            if v is None:
-                continue
-            t = type(v)
-            if t is list or t is tuple:
-                for x in reversed(v):
-                    if is_node(type(x)):
-                        push(x)
-            elif is_node(t):
-                push(v)
+        _push_children(n, cls, push)
     return c
 
 
@@ -211,24 +205,13 @@ def names_in(node: cst.CSTNode) -> list[cst.Name]:
     out: list[cst.Name] = []
     stack = [node]
     pop, push = stack.pop, stack.append
-    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
     while stack:
         n = pop()
         cls = type(n)
         if cls is _Name:
             out.append(n)
             continue  # no child nodes
-        for name in fields(cls):
-            v = getattr(n, name, None)
-            if v is None:
-                continue
-            t = type(v)
-            if t is list or t is tuple:
-                for x in reversed(v):
-                    if is_node(type(x)):
-                        push(x)
-            elif is_node(t):
-                push(v)
+        _push_children(n, cls, push)
     return out
 
 
@@ -318,6 +301,13 @@ class Function:
     # facts derived from this function alone (dataflow/summaries memoise them here): the
     # project's fixed points ask for the same ones round after round
     memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def memoised(self, key, compute):
+        """`compute()`, once per key for this function (callers copy what they mutate)."""
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = self.memo[key] = compute()
+        return hit
 
     def loop_body(self, loop_id: int) -> list[Stmt]:
         loop = self.loops[loop_id]

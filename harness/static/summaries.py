@@ -59,10 +59,7 @@ def _data_params(fn: Function) -> list[str]:
     fields (`h.train_seq_len`) or a model that is only called (`model(x, y)`, `model.train()`):
     a loss is computed "from" those too, but training on them is not training on their data."""
     # two walks of the whole body, asked once per round of the summaries' fixed point: memoised
-    hit = fn.memo.get("data_params")
-    if hit is None:
-        hit = fn.memo["data_params"] = _uses_of_params(fn)
-    return list(hit)
+    return list(fn.memoised("data_params", lambda: _uses_of_params(fn)))
 
 
 def _uses_of_params(fn: Function) -> list[str]:

@@ -16,17 +16,14 @@ import traceback
 from pathlib import Path
 
 from harness.core.findings import ExitCode
+from harness.core.usage import UsageParser
 
 DEFAULT_OUT = "golf-audit-triage"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(ExitCode.USAGE, f"{self.prog}: usage error: {message}\n")
-
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="golf-audit triage", description="Audit every pull request of a challenge clone "
+    p = UsageParser(prog="golf-audit triage", description="Audit every pull request of a challenge clone "
                 "(refs/pull/N/head) and write triage.json, triage.md and index.html.")
     p.add_argument("repo", help="a git clone of the challenge repository (bare is fine) with refs/pull/N/head")
     which = p.add_mutually_exclusive_group()
