@@ -315,6 +315,16 @@ def train(model, opt, train_loader, steps):
         Valid(_DISPATCH.replace('{"adapt": ttt_adapt_first}', '{}'),
               "a dispatch table holding only the score-first eval"),
         Valid(_REUSED_NAMES, "PR #1644: warm-up batches and validation chunks share the names x, y"),
+        Valid(_LEGAL_CHUNKED.replace("""        loss_sum += nll.sum()
+""", """        if cache is not None and ci > 0:
+            if mix:
+                loss_sum += (nll - cache).sum()
+            else:
+                loss_sum += nll.sum()
+        else:
+            loss_sum += nll.sum()
+""").replace("chunks, seq_len):", "chunks, seq_len, cache=None, mix=True):"),
+              "PR #797: every branch of the scoring if/else adds the chunk's score, then it is trained on"),
     ]
     INVALID = [
         Invalid(_REUSED_NAMES.replace("""        x, y = train_loader.next_batch(8192, seq)
@@ -357,7 +367,7 @@ def train(model, opt, train_loader, steps):
             if not trains:
                 continue
             scores = self._scores(ctx, fn, tainted)
-            missing = [t for t in trains if not any(self._covers(s, t) for s in scores)]
+            missing = [t for t in trains if not self._covered(scores, t)]
             if missing:
                 judged[id(fn)] = _Judged(ctx, fn, missing, scores, tainted)
         # pass 2: who carries each finding. A function that trains on data it is handed and
@@ -490,7 +500,7 @@ def train(model, opt, train_loader, steps):
         return True
 
     @staticmethod
-    def _covers(s: D.ScoreEvent, t: D.TrainEvent) -> bool:
+    def _before(s: D.ScoreEvent, t: D.TrainEvent) -> bool:
         common = 0
         for a, b in zip(s.stmt.loops, t.stmt.loops):
             if a != b:
@@ -498,9 +508,12 @@ def train(model, opt, train_loader, steps):
             common += 1
         if t.stmt.loops and common == 0:
             return False  # the score is in another loop: it does not grade this step's data first
-        if s.value_order >= t.stmt.order and s.stmt.order >= t.stmt.order:
-            return False
-        return D.guard_cover(s.stmt, t.stmt)
+        return not (s.value_order >= t.stmt.order and s.stmt.order >= t.stmt.order)
+
+    def _covered(self, scores: list, t: D.TrainEvent) -> bool:
+        """Scores taken before the step run whenever it does: one unguarded score, or branches
+        that score on every path (`if mix: loss += mixed else: loss += plain`, PR #797)."""
+        return D.guards_cover([s.stmt for s in scores if self._before(s, t)], t.stmt)
 
     def _finding(self, ctx: ModuleContext, fn: Function, t: D.TrainEvent, scores, tainted):
         evidence = [f"{t.what} at line {t.stmt.line}: `{t.code}` on validation-derived data"]

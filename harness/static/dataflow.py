@@ -500,6 +500,28 @@ def guard_cover(score: Stmt, train: Stmt) -> bool:
     return all((g.code, g.negated) in train_guards for g in score.guards)
 
 
+def guards_cover(scores: list[Stmt], train: Stmt) -> bool:
+    """True when the scores, taken together, run whenever the training step does: each one's
+    guards beyond the step's own are a conjunction, and branches that differ only in one
+    condition (`if a: score` / `else: score`, elif chains, nested ifs) merge until one needs no
+    condition at all."""
+    train_guards = {(g.code, g.negated) for g in train.guards}
+    conjs = {frozenset((g.code, g.negated) for g in s.guards if (g.code, g.negated) not in train_guards)
+             for s in scores}
+    changed = True
+    while changed and frozenset() not in conjs and len(conjs) < 256:
+        changed = False
+        for a in list(conjs):
+            for b in list(conjs):
+                diff = a ^ b
+                if len(diff) == 2 and len({code for code, _ in diff}) == 1:
+                    merged = a - diff
+                    if merged not in conjs:
+                        conjs.add(merged)
+                        changed = True
+    return frozenset() in conjs
+
+
 REPORT_STRING = re.compile(r"val_loss|val_bpb|bpb|final|score", re.I)
 
 
