@@ -7,6 +7,10 @@ its toy preset (reference_model/; a small GPT defined here when it is missing). 
 runs the same eval untraced and traced; the reported ratio is the median over repeats (one
 repeat = one run of each). --ttt adds a score-first TTT loop (score chunk, SGD on it) and
 prints `ratio_ttt: X` too: it measures the backward/optimizer path.
+
+The tracer runs as in a toy run, where torch.compile is shimmed to eager (`eager_only`: no
+per-op dynamo guard, see harness/dynamic/trace/tracer/mode.py). --dynamo-guard measures the
+mode with the guard, as it runs wherever a real torch.compile may run.
 """
 from __future__ import annotations
 
@@ -119,7 +123,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ttt", action="store_true")
+    ap.add_argument("--dynamo-guard", action="store_true", help="keep torch's dynamo guard on the mode")
     args = ap.parse_args()
+    cfg = lambda: TracerConfig(val_stream=val, eager_only=not args.dynamo_guard)  # noqa: E731
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
     val = np.random.default_rng(0).integers(0, _VOCAB, size=args.tokens + 1).astype(np.uint16)
@@ -135,7 +141,7 @@ def main() -> int:
     ratios, base_s, traced_s = [], [], []
     for _ in range(args.repeats):
         b = timed(run_eval)
-        with Tracer(TracerConfig(val_stream=val)) as tr:
+        with Tracer(cfg()) as tr:
             t = timed(run_eval)
         assert any(e.kind == "scored" for e in tr.events), "the tracer recorded no scores"
         base_s.append(b)
@@ -143,13 +149,14 @@ def main() -> int:
         ratios.append(t / b)
     print(f"eval: untraced {statistics.median(base_s):.3f}s traced {statistics.median(traced_s):.3f}s "
           f"({args.tokens} tokens, seq {seq_len}, stride {stride}, batch {batch})")
+    print(f"mode: {'with' if args.dynamo_guard else 'without'} the dynamo guard")
     print(f"ratio: {statistics.median(ratios):.3f}")
     if args.ttt:
         chunk = seq_len * 8
         tr_ratios = []
         for _ in range(args.repeats):
             b = timed(lambda: ttt_eval(model, load(), seq_len, chunk))
-            with Tracer(TracerConfig(val_stream=val)):
+            with Tracer(cfg()):
                 t = timed(lambda: ttt_eval(model, load(), seq_len, chunk))
             tr_ratios.append(t / b)
         print(f"ratio_ttt: {statistics.median(tr_ratios):.3f}")

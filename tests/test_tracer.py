@@ -155,10 +155,18 @@ def test_a_legal_score_first_chunks():
 
 
 # ---------------------------------------------------------------- (b) adapt, then score
-def test_b_adapt_then_score():
+@pytest.mark.parametrize("eager_only", [False, True])
+def test_b_adapt_then_score(eager_only):
+    # eager_only (toy runs: torch.compile shimmed) drops torch's dynamo guard on the mode; the
+    # trace must be the same
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    from harness.dynamic.trace.tracer.mode import EagerTracerMode
+
     val = val_tokens()
     model = make_model()
-    with Tracer(cfg_for(val)) as tr:
+    with Tracer(cfg_for(val, eager_only=eager_only)) as tr:
+        assert isinstance(_get_current_dispatch_mode(), EagerTracerMode) == eager_only
         val_t = load_val(val)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         loss_sum = torch.zeros((), dtype=torch.float64)

@@ -44,6 +44,7 @@ class ShimState:
     installed: list[str] = field(default_factory=list)  # shims put in place
     thread_hooks: list[Callable[[], Any]] = field(default_factory=list)
     mode: Any = None
+    eager_only: bool = False  # torch.compile runs eager: dynamo never evaluates a frame
 
     def note(self, what: str) -> None:
         self.used.add(what)
@@ -288,6 +289,7 @@ def _install_compile(state: ShimState) -> None:
         return model
 
     torch.compile = compile_
+    state.eager_only = True
     try:
         import torch._dynamo as dynamo
         _REAL.setdefault("dynamo.reset", dynamo.reset)

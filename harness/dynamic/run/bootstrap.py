@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 known = {f.name for f in dataclasses.fields(tracer_mod.TracerConfig)}
                 opts = {"submission_dir": cfg.get("submission_dir", ""), "val_files": cfg.get("val_files", [])}
                 opts.update(cfg.get("tracer_options") or {})
+                opts.setdefault("eager_only", shim_state.eager_only)
                 tcfg = tracer_mod.TracerConfig(**{k: v for k, v in opts.items() if k in known})
                 tracer = tracer_mod.Tracer(tcfg)
                 tracer.install()

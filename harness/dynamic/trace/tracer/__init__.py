@@ -148,7 +148,7 @@ class Tracer(DataLoadingMixin, StorageMixin, PropagationMixin, LossMixin, SinkMi
         self._install_patches()
         if not self.scores_only:
             self._install_hooks()
-        mode = TracerMode(self)
+        mode = TracerMode.of(self)
         mode.__enter__()
         self._modes.append(mode)
         self._install_threads()

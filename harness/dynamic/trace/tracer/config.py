@@ -21,3 +21,6 @@ class TracerConfig:
     val_glob: Optional[str] = None  # glob of shards, when neither of the above is given
     max_update_events: int = 200_000  # guard against runaway event counts
     notes: list[str] = field(default_factory=list)
+    # torch.compile is shimmed to eager (toy runs): the dispatch mode may drop torch's per-op
+    # dynamo guard (mode.EagerTracerMode). Off wherever a real torch.compile may run.
+    eager_only: bool = False

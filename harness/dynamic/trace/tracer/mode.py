@@ -42,13 +42,93 @@ def needs_decompose(infos: dict, func, args, kwargs) -> bool:
     return False
 
 
+def _dispatch(self, func, types, args=(), kwargs=None):
+    """`__torch_dispatch__` of both mode classes (one body; a class attribute, so no extra call)."""
+    if kwargs is None:
+        kwargs = {}
+    tr = self.tracer
+    if tr.paused:
+        return func(*args, **kwargs)
+    facts = self._ops.get(id(func))
+    if facts is None or facts[0] is not func:
+        facts = self._op_facts(func)
+    comp = facts[1]
+    if comp and needs_decompose(tr.infos, func, args, kwargs):
+        with self:
+            out = C.decompose(func, args, kwargs)
+        if out is not NotImplemented:
+            return out
+    out = func(*args, **kwargs)
+
+    # One pass over the tensor arguments: which carry provenance, and is it coarse only?
+    infos = tr.infos
+    hit = rich = False
+    mask = 0
+    grad = False
+    in_ids = []
+    try:
+        for a in args:
+            if isinstance(a, Tensor):
+                k = id(a.untyped_storage())
+                in_ids.append(k)
+                i = infos.get(k)
+                if i is None:
+                    continue
+                hit = True
+                if k in tr._watch and not tr._in_step:
+                    tr._reads.add(tr._watch[k])
+                if i.pmap is not None or i.smap is not None or i.stag or i.mark is not None:
+                    rich = True
+                else:
+                    m = i.mask
+                    if m and m is not mask:
+                        mask = m if not mask else (mask | m)
+                    grad = grad or i.grad
+            elif type(a) in (list, tuple):
+                for b in a:
+                    if isinstance(b, Tensor) and id(b.untyped_storage()) in infos:
+                        hit = rich = True
+                        break
+        if kwargs:
+            for a in kwargs.values():
+                if isinstance(a, Tensor) and id(a.untyped_storage()) in infos:
+                    hit = rich = True
+    except (RuntimeError, NotImplementedError):  # tensors without storage
+        return out
+    try:
+        if not hit:
+            special = facts[2]
+            if special is not None:
+                special(func, args, kwargs, out)
+            return out
+        plan = facts[3]
+        if plan.skip or plan.is_view:
+            return out  # c10d ops (the collective patches); views share their input's storage
+        if plan.simple and not rich and isinstance(out, Tensor):
+            # the bulk of traced ops: activations, logits, grads -- a mask union
+            k = id(out.untyped_storage())
+            if k in in_ids:
+                return out
+            grad = grad or C.in_backward()
+            if (mask or grad) and not tr.scores_only:
+                info = tr._info_for(out, create=True)
+                info.mask = mask
+                info.grad = grad
+                info.gen += 1
+            return out
+        tr._on_op(func, args, kwargs, out)
+    except Exception as exc:  # a tracer bug must not change what the submission computes
+        tr._internal_error(func, exc)
+    return out
+
+
 class TracerMode(C.TorchDispatchMode):
     """Thin per-thread mode object; all state lives in the Tracer."""
 
     def __init__(self, tracer: Tracer):
         super().__init__()
         self.tracer = tracer
-        # id(op) -> (op, composite?, the tracer's special handler or None): OpOverload.__hash__
+        # id(op) -> (op, composite?, the tracer's special handler or None, its OpPlan): OpOverload.__hash__
         # is Python code, and the composite / special / plan lookups hashed each op ~2 times
         # (~30k Python calls per toy TTT run); an int key hashes in C. The op is kept in the
         # value and compared, so an id reused by another object is never taken for it.
@@ -58,85 +138,26 @@ class TracerMode(C.TorchDispatchMode):
         comp = _COMPOSITE.get(func)
         if comp is None:
             comp = _COMPOSITE[func] = C.is_composite_implicit(func)
-        facts = self._ops[id(func)] = (func, comp, self.tracer.special.get(func))
+        facts = self._ops[id(func)] = (func, comp, self.tracer.special.get(func), self.tracer._plan(func))
         return facts
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if kwargs is None:
-            kwargs = {}
-        tr = self.tracer
-        if tr.paused:
-            return func(*args, **kwargs)
-        facts = self._ops.get(id(func))
-        if facts is None or facts[0] is not func:
-            facts = self._op_facts(func)
-        comp = facts[1]
-        if comp and needs_decompose(tr.infos, func, args, kwargs):
-            with self:
-                out = C.decompose(func, args, kwargs)
-            if out is not NotImplemented:
-                return out
-        out = func(*args, **kwargs)
+    __torch_dispatch__ = _dispatch  # torch wraps it in torch._dynamo.disable (see EagerTracerMode)
 
-        # One pass over the tensor arguments: which carry provenance, and is it coarse only?
-        infos = tr.infos
-        hit = rich = False
-        mask = 0
-        grad = False
-        in_ids = []
-        try:
-            for a in args:
-                if isinstance(a, Tensor):
-                    k = id(a.untyped_storage())
-                    in_ids.append(k)
-                    i = infos.get(k)
-                    if i is None:
-                        continue
-                    hit = True
-                    if k in tr._watch and not tr._in_step:
-                        tr._reads.add(tr._watch[k])
-                    if i.pmap is not None or i.smap is not None or i.stag or i.mark is not None:
-                        rich = True
-                    else:
-                        m = i.mask
-                        if m and m is not mask:
-                            mask = m if not mask else (mask | m)
-                        grad = grad or i.grad
-                elif type(a) in (list, tuple):
-                    for b in a:
-                        if isinstance(b, Tensor) and id(b.untyped_storage()) in infos:
-                            hit = rich = True
-                            break
-            if kwargs:
-                for a in kwargs.values():
-                    if isinstance(a, Tensor) and id(a.untyped_storage()) in infos:
-                        hit = rich = True
-        except (RuntimeError, NotImplementedError):  # tensors without storage
-            return out
-        try:
-            if not hit:
-                special = facts[2]
-                if special is not None:
-                    special(func, args, kwargs, out)
-                return out
-            plan = tr._plans.get(func)
-            if plan is None:
-                plan = tr._plan(func)
-            if plan.skip or plan.is_view:
-                return out  # c10d ops (the collective patches); views share their input's storage
-            if plan.simple and not rich and isinstance(out, Tensor):
-                # the bulk of traced ops: activations, logits, grads -- a mask union
-                k = id(out.untyped_storage())
-                if k in in_ids:
-                    return out
-                grad = grad or C.in_backward()
-                if (mask or grad) and not tr.scores_only:
-                    info = tr._info_for(out, create=True)
-                    info.mask = mask
-                    info.grad = grad
-                    info.gen += 1
-                return out
-            tr._on_op(func, args, kwargs, out)
-        except Exception as exc:  # a tracer bug must not change what the submission computes
-            tr._internal_error(func, exc)
-        return out
+    @staticmethod
+    def of(tracer: "Tracer") -> "TracerMode":
+        """The mode for this tracer's config: without torch's per-op dynamo guard when the run
+        is eager only (see EagerTracerMode)."""
+        return (EagerTracerMode if tracer.cfg.eager_only else TracerMode)(tracer)
+
+
+class EagerTracerMode(TracerMode):
+    """The same mode without the `torch._dynamo.disable` wrapper torch puts around every
+    `__torch_dispatch__` (three Python calls per op: ~0.1 of the eval's time at toy scale on
+    the TTT path). Only for runs where torch.compile is shimmed to eager, so dynamo never
+    evaluates a frame while the mode is active (the bootstrap sets `eager_only` then)."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    __torch_dispatch__ = _dispatch

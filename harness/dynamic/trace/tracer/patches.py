@@ -89,7 +89,7 @@ class PatchMixin:
         def hook():
             if not tr.installed:
                 return None
-            return TracerMode(tr)
+            return TracerMode.of(tr)
 
         try:
             from harness.dynamic.cpu import shims
