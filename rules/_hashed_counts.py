@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from harness.static.engine import ModuleContext, dotted, looks_hashed, walk
+from harness.static.engine import ModuleContext, dotted, looks_hashed, names_in, walk
 
 
 def callees(ctx: ModuleContext, fn, call: cst.Call) -> list:
@@ -62,21 +62,36 @@ class Defs:
             for w in st.writes:
                 self.defs.setdefault(w, []).append(st)
         self._anc: dict[str, frozenset] = {}
+        self._hashed: dict[str, object] = {}
+        self._values: dict[int, frozenset] = {}  # id(node) -> value_names: the tree outlives this object
+
+    @classmethod
+    def of(cls, ctx: ModuleContext, fn, follow_helpers: bool = True) -> "Defs":
+        """The facts of `fn`, built once per function and file (the check asks again for every
+        ratio and every call into a helper)."""
+        return fn.memoised(("hashed-count defs", id(ctx), follow_helpers), lambda: cls(ctx, fn, follow_helpers))
 
     @staticmethod
     def names(node) -> set[str]:
-        return {n.value for n in walk(node) if isinstance(n, cst.Name)}
+        return {n.value for n in names_in(node)}
 
-    @staticmethod
-    def value_names(node) -> set[str]:
+    def value_names(self, node) -> set[str]:
         """Names a value is computed from, less those only used to select its elements: in
         `s_ctx[seen]` the mask `seen` picks which counts, it is not where they come from."""
-        index = {id(n) for sub in walk(node) if isinstance(sub, cst.Subscript)
-                 for el in sub.slice for n in walk(el.slice) if isinstance(n, cst.Name)}
-        # and the condition of `where(cond, a, b)`
-        index |= {id(n) for c in walk(node) if isinstance(c, cst.Call) and dotted(c.func).split(".")[-1] == "where"
-                  and len(c.args) == 3 for n in walk(c.args[0].value) if isinstance(n, cst.Name)}
-        return {n.value for n in walk(node) if isinstance(n, cst.Name) and id(n) not in index}
+        hit = self._values.get(id(node))
+        if hit is None:
+            hit = self._values[id(node)] = frozenset(self._value_names(node))
+        return set(hit)
+
+    @staticmethod
+    def _value_names(node) -> set[str]:
+        index: set[int] = set()
+        for sub in walk(node):
+            if isinstance(sub, cst.Subscript):
+                index.update(id(n) for el in sub.slice for n in names_in(el.slice))
+            elif isinstance(sub, cst.Call) and len(sub.args) == 3 and dotted(sub.func).split(".")[-1] == "where":
+                index.update(id(n) for n in names_in(sub.args[0].value))  # the condition of where(cond, a, b)
+        return {n.value for n in names_in(node) if id(n) not in index}
 
     def ancestors(self, name: str) -> frozenset:
         """Names `name` is computed from, transitively."""
@@ -99,6 +114,11 @@ class Defs:
     def hashed_def(self, name: str):
         """The statement that hashes `name` (XOR, modulo, a large multiplier), or that binds it from
         a helper of this module whose returned values are hashed (`ck, fk = hash_keys(...)`, PR #797)."""
+        if name not in self._hashed:
+            self._hashed[name] = self._hashed_def(name)
+        return self._hashed[name]
+
+    def _hashed_def(self, name: str):
         for st in self.defs.get(name, ()):
             node = st.node
             if isinstance(node, cst.AugAssign) and isinstance(node.operator, (cst.BitXorAssign, cst.ModuloAssign)):
@@ -118,7 +138,7 @@ class Defs:
             helper = callee(self.ctx, self.fn, call)
             if helper is None or helper is self.fn:
                 continue
-            inner = Defs(self.ctx, helper, follow_helpers=False)
+            inner = Defs.of(self.ctx, helper, follow_helpers=False)
             for st in helper.stmts:
                 ret = st.node.value if isinstance(st.node, cst.Return) else None
                 if ret is not None and (looks_hashed(ret) or any(inner.keyish(n) for n in self.names(ret))):
@@ -206,7 +226,7 @@ class Defs:
         if not a or not b or a[0] is not b[0] or a[1] == b[1]:
             return None
         for helper in callees(self.ctx, self.fn, a[2]):
-            inner = Defs(self.ctx, helper)
+            inner = Defs.of(self.ctx, helper)
             for r in helper.stmts:
                 if not (isinstance(r.node, cst.Return) and isinstance(r.node.value, cst.Tuple)):
                     continue

@@ -447,7 +447,7 @@ and mixtures that are improper for other reasons are left to the probe.
         pairs of other contexts hashed into it), so the implied probabilities of the candidate tokens
         sum to more than one; a normalised cache divides by the sum of the numerator over all
         candidate tokens instead."""
-        facts = H.Defs(ctx, fn)
+        facts = H.Defs.of(ctx, fn)
         for st in fn.stmts:
             node = st.node
             value = node.value if isinstance(node, (cst.Assign, cst.AnnAssign, cst.Return)) else None

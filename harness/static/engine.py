@@ -100,32 +100,27 @@ def _is_node_type(t: type) -> bool:
     return _IS_NODE[t]
 
 
-def _push_children(n: cst.CSTNode, cls: type, push) -> None:
-    """Push the child nodes of `n` (of type `cls`) so that they pop in source order: the one
-    step every walk below shares (read straight from the dataclass fields)."""
-    is_node = _IS_NODE.__getitem__
-    for name in _FIELDS[cls]:
-        v = getattr(n, name, None)
-        if v is None:
-            continue
-        t = type(v)
-        if t is list or t is tuple:
-            for x in reversed(v):
-                if is_node(type(x)):
-                    push(x)
-        elif is_node(t):
-            push(v)
-
-
 def walk(node: cst.CSTNode):
     """Every node below `node` (pre-order), read straight from the dataclass fields: LibCST's own
     visitor machinery rebuilds nodes as it goes and costs several times more."""
     stack = [node]
     pop, push = stack.pop, stack.append
+    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
     while stack:
         n = pop()
         yield n
-        _push_children(n, type(n), push)
+        cls = type(n)
+        for name in fields(cls):
+            v = getattr(n, name, None)
+            if v is None:
+                continue
+            t = type(v)
+            if t is list or t is tuple:
+                for x in reversed(v):
+                    if is_node(type(x)):
+                        push(x)
+            elif is_node(t):
+                push(v)
 
 
 class _Collector:
@@ -177,6 +172,7 @@ def collect(node: cst.CSTNode | None) -> _Collector:
     add_name, add_attr, calls, strings, ifexps = c.names.add, c.attrs.add, c.calls, c.strings, c.ifexps
     stack = [node]
     pop, push = stack.pop, stack.append
+    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
     while stack:
         n = pop()
         cls = type(n)
@@ -195,7 +191,17 @@ def collect(node: cst.CSTNode | None) -> _Collector:
             continue  # no child nodes
         elif cls is _IfExp:
             ifexps.append(n)
-        _push_children(n, cls, push)
+        for name in fields(cls):
+            v = getattr(n, name, None)
+            if v is None:
+                continue
+            t = type(v)
+            if t is list or t is tuple:
+                for x in reversed(v):
+                    if is_node(type(x)):
+                        push(x)
+            elif is_node(t):
+                push(v)
     return c
 
 
@@ -205,13 +211,24 @@ def names_in(node: cst.CSTNode) -> list[cst.Name]:
     out: list[cst.Name] = []
     stack = [node]
     pop, push = stack.pop, stack.append
+    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
     while stack:
         n = pop()
         cls = type(n)
         if cls is _Name:
             out.append(n)
             continue  # no child nodes
-        _push_children(n, cls, push)
+        for name in fields(cls):
+            v = getattr(n, name, None)
+            if v is None:
+                continue
+            t = type(v)
+            if t is list or t is tuple:
+                for x in reversed(v):
+                    if is_node(type(x)):
+                        push(x)
+            elif is_node(t):
+                push(v)
     return out
 
 
