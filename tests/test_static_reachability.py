@@ -182,3 +182,20 @@ def test_a_rank_guard_gates_no_path(tmp_path: Path):
     (tmp_path / "train_seed42.log").write_text("waiting for rank 0 to finish the ttt eval\nttt_final val_bpb:1.1\n")
     f = _by_function(audit_folder_static(tmp_path))["ttt_eval"]
     assert f.reachable is True and f.severity == Severity.HIGH and "RANK" not in f.flags
+
+
+def test_a_comparison_in_another_conjunct_does_not_flip_the_flag(tmp_path: Path):
+    """`if use_cache and rank == 0: print("ngram_cache: hits=...")` printed in the logs shows the
+    switch was on; the `== 0` belongs to the rank (PR #769 read as NGRAM_CACHE=0 before)."""
+    script = SCRIPT.replace('''    if args.ttt_enabled:
+        print(f"ttt_final val_bpb:{ttt_eval(model, val_tokens, opt, chunks):.4f}")''', '''    if args.ttt_enabled:
+        score = ttt_eval(model, val_tokens, opt, chunks)
+    world = len(chunks)
+    if args.ttt_enabled and world == 0:
+        print(f"ttt_cache_stats: hits={world}")''')
+    assert script != SCRIPT
+    (tmp_path / "train_gpt.py").write_text(script)
+    (tmp_path / "train_seed42.log").write_text("ttt_cache_stats: hits=12\n")
+    result = audit_folder_static(tmp_path)
+    assert result.env_flags.get("TTT_ENABLED") == "1"
+    assert _by_function(result)["ttt_eval"].severity == Severity.HIGH

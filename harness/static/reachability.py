@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from harness.static.engine import ModuleContext, dotted
+from harness.static.engine import ModuleContext, dotted, walk
 
 FALSY = {"", "0", "false", "False", "no", "off", "None"}
 
@@ -111,12 +111,28 @@ class Reachability:
                 value = self.env.get(var.name, var.default)
                 truthy = value is not None and value not in FALSY
                 wanted_truthy = not g.negated
-                if "not " in g.code or "== 0" in g.code or '== "0"' in g.code:
+                code = self._conjunct_code(g.node, name) or g.code
+                if "not " in code or "== 0" in code or '== "0"' in code:
                     wanted_truthy = not wanted_truthy
                 need[var.name] = "1" if wanted_truthy else "0"
                 if truthy != wanted_truthy:
                     ok = False
         return ok, need
+
+    def _conjunct_code(self, node, name: str) -> str | None:
+        """The source of the one `and`-conjunct of a guard that reads `name`: in
+        `use_cache and rank == 0` the `== 0` is the rank's, not the switch's (PR #769)."""
+        parts, todo = [], [node]
+        while todo:
+            n = todo.pop()
+            if isinstance(n, cst.BooleanOperation) and isinstance(n.operator, cst.And):
+                todo += [n.left, n.right]
+            else:
+                parts.append(n)
+        if len(parts) < 2:
+            return None
+        mine = [p for p in parts if any(isinstance(x, cst.Name) and x.value == name for x in walk(p))]
+        return self.ctx.code(mine[0]) if len(mine) == 1 else None
 
     def entry_points(self) -> list[tuple[str, tuple]]:
         top = self.ctx.functions["<module>"]
@@ -168,10 +184,12 @@ class Reachability:
 
     def flags_from_logs(self, log_text: str) -> dict[str, str]:
         """Flags a run must have had, judged from what its logs printed: a literal message that
-        only code behind a flag prints (`log0(f"ttt_final val_loss:...")`) shows the flag was on."""
-        inferred: dict[str, str] = {}
+        only code behind a flag prints (`log0(f"ttt_final val_loss:...")`) shows the flag was on.
+        A flag the logs show both on and off (a folder holding logs of several runs or script
+        versions, PR #769) is left out: each value ran, so neither path is cleared by the logs."""
+        seen: dict[str, set[str]] = {}
         if not log_text:
-            return inferred
+            return {}
         for q, fn in self.ctx.functions.items():
             for st in fn.stmts:
                 for call in st.calls:
@@ -181,8 +199,8 @@ class Reachability:
                     if len(prefix) >= 8 and prefix in log_text:
                         reach = self.at(q, st.guards)
                         for k, v in reach.flags.items():
-                            inferred.setdefault(k, v)
-        return inferred
+                            seen.setdefault(k, set()).add(v)
+        return {k: next(iter(vs)) for k, vs in seen.items() if len(vs) == 1}
 
     def at(self, qualname: str, stmt_guards=()) -> Reach:
         """Reachability of a statement: its function's, plus the statement's own guards."""
