@@ -105,6 +105,31 @@ def main(args, model):
     print(eval_val_hinted(model, val_tokens))
 '''
 
+# the cache is an object the eval builds and updates through its methods (PR #769's shape): the
+# project does not resolve `cache.update(...)`, every call of a method of that name is in the eval
+_CACHE_OBJECT_IN_THE_EVAL = '''
+import numpy as np
+class CountCache:
+    def __init__(self, buckets):
+        self.counts = np.zeros(buckets, dtype=np.int64)
+
+    def update(self, ctx, targets):
+        keys = _hash_ngrams(ctx, targets, self.counts.size)
+        np.add.at(self.counts, keys, 1)
+
+def eval_val_cached(model, val_tokens, chunks):
+    cache = CountCache(1 << 16)
+    total = 0.0
+    for s, e in chunks:
+        total += score_chunk(model, val_tokens, s, e, cache)
+        cache.update(val_tokens[s:e - 1], val_tokens[s + 1:e])
+    return total
+
+def main(args, model):
+    val_tokens = load_validation_tokens(args.val_files, 1024)
+    print(eval_val_cached(model, val_tokens, make_chunks(val_tokens)))
+'''
+
 # the same table built from validation tokens and saved with the weights: graded text in the artifact
 _NGRAM_TABLE_IN_ARTIFACT = '''
 import torch
@@ -161,6 +186,7 @@ class ValDataInTraining(Rule):
              Valid(_TRAIN_LOOP.replace("DistributedTokenLoader(args.val_files", "DistributedTokenLoader(args.train_files"),
                    "training loop over the training shards"),
              Valid(_HINTS_INSIDE_THE_EVAL, "an n-gram hint pass built by a helper of the eval: eval-time state"),
+             Valid(_CACHE_OBJECT_IN_THE_EVAL, "PR #769's shape: a count cache the eval updates through its methods"),
              Valid(_VAL_SHARD_RETOKENISED, "the validation split re-tokenised into its own shard name (data prep)")]
     INVALID = [Invalid(_GPTQ_ON_VAL, line=4, function="main", note="GPTQ Hessians on val_tokens"),
                Invalid(_TRAIN_LOOP, line=10, function="main", message_contains="loader",
@@ -243,11 +269,28 @@ class ValDataInTraining(Rule):
         is (a call inside an eval, a result handed to an eval, or a caller that is in turn)."""
         if D.EVAL_FUNC.search(fn.name):
             return True
-        sites = project.sites(fn) if id(fn) not in seen else []
-        return bool(sites) and all(
-            D.EVAL_FUNC.search(site.fn.name) or cls._eval_time_state(site.fn, site.stmt)
-            or cls._for_the_eval(project, site.fn, seen | {id(fn)})
-            for site in sites)
+        if id(fn) in seen:
+            return False
+        callers = [(site.fn, site.stmt) for site in project.sites(fn)] or cls._method_callers(project, fn)
+        return bool(callers) and all(
+            D.EVAL_FUNC.search(caller.name) or cls._eval_time_state(caller, st)
+            or cls._for_the_eval(project, caller, seen | {id(fn)})
+            for caller, st in callers)
+
+    @staticmethod
+    def _method_callers(project, fn) -> list:
+        """(caller, statement) of `obj.method(...)` calls of a method the project does not resolve
+        (`cache = NgramCache(...)`, then `cache.update(...)` in the eval, PR #769): every call of
+        an attribute of that name in the files. Over-inclusive on purpose: one caller outside an
+        eval keeps the finding."""
+        if "." not in fn.qualname:
+            return []
+        out = []
+        for _ctx, caller in project.functions():
+            for st in caller.stmts:
+                if any(isinstance(c.func, cst.Attribute) and c.func.attr.value == fn.name for c in st.calls):
+                    out.append((caller, st))
+        return out
 
     def _training_loop(self, ctx: ModuleContext, fn, tainted: set[str]):
         """A training loop whose batches come from a loader built over validation data."""
