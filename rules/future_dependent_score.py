@@ -65,8 +65,8 @@ for chunk in chunks:
     train(chunk)               # then adapt on what was just scored
 """
     known_problems = """
-Needs a deterministic eval: an unmodified re-run must give identical scores (checked first; otherwise
-the probe reports "not audited"). Only the positions chosen are probed (a long document past its first
+Needs a deterministic eval: scores no change can reach must be identical in every run (when a probe
+run differs, an unmodified re-run tells noise from cause; a nondeterministic eval is "not audited"). Only the positions chosen are probed (a long document past its first
 TTT chunk, and everything before it); a dependence that shows elsewhere only is missed. Tokens are
 replaced by other non-boundary tokens that occur in the stream, so document boundaries stay in place.
 """

@@ -106,6 +106,38 @@ def test_autocast_cuda_runs_float32_by_default_and_bf16_on_request(tmp_path):
     assert check(tmp_path, body, autocast="bf16").split()[:2] == ["torch.bfloat16", "torch.bfloat16"]
 
 
+def test_float32_autocast_casts_mixed_matmul_inputs_only_inside_the_region(tmp_path):
+    """A bf16 model with fp32 LoRA factors (the April phased-TTT records) relies on CUDA autocast
+    to mix them; in the float32 region both become float32, outside it the error stays, as on a GPU."""
+    out = check(tmp_path, """
+        w = torch.randn(4, 4).bfloat16()
+        a = torch.randn(2, 4, requires_grad=True)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            y = a @ w
+            z = torch.nn.functional.linear(a, w)
+        y.sum().backward()
+        print(y.dtype, z.dtype, a.grad.dtype)
+        try:
+            a @ w
+        except RuntimeError:
+            print("outside: error")
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=False):
+            try:
+                a @ w
+            except RuntimeError:
+                print("disabled: error")
+        print(shims.describe())
+    """)
+    assert out.split()[:3] == ["torch.float32", "torch.float32", "torch.float32"]
+    assert "outside: error" in out and "disabled: error" in out
+    assert "mixed-dtype matmul inputs cast to float32" in out
+    assert check(tmp_path, """
+        w = torch.randn(4, 4).bfloat16(); a = torch.randn(2, 4)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            print((a.bfloat16() @ w).dtype)
+    """).split()[0] == "torch.bfloat16"  # one dtype: left as the script wrote it
+
+
 def test_inference_mode_is_no_grad_so_ttt_backward_works(tmp_path):
     out = check(tmp_path, """
         lin = torch.nn.Linear(4, 4)

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "toy_data": None,
     "blackbox_budget": 6,  # runs per layout of the code-length probe (K = budget - 2 candidates)
     "blackbox": "auto",  # the code-length probe: "auto" (when the tracer saw no scores), "always", "off"
+    # CPU autocast of the runs: None = float32, rerun in bf16 when the script needs it; the
+    # trace run's choice is kept for the probe runs (a failed float32 attempt each costs a run)
+    "autocast": None,
 }
 
 # ---------------------------------------------------------------- inputs
@@ -99,6 +102,8 @@ def _run(folder: Path, env: dict, data: dict, options: dict, *, trace: bool = Tr
     kwargs: dict[str, Any] = dict(env=explicit, submission_env=own, toy_data=data, nproc=int(options["nproc"]), trace=trace,
                                   tracer_options=tracer_options, val_override=val_override,
                                   timeout_s=int(options["timeout_s"]))
+    if options.get("autocast"):
+        kwargs["shim_options"] = {"autocast": str(options["autocast"])}
     if options.get("allow_network"):
         kwargs["allow_network"] = True
     if options.get("allow_weak_sandbox"):
@@ -181,6 +186,10 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
 
     result = _run(folder, env, data, opts, trace=True)
     res.stats["trace_run_wall_s"] = round(float(result.wall_s or 0.0), 1)
+    from harness.dynamic.run.runner import BF16_RERUN_NOTE
+
+    if not opts.get("autocast") and any(str(n).startswith(BF16_RERUN_NOTE) for n in (result.notes or [])):
+        opts = {**opts, "autocast": "bf16"}
     res.notes.extend(str(n) for n in (result.notes or []))
     res.warnings.extend(w for w in getattr(result, "warnings", []) if w not in res.warnings)
     why = _failure(result)

@@ -286,8 +286,9 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
     rep.plan = {"position": i, "doc": list(plan.doc), "why": plan.why,
                 "changed": [list(r) for r in ranges_of(plan.changed)], "candidates": plan.candidates}
 
-    # every run, planned up front: noise (unmodified), causality, properness (one value each)
-    jobs: list[tuple[str, np.ndarray]] = [("noise", tokens.copy())]
+    # every run, planned up front: causality, properness (one value each); the noise re-run
+    # (unmodified) is run only when a probe run shows a difference (see below)
+    jobs: list[tuple[str, np.ndarray]] = []
     extra = budget - 1
     if extra > 0 or exhaustive:
         override = tokens.copy()
@@ -320,15 +321,23 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = dict(zip([j[0] for j in jobs], pool.map(run, jobs)))
     else:
-        results = {}
-        for job in jobs:
-            results[job[0]] = run(job)
-            if job[0] == "noise" and not isinstance(results["noise"], ProbeError):
-                noise, _, _, _ = compare(base, results["noise"], np.arange(n, dtype=np.int64))
-                if not np.isfinite(noise) or noise > NOISE_LIMIT:
-                    break  # nondeterministic: the other runs would be wasted
+        results = {job[0]: run(job) for job in jobs}
 
-    # 1. noise: an unmodified re-run must reproduce every score
+    # 1. noise. A deterministic eval scores every position that no change can reach exactly as
+    # the baseline did; when all probe runs show that (and no sum above one), an unmodified
+    # re-run would measure nothing, and is saved: the noise is what those positions show.
+    # Any difference, failure or improper sum pays for the re-run, which tells noise from cause.
+    _judge_runs(rep, base, scored, plan, cands, results, tokens, n, exhaustive, period, vocab, run_fn, run,
+                copies, log)
+    quiet = (not rep.not_run and all("error" not in c and c["max_delta"] <= NOISE_LIMIT for c in rep.causality)
+             and all(p["sum_p"] <= 1.0 for p in rep.properness))
+    if quiet and (rep.causality or rep.properness):
+        rep.noise = max([c["max_delta"] for c in rep.causality] or [0.0])
+        rep.tol = max(TOL_FLOOR, 10 * rep.noise)
+        rep.plan["noise_from"] = "the probe runs' positions that no change reaches (no re-run needed)"
+        return rep
+    rep.causality, rep.properness, rep.not_run = [], [], None
+    results["noise"] = run(("noise", tokens.copy()))
     again = results["noise"]
     if isinstance(again, ProbeError):
         rep.not_run = f"the unmodified re-run failed: {again}"
@@ -340,6 +349,17 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
                        f"{noise:.3g} nats (limit {NOISE_LIMIT:g})")
         return rep
     rep.tol = max(TOL_FLOOR, 10 * noise)
+    rep.plan["noise_from"] = "an unmodified re-run"
+    _judge_runs(rep, base, scored, plan, cands, results, tokens, n, exhaustive, period, vocab, run_fn, run,
+                copies, log)
+    return rep
+
+
+def _judge_runs(rep: ProbeReport, base: Occurrences, scored: np.ndarray, plan, cands: list, results: dict,
+                tokens: np.ndarray, n: int, exhaustive: bool, period: int | None, vocab: int | None,
+                run_fn: RunFn, run: Callable, copies: bool, log: Callable[[str], None]) -> None:
+    """Causality and properness records of the probe runs in `results`, at tolerance rep.tol."""
+    i = plan.position
 
     def causality(occ: Occurrences, changed: np.ndarray, label: str) -> None:
         first = int(changed.min())
@@ -371,14 +391,26 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
         else:
             causality(occ, plan.changed, "causality")
     # 3. properness
+    V = vocab or int(tokens.max()) + 1
     if copies:
-        try:
-            exhaustive_in_one_run(rep, tokens, base, i, period, vocab or int(tokens.max()) + 1, run_fn, plan.why)
-            return rep
-        except ProbeError as exc:
-            rep.runs.append({"label": "exhaustive-copies", "wall_s": 0.0, "note": str(exc)})
-            log(f"exhaustive copies not usable: {exc}; one run per value instead")
-            for j, v in enumerate(cands[1:], 1):
+        occ = results.get("exhaustive-copies")
+        if occ is None:
+            try:
+                occ = exhaustive_in_one_run(tokens, i, period, V, run_fn, rep)
+            except ProbeError as exc:
+                occ = exc
+            results["exhaustive-copies"] = occ
+        if not isinstance(occ, ProbeError):
+            try:
+                _copies_properness(rep, occ, i, int(tokens[i]), period, V, plan.why)
+                return
+            except ProbeError as exc:
+                occ = exc
+        if not any(r.get("note") for r in rep.runs if r["label"] == "exhaustive-copies"):
+            rep.runs.append({"label": "exhaustive-copies", "wall_s": 0.0, "note": str(occ)})
+            log(f"exhaustive copies not usable: {occ}; one run per value instead")
+        for j, v in enumerate(cands[1:], 1):
+            if f"properness-{j}" not in results:
                 override = tokens.copy()
                 override[i] = v
                 results[f"properness-{j}"] = run((f"properness-{j}", override))
@@ -390,7 +422,7 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
             break
         if isinstance(occ, ProbeError):
             rep.not_run = f"a properness run failed: {occ}"
-            return rep
+            return
         nll_by_cand.append(np.array([occ.nll[kk][i] if kk < occ.depth() else np.nan for kk in range(depth)]))
         causality(occ, np.array([i]), f"properness-{j}")
     cands = cands[: len(nll_by_cand)]
@@ -411,25 +443,27 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
                 "frame": _frame_dict(base, kk, i),
                 "why": plan.why,
             })
-    return rep
 
 
-def exhaustive_in_one_run(rep: ProbeReport, tokens: np.ndarray, base: Occurrences, i: int, period: int,
-                          vocab: int, run_fn: RunFn, why: str) -> None:
-    """Every vocabulary value at once, for evals whose prediction at p depends only on a bounded
-    window before p (plain and sliding-window evals). The stream is rebuilt from copies of the
-    `period` tokens ending at i, laid end to end; copy k ends with value v_k. With `period` a
-    multiple of every window length and stride, each copy's last token is predicted from the same
-    context at the same place in its window, so the copies give NLL_i(v) for every v in one run.
-    Copies 1 and the last keep the true token: if their scores differ the eval carries state across
-    windows (TTT, caches) and the premise fails (ProbeError: fall back to one run per value)."""
+def _copies_stream(tokens: np.ndarray, i: int, period: int, vocab: int) -> tuple[np.ndarray, list[int]]:
     if i + 1 < period:
         raise ProbeError(f"position {i} has fewer than {period} tokens before it")
     seg = tokens[i - period + 1: i + 1].copy()
     true = int(tokens[i])
     values = [true, true] + list(range(vocab)) + [true, true]  # copy 0 warms up, the last pads
     stream = np.concatenate([np.concatenate([seg[:-1], [v]]) for v in values] + [seg[:1]]).astype(tokens.dtype)
-    ends = np.arange(len(values)) * period + period - 1
+    return stream, values
+
+
+def exhaustive_in_one_run(tokens: np.ndarray, i: int, period: int, vocab: int, run_fn: RunFn,
+                          rep: ProbeReport) -> Occurrences:
+    """Every vocabulary value at once, for evals whose prediction at p depends only on a bounded
+    window before p (plain and sliding-window evals). The stream is rebuilt from copies of the
+    `period` tokens ending at i, laid end to end; copy k ends with value v_k. With `period` a
+    multiple of every window length and stride, each copy's last token is predicted from the same
+    context at the same place in its window, so the copies give NLL_i(v) for every v in one run
+    (read by _copies_properness)."""
+    stream, _ = _copies_stream(tokens, i, period, vocab)
     t0 = time.perf_counter()
     t = run_fn(stream, "exhaustive-copies")
     rep.runs.append({"label": "exhaustive-copies", "wall_s": round(time.perf_counter() - t0, 2),
@@ -437,6 +471,15 @@ def exhaustive_in_one_run(rep: ProbeReport, tokens: np.ndarray, base: Occurrence
     occ = Occurrences.of(t, len(stream))
     if not occ.depth():
         raise ProbeError("the copied stream produced no scores")
+    return occ
+
+
+def _copies_properness(rep: ProbeReport, occ: Occurrences, i: int, true: int, period: int, vocab: int,
+                       why: str) -> None:
+    """Copies 1 and the last keep the true token: if their scores differ the eval carries state
+    across windows (TTT, caches) and the premise fails (ProbeError: fall back to one run per value)."""
+    values = [true, true] + list(range(vocab)) + [true, true]
+    ends = np.arange(len(values)) * period + period - 1
     found = False
     for kk in range(occ.depth()):
         nll = occ.nll[kk][ends]

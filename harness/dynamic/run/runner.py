@@ -256,6 +256,9 @@ _DTYPE_MISMATCH = ("expected scalar type", "same dtype", "expected m1 and m2", "
                    "should be the same", "expected both vectors to have same dtype")
 
 
+BF16_RERUN_NOTE = "autocast: float32 run failed"
+
+
 def _retry_with_bf16_autocast(run_once):
     """`autocast(device_type="cuda")` regions first run in float32 (CPU bf16 autocast was
     measured ~9x slower). A script that relies on autocast to mix dtypes (bf16 weights, fp32
@@ -276,7 +279,7 @@ def _retry_with_bf16_autocast(run_once):
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         second = run_once(folder, scratch=scratch, shim_options={**shim_options, "autocast": "bf16"}, **kwargs)
-        second.notes.insert(0, f"autocast: float32 run failed ({first.error}); reran with CPU bf16 autocast")
+        second.notes.insert(0, f"{BF16_RERUN_NOTE} ({first.error}); reran with CPU bf16 autocast")
         second.wall_s += first.wall_s
         return second
 
