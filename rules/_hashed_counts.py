@@ -7,27 +7,21 @@ from __future__ import annotations
 import libcst as cst
 
 from harness.static.engine import ModuleContext, dotted, looks_hashed, names_in, walk
+from harness.static.project import project_of
 
 
 def callees(ctx: ModuleContext, fn, call: cst.Call) -> list:
     """Functions of this file a call may run: what the project resolves (`helper(...)`,
-    `self._hashes(...)`), else, for `obj.name(...)`, the methods called `name` of its classes."""
-    if ctx.project is not None:
-        hits = [f for c, f in ctx.project.callees(ctx, fn, call) if c is ctx]
-        if hits:
-            return hits
-    name = dotted(call.func)
-    if name in ctx.functions and name != "<module>":
-        return [ctx.functions[name]]
+    `self._hashes(...)`, `cache.update(...)` after `cache = NgramCache(...)`), else, for an
+    object it cannot trace (a parameter, a factory's result), every class's method of that name:
+    over-inclusive on purpose, a cache's lookup is worth reading wherever it may be."""
+    hits = [f for c, f in project_of(ctx).callees(ctx, fn, call) if c is ctx]
+    if hits:
+        return hits
     if isinstance(call.func, cst.Attribute):
         attr = call.func.attr.value
-        found = [f for q, f in ctx.functions.items() if q.endswith("." + attr) and q.count(".") == 1
-                 and not q.split(".")[0][:1].islower()]
-        # `cache = NgramCache(...)` in the caller names the class
-        obj = dotted(call.func.value)
-        made = {dotted(c.func) for st in fn.stmts if obj in st.writes and isinstance(st.node, cst.Assign)
-                for c in st.calls}
-        return [f for f in found if f.qualname.split(".")[0] in made] or found
+        return [f for q, f in ctx.functions.items() if q.endswith("." + attr) and q.count(".") == 1
+                and not q.split(".")[0][:1].islower()]
     return []
 
 

@@ -280,9 +280,10 @@ class ValDataInTraining(Rule):
     @staticmethod
     def _method_callers(project, fn) -> list:
         """(caller, statement) of `obj.method(...)` calls of a method the project does not resolve
-        (`cache = NgramCache(...)`, then `cache.update(...)` in the eval, PR #769): every call of
-        an attribute of that name in the files. Over-inclusive on purpose: one caller outside an
-        eval keeps the finding."""
+        (an object it cannot trace to its class: a parameter, a factory's result; the project
+        resolves `cache = NgramCache(...)`, then `cache.update(...)`, PR #769): every call of an
+        attribute of that name in the files. Over-inclusive on purpose: one caller outside an eval
+        keeps the finding."""
         if "." not in fn.qualname:
             return []
         out = []

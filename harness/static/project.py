@@ -146,8 +146,10 @@ class Project:
     def _by_attribute(self, ctx, fn, func: cst.Attribute, depth: int) -> list[tuple[ModuleContext, Function]]:
         attr = func.attr.value
         base = func.value
+        if isinstance(base, cst.Attribute):  # `self.cache.update(...)`: the class `self.cache` holds
+            return self._methods_of(self._constructed(ctx, fn, base), attr)
         if not isinstance(base, cst.Name):
-            return []  # `self.layer(...)` and `obj.method(...)`: see instance_callees
+            return []  # `self.layer(...)`: see instance_callees
         if base.value in SELF_NAMES:
             cls = self._class_of(fn)
             method = ctx.functions.get(f"{cls}.{attr}") if cls else None
@@ -157,7 +159,57 @@ class Project:
             target = imported[0]
             found = target.functions.get(attr)
             return [(target, found)] if found is not None else self._class_call(target, attr)
-        return []
+        # `cache = NgramCache(...)`, then `cache.update(...)`: the method of the class it holds
+        return self._methods_of(self._constructed(ctx, fn, base), attr)
+
+    def _constructed(self, ctx, fn, obj: cst.BaseExpression) -> list[tuple[ModuleContext, str]]:
+        """(file, class name) of the project classes `obj` was built from: `obj = Cls(...)`, the
+        nearest such assignment before the call in `fn`, else at module level; for `self.x`, the
+        `self.x = Cls(...)` assignments in the methods of `fn`'s class."""
+        if isinstance(obj, cst.Name):
+            assigns: list[Stmt] = []
+            for scope in (fn, ctx.functions["<module>"]):
+                found = self._assignments(scope).get(obj.value, [])
+                if scope is fn:
+                    found = [st for st in found if st.order < self._at][-1:] or found
+                if found:
+                    assigns = found
+                    break
+            values = [st.node.value for st in assigns]
+        elif (isinstance(obj, cst.Attribute) and isinstance(obj.value, cst.Name)
+              and obj.value.value in SELF_NAMES and self._class_of(fn)):
+            cls = self._class_of(fn)
+            values = [st.node.value for q, method in ctx.functions.items() if q.startswith(cls + ".")
+                      for st in method.stmts if isinstance(st.node, cst.Assign)
+                      and any(isinstance(t.target, cst.Attribute) and isinstance(t.target.value, cst.Name)
+                              and t.target.value.value in SELF_NAMES and t.target.attr.value == obj.attr.value
+                              for t in st.node.targets)]
+        else:
+            return []
+        out = []
+        for value in values:
+            if not isinstance(value, cst.Call):
+                continue
+            if isinstance(value.func, cst.Name):
+                imported = self.resolve_import(ctx, value.func.value)
+                out.append(imported if imported is not None and imported[1] else (ctx, value.func.value))
+            elif isinstance(value.func, cst.Attribute) and isinstance(value.func.value, cst.Name):
+                imported = self.resolve_import(ctx, value.func.value.value)  # `ngram.Cache(...)`
+                if imported is not None and not imported[1]:
+                    out.append((imported[0], value.func.attr.value))
+        return out
+
+    @staticmethod
+    def _methods_of(classes: list[tuple[ModuleContext, str]], attr: str) -> list[tuple[ModuleContext, Function]]:
+        out = []
+        for cctx, cls in classes:
+            top = cctx.functions["<module>"].stmts
+            if not any(st.kind == "class" and cls in st.writes for st in top):
+                continue  # a factory function's nested def is not a method of what it returns
+            method = cctx.functions.get(f"{cls}.{attr}")
+            if method is not None and all(m is not method for _, m in out):
+                out.append((cctx, method))
+        return out
 
     def instance_callees(self, ctx, fn, func: cst.Attribute) -> list[tuple[ModuleContext, Function]]:
         """`self.bigram(...)` where the class sets `self.bigram = BigramHash(...)`: the layer's
