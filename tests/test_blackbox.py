@@ -225,3 +225,14 @@ def test_a_layout_that_prints_no_result_line_passes_to_the_next():
     rep = probe(skips_at_stride_one)
     assert not rep.not_run, rep.not_run
     assert any("stride-1 windows: candidate" in n and "printed no" in n for n in rep.notes)
+
+
+def test_when_every_layout_fails_the_reason_names_each():
+    # PR #770 again: the toy layout's totals miss targets and the one-token layout skips the
+    # sliding eval; the report must say what each layout did, not only the last one
+    def prints_nothing(s, what, extra):
+        return []
+
+    rep = probe(prints_nothing)
+    assert rep.not_run.startswith("no layout gave totals to judge (3 tried; the toy profile: ")
+    assert "stride-1 windows: " in rep.not_run and "one-token sequences: " in rep.not_run

@@ -215,6 +215,9 @@ def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int
         if not rep.not_run or rep.not_run.startswith(_FINAL):
             break  # judged, or a reason no other layout changes
     rep.notes[:0] = [f"layout {t}" for t in tried[:-1]]
+    if len(tried) > 1 and rep.not_run and not rep.not_run.startswith(_FINAL):
+        # every layout failed, each for its own reason: the first one's is the eval as it runs
+        rep.not_run = f"no layout gave totals to judge ({len(tried)} tried; " + "; ".join(tried) + ")"
     if tried and not rep.not_run:
         rep.notes.insert(0, f"layout: {tried[-1].split(':')[0]}")
     rep.wall_s = round(time.perf_counter() - t0, 1)
