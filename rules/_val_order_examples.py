@@ -60,6 +60,19 @@ def train_on_val(run):  # val shards in the training loader: updates before any 
     run.score("eval_val", 40, [(1, 25)], nll=2.0)
 
 
+def mixer_outside_torch(run):  # PR #813: the claimed score is mixed in numpy; the trace sees the
+    # model's part of each chunk's score, then the TTT step, then the training loss printed
+    run.score("eval_val_sliding", 900, [(1, 25)], nll=3.0)
+    run.report("final_sliding_exact", 3.0)
+    for a in (1, 9, 17):
+        run.score("eval_val_sliding_ttt", 1065, [(a, a + 8)], nll=2.5)
+        if a < 17:
+            run.loss("eval_val_sliding_ttt", 1122, [(a, a + 8)])
+            run.update("eval_val_sliding_ttt", 1137, [(a - 1, a + 8)])
+            run.score("eval_val_sliding_ttt", 1143, [(a, a + 8)], nll=2.4, grad_enabled=True, sink="host-read")
+    run.report("final_ttt_exact", 1.7)  # matches no traced pass: computed in numpy
+
+
 def ema_of_scored(run):  # legal: an EMA copy of weights trained only on scored tokens
     score_first(run)
     run.update("eval_val_ttt", 320, [(0, 17)], via="direct", target="ema.weight", target_kind="buffer")
@@ -73,4 +86,6 @@ def repeat_evals(run):  # legal: step validation, roundtrip and sliding evals, n
 def legal_orders() -> list[TraceExample]:
     """Runs none of these rules reports on: score-first TTT, repeated evals, an EMA copy."""
     return [example(score_first, "score-first chunked TTT"), example(repeat_evals, "several evals, no training"),
-            example(ema_of_scored, "EMA copy of weights trained on scored tokens")]
+            example(ema_of_scored, "EMA copy of weights trained on scored tokens"),
+            example(mixer_outside_torch, "PR #813: claim mixed in numpy; training losses printed after each "
+                    "step are not final scores (the black-box probe judges the claim)")]

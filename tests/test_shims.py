@@ -121,15 +121,15 @@ def test_float32_autocast_casts_mixed_matmul_inputs_only_inside_the_region(tmp_p
             a @ w
         except RuntimeError:
             print("outside: error")
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=False):
-            try:
-                a @ w
-            except RuntimeError:
-                print("disabled: error")
+        # `enabled=device.type == "cuda"` (PRs #826, #846): the device shim makes it False here,
+        # while on the GPU the region mixes dtypes; the region still casts
+        device = torch.device("cuda")
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            print("device-gated:", (a @ w).dtype)
         print(shims.describe())
     """)
     assert out.split()[:3] == ["torch.float32", "torch.float32", "torch.float32"]
-    assert "outside: error" in out and "disabled: error" in out
+    assert "outside: error" in out and "device-gated: torch.float32" in out
     assert "mixed-dtype matmul inputs cast to float32" in out
     assert check(tmp_path, """
         w = torch.randn(4, 4).bfloat16(); a = torch.randn(2, 4)

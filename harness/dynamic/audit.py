@@ -30,7 +30,7 @@ import numpy as np
 from harness.dynamic.judge.coverage import coverage
 from harness.dynamic.judge.passes import passes
 from harness.dynamic.judge.positions import n_positions
-from harness.dynamic.judge.reported import base_label, judged_passes, match_reported, pass_numbers
+from harness.dynamic.judge.reported import claim_outside_trace, judged_passes, match_reported, pass_numbers
 from harness.dynamic.judge.stream import bos_id, byte_tables, target_bytes, tokenizer_path, tokens_for
 from harness.dynamic import probes as P
 from harness.dynamic.judge.sites import site_index
@@ -233,7 +233,7 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
 
     # 0. an eval whose claimed line matches no traced pass computes it outside torch: the
     # black-box probe judges those printed totals (trace judges read its record too)
-    if opts.get("blackbox") == "always" or (opts.get("blackbox") == "auto" and _claimed_unmatched(trace)):
+    if opts.get("blackbox") == "always" or (opts.get("blackbox") == "auto" and claim_outside_trace(trace)):
         _blackbox(folder, env, data, opts, trace, res, required=False, judge=False)
 
     # 1. trace judges
@@ -243,8 +243,9 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
         if Layer.TRACE in rule.layers:
             res.findings.extend(_judge(rule, trace, res))
     _trace_stats(res, trace)
-    if len(res.not_audited) == judged_before and not trace.meta.get("untrusted"):
+    if len(res.not_audited) == judged_before and not trace.meta.get("untrusted") and not claim_outside_trace(trace):
         # a complete, judged trace: the fused verdict may refute static suspicions with it
+        # (not one whose claimed number is computed outside torch: it cannot see those scores)
         res.trace_sites = site_index(trace)
 
     # 2. probes
@@ -272,17 +273,6 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
                 res.findings.extend(f for f in _judge(rule, trace, res) if _from_blackbox(f))
     res.stats["dynamic_wall_s"] = round(time.perf_counter() - t_start, 1)
     return res
-
-
-def _claimed_unmatched(trace: Trace) -> bool:
-    """The claimed result line (else the last one) matches no pass the tracer captured."""
-    from harness.dynamic.blackbox import claimed_label
-
-    label = claimed_label(trace.of(Reported), trace.meta.get("claimed_label"))
-    if label is None:
-        return False
-    matches = [m for m in match_reported(trace) if base_label(m.reported.label) == base_label(label)]
-    return bool(matches) and all(m.which is None for m in matches)
 
 
 def _from_blackbox(f) -> bool:

@@ -145,6 +145,7 @@ class _DeviceMode(torch.overrides.TorchFunctionMode):
 # Inside a float32 autocast(cuda) region, a matmul of bf16 weights with fp32 activations fails
 # on the CPU, where CUDA autocast would have cast both to one dtype. Casting both to float32
 # keeps such scripts off CPU bf16 (measured ~9x slower) and off the failed-then-rerun path.
+# Outside any autocast(cuda) region the error stays, as on a GPU.
 class _Region(threading.local):
     depth = 0
 
@@ -343,7 +344,9 @@ def _install_autocast(state: ShimState) -> None:
             if device_type == "cuda":
                 if fp32:
                     state.note("autocast(cuda) -> float32 (autocast off; CPU bf16 autocast ~9x slower)")
-                    self._f32_region = bool(enabled)
+                    # enabled or not: scripts write `enabled=device.type == "cuda"`, which the
+                    # device shim turns False, while the GPU run mixes dtypes under autocast
+                    self._f32_region = True
                     enabled = False
                 else:
                     state.note("autocast(cuda) -> autocast(cpu, bf16)")

@@ -150,6 +150,41 @@ def judged_passes(trace: Trace) -> list[Pass]:
     return sorted(chosen, key=lambda p: p.index)
 
 
+def claimed_label(reported_: list[Reported], claimed: str | None) -> str | None:
+    """The line the submission's score comes from; else the last line with loss and bpb."""
+    labels = [r.label for r in reported_ if _finite(r.val_loss) or _finite(r.val_bpb)]
+    if claimed and claimed in labels:
+        return claimed
+    full = [r.label for r in reported_ if r.val_loss is not None and r.val_bpb is not None]
+    return full[-1] if full else (labels[-1] if labels else None)
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def claim_outside_trace(trace: Trace) -> bool:
+    """The claimed result line (else the last one) matches no pass the tracer captured: the
+    eval computes it outside torch (numpy, plain Python), so the trace does not see when its
+    scores were taken."""
+    cache = trace_cache(trace)
+    if "claim_outside" not in cache:
+        label = claimed_label(trace.of(Reported), trace.meta.get("claimed_label"))
+        matches = [m for m in match_reported(trace) if label is not None
+                   and base_label(m.reported.label) == base_label(label)]
+        cache["claim_outside"] = bool(matches) and all(m.which is None for m in matches)
+    return cache["claim_outside"]
+
+
+def matched_passes(trace: Trace) -> list[Pass]:
+    """The passes a printed line reproduces."""
+    out: list[Pass] = []
+    for m in match_reported(trace):
+        if m.which is not None and m.pass_ is not None and all(p is not m.pass_ for p in out):
+            out.append(m.pass_)
+    return out
+
+
 def base_label(label: str) -> str:
     """'x_exact' and 'x' name one result."""
     return label[:-len("_exact")] if label.endswith("_exact") else label

@@ -12,6 +12,7 @@ from harness.core.findings import Confidence, Finding, Layer, Location
 from harness.dynamic.judge.locations import function_of, location, update_frame, where
 from harness.dynamic.judge.order import timeline
 from harness.dynamic.judge.passes import first_score_event, passes, score_precedes
+from harness.dynamic.judge.reported import claim_outside_trace, matched_passes
 from harness.dynamic.judge.positions import (
     describe_positions,
     n_positions,
@@ -64,7 +65,16 @@ def premature_positions(trace: Trace, update: Update) -> Premature:
     bad = np.zeros(n, dtype=bool)
     later: dict[int, np.ndarray] = {}
     ever = np.zeros(n, dtype=bool)
+    # When the claimed number is computed outside torch (an n-gram mixer in numpy, PR #813), the
+    # trace does not see when the claimed scores were taken: a pass no printed line reproduces
+    # (training losses read for a progress print, a mixer's inputs) is not known to be a final
+    # score, and a position it never shows is not known to be unscored. Only printed passes
+    # count; the black-box probe judges the claimed totals.
+    opaque = claim_outside_trace(trace)
+    printed = matched_passes(trace) if opaque else []
     for p in passes(trace):
+        if opaque and all(p is not q for q in printed):
+            continue
         sel = pos[p.times[pos] > 0]
         ever[sel] = True
         if not len(sel):
@@ -73,7 +83,7 @@ def premature_positions(trace: Trace, update: Update) -> Premature:
         if len(late):
             later[p.index] = late
             bad[late] = True
-    never = pos[~ever[pos]]
+    never = pos[~ever[pos]] if not opaque else pos[:0]
     bad[never] = True
     return Premature(update=update, positions=np.nonzero(bad)[0], later_pass=later, never=never)
 
