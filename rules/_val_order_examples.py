@@ -73,6 +73,28 @@ def mixer_outside_torch(run):  # PR #813: the claimed score is mixed in numpy; t
     run.report("final_ttt_exact", 1.7)  # matches no traced pass: computed in numpy
 
 
+def lora_then_base_eval(later_eval_reads_lora: bool) -> TraceExample:
+    """PR #826: a score-first LoRA TTT eval, then an n-gram eval of the base model over the whole
+    stream. The LoRA the TTT trained is read by no score of the later eval (legal); if the later
+    eval did read it, every position it trained on would be scored after the training (illegal)."""
+    run = SyntheticRun(n=25)
+    run.score("eval_val", 250, [(1, 25)], nll=3.0)
+    last = -1
+    for a in (1, 9, 17):
+        last = run.score("eval_ttt", 1902, [(a, a + 8)], nll=2.0).seq - 1  # its LossComputed
+        if a < 17:
+            run.loss("eval_ttt", 1707, [(a, a + 8)])
+            run.update("eval_ttt", 2064, [(a - 1, a + 8)], target="lora.A")
+    later = run.score("eval_ngram", 2294, [(1, 25)], nll=1.8)
+    if later_eval_reads_lora:
+        last = later.seq - 1
+    run.end()
+    return TraceExample(events=tuple(run.events), meta={"watched": ["0:lora.A"], "last_read": {"0:lora.A": last}},
+                        note="PR #826: LoRA TTT, then a base-model eval" + (" that reads the LoRA" if later_eval_reads_lora
+                                                                            else ""),
+                        function="eval_ttt" if later_eval_reads_lora else None, line=2064 if later_eval_reads_lora else None)
+
+
 def ema_of_scored(run):  # legal: an EMA copy of weights trained only on scored tokens
     score_first(run)
     run.update("eval_val_ttt", 320, [(0, 17)], via="direct", target="ema.weight", target_kind="buffer")
@@ -88,4 +110,5 @@ def legal_orders() -> list[TraceExample]:
     return [example(score_first, "score-first chunked TTT"), example(repeat_evals, "several evals, no training"),
             example(ema_of_scored, "EMA copy of weights trained on scored tokens"),
             example(mixer_outside_torch, "PR #813: claim mixed in numpy; training losses printed after each "
-                    "step are not final scores (the black-box probe judges the claim)")]
+                    "step are not final scores (the black-box probe judges the claim)"),
+            lora_then_base_eval(later_eval_reads_lora=False)]

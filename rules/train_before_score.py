@@ -572,6 +572,7 @@ def train(model, opt, train_loader, steps):
     TRACE_INVALID = [
         X.example(X.last_epoch, "multi-epoch TTT scored on the last epoch", "lora_ttt_eval", 1265),
         X.example(X.prequant, "full-model TTT on val, then eval", "test_time_train", 1003),
+        X.lora_then_base_eval(later_eval_reads_lora=True),
     ]
 
     def judge(self, trace):

@@ -226,6 +226,39 @@ def test_b2_warmup_on_a_throwaway_copy_is_dead_but_on_the_scored_model_is_not(th
         assert findings, "leak undetected: warm-up steps on the model that is then scored"
 
 
+def test_b3_an_adapter_freed_after_its_ttt_eval_is_not_read_by_the_next_eval():
+    """PR #826: a score-first TTT eval trains an adapter (its last chunk scored, no step after),
+    returns and frees it; a base-model eval then scores the whole stream. That eval reads none
+    of the adapter, so the TTT steps are not before its scores."""
+    from harness.core.registry import rule_by_name
+
+    val = val_tokens()
+    model = make_model()
+
+    def ttt_eval(val_t):
+        adapter = torch.nn.Parameter(torch.zeros(V))
+        opt = torch.optim.SGD([adapter], lr=0.1)
+        chunks = (N - 1) // SEQ
+        for ci in range(chunks):
+            xs, ys = val_t[ci * SEQ:(ci + 1) * SEQ], val_t[ci * SEQ + 1:(ci + 1) * SEQ + 1]
+            with torch.no_grad():
+                float(F.cross_entropy(model(xs.unsqueeze(0)).reshape(-1, V) + adapter, ys, reduction="sum"))
+            if ci < chunks - 1:
+                F.cross_entropy(model(xs.unsqueeze(0)).reshape(-1, V) + adapter, ys).backward()
+                opt.step()
+                opt.zero_grad()
+
+    with Tracer(cfg_for(val)) as tr:
+        val_t = load_val(val)
+        ttt_eval(val_t)
+        with torch.no_grad():
+            for ci in range((N - 1) // SEQ):
+                xs, ys = val_t[ci * SEQ:(ci + 1) * SEQ], val_t[ci * SEQ + 1:(ci + 1) * SEQ + 1]
+                float(F.cross_entropy(model(xs.unsqueeze(0)).reshape(-1, V), ys, reduction="sum"))
+    findings = list(rule_by_name("train-before-score").judge(tr.trace()))
+    assert findings == [], f"false leak: {[f.message for f in findings]}"
+
+
 # ---------------------------------------------------------------- (c) PR #713 shape
 def test_c_multi_epoch_score_last_epoch_only():
     val = val_tokens()

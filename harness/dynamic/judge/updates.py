@@ -71,6 +71,7 @@ def premature_positions(trace: Trace, update: Update) -> Premature:
     # score, and a position it never shows is not known to be unscored. Only printed passes
     # count; the black-box probe judges the claimed totals.
     opaque = claim_outside_trace(trace)
+    last = last_reader(trace, update)
     printed = matched_passes(trace) if opaque else []
     for p in passes(trace):
         if opaque and all(p is not q for q in printed):
@@ -80,6 +81,8 @@ def premature_positions(trace: Trace, update: Update) -> Premature:
         if not len(sel):
             continue
         late = sel[~score_precedes(tl, p, sel, update)]
+        if len(late) and last is not None:
+            late = late[~_blind_to(trace, p, late, update, last)]
         if len(late):
             later[p.index] = late
             bad[late] = True
@@ -170,13 +173,12 @@ class UpdateGroup:
     targets: list[str] = field(default_factory=list)
 
 
-def dead_write(trace: Trace, u: Update) -> bool:
-    """A write into state that no later scored loss read: a compile warm-up that trains a
-    throwaway LoRA on the first validation tokens and deletes it (the April records) changes
-    nothing that is scored. Known only for traces that say which state was watched."""
+def last_reader(trace: Trace, u: Update) -> int | None:
+    """The seq of the last scored loss op whose forward read the state `u` wrote (-1: none did);
+    None when the trace does not say (state it did not watch)."""
     watched = trace.meta.get("watched")
     if watched is None or u.target_kind not in ("parameter", "buffer", "optimizer-state"):
-        return False
+        return None
     # optimizer state ("p:exp_avg") acts only through later steps of its parameter
     target = u.target.rsplit(":", 1)[0] if u.target_kind == "optimizer-state" else u.target
     key = f"{u.rank}:{target}"
@@ -184,8 +186,38 @@ def dead_write(trace: Trace, u: Update) -> bool:
     if "watched_set" not in cache:
         cache["watched_set"] = set(watched)
     if key not in cache["watched_set"]:
-        return False
-    return int((trace.meta.get("last_read") or {}).get(key, -1)) < u.seq
+        return None
+    return int((trace.meta.get("last_read") or {}).get(key, -1))
+
+
+def dead_write(trace: Trace, u: Update) -> bool:
+    """A write into state that no later scored loss read: a compile warm-up that trains a
+    throwaway LoRA on the first validation tokens and deletes it (the April records) changes
+    nothing that is scored. Known only for traces that say which state was watched."""
+    last = last_reader(trace, u)
+    return last is not None and last < u.seq
+
+
+def _loss_seqs(trace: Trace) -> dict[tuple[int, int], int]:
+    """(rank, loss op) -> seq of its LossComputed event."""
+    cache = trace_cache(trace)
+    if "loss_seqs" not in cache:
+        cache["loss_seqs"] = {(e.rank, e.loss_op): e.seq for e in trace.of(LossComputed)}
+    return cache["loss_seqs"]
+
+
+def _blind_to(trace: Trace, p, positions: np.ndarray, update: Update, last: int) -> np.ndarray:
+    """Which of `positions` pass `p` scored with a loss op computed after the last read of the
+    state `update` wrote (its seq `last`): those scores never saw the write (a LoRA trained and
+    dropped inside a TTT eval, then a later eval of the base model, PR #826)."""
+    seqs = _loss_seqs(trace)
+    out = np.zeros(len(positions), dtype=bool)
+    for k, pos in enumerate(positions):
+        e = p.events[int(p.first_event[pos])]
+        if e.rank == update.rank:
+            seq = seqs.get((e.rank, e.loss_op))
+            out[k] = seq is not None and seq > last
+    return out
 
 
 def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
@@ -195,8 +227,8 @@ def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
     n = n_positions(trace)
     tl = timeline(trace)
     # An update's premature positions depend only on its positions, its rank, the collectives
-    # it passed and the scores its rank made before it: updates alike in these (every parameter
-    # of one optimizer step) share one computation.
+    # it passed, the scores its rank made before it and the last read of the state it wrote:
+    # updates alike in these (every parameter of one optimizer step) share one computation.
     scored_on_rank: dict[int, int] = {}
     memo: dict[tuple, Premature] = {}
     for e in tl.events:
@@ -205,7 +237,8 @@ def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
             continue
         if not isinstance(e, Update) or not e.positions or not select(e) or dead_write(trace, e):
             continue
-        key = (e.rank, tl.passed(e), scored_on_rank.get(e.rank, 0), tuple(map(tuple, e.positions)))
+        key = (e.rank, tl.passed(e), scored_on_rank.get(e.rank, 0), tuple(map(tuple, e.positions)),
+               last_reader(trace, e))
         pm = memo.get(key)
         if pm is None:
             pm = memo[key] = premature_positions(trace, e)

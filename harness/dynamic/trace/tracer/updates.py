@@ -71,12 +71,18 @@ class UpdateMixin:
             if not upgrade:
                 return
         registry, watch = self.registry, self._watch
+        tracer = weakref.ref(self)
 
         def gone(_ref, key=key, registry=registry, watch=watch):
             c = registry.get(key)
             if c is not None and c.ref is _ref:
                 del registry[key]
-                watch.pop(key, None)  # the id may be reused by a new storage: not the same state
+                name = watch.pop(key, None)  # the id may be reused by a new storage: not the same state
+                tr = tracer()
+                if name is not None and tr is not None and name not in watch.values():
+                    # freed state is read by no later forward: a TTT eval's LoRA, gone when the
+                    # eval returns, is not read by the eval after it (PR #826)
+                    tr._reads.discard(name)
 
         self.registry[key] = Registration(name=name, kind=kind, provisional=provisional, ref=weakref.ref(st, gone))
         if kind == "parameter":
