@@ -126,6 +126,7 @@ class Tracer(DataLoadingMixin, StorageMixin, PropagationMixin, LossMixin, SinkMi
         self._seen_modules: "weakref.WeakSet" = weakref.WeakSet()
         self._root_names: dict[str, int] = {}
         self._param_refs: list = []
+        self._param_names: dict = {}  # parameter name -> weakref to the parameter registered under it
         self.errors: list[str] = []
         self.index: ValIndex | None = None
         self.val_sources: list[str] = []

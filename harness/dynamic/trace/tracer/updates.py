@@ -81,12 +81,16 @@ class UpdateMixin:
                 tr = tracer()
                 if name is not None and tr is not None and name not in watch.values():
                     # freed state is read by no later forward: a TTT eval's LoRA, gone when the
-                    # eval returns, is not read by the eval after it (PR #826)
-                    tr._reads.discard(name)
+                    # eval returns, is not read by the eval after it (PR #826). A parameter that
+                    # lives on (its storage swapped: `vector_to_parameters`) is not freed state.
+                    alive = tr._param_names.get(name)
+                    if alive is None or alive() is None:
+                        tr._reads.discard(name)
 
         self.registry[key] = Registration(name=name, kind=kind, provisional=provisional, ref=weakref.ref(st, gone))
         if kind == "parameter":
             self._param_refs.append((weakref.ref(t), key))
+            self._param_names[name] = weakref.ref(t)
 
     def _check_param_swaps(self) -> None:
         """`p.data = other` swaps a parameter's storage without any op: re-register, and a
