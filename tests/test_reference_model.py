@@ -319,10 +319,16 @@ def test_two_ranks_give_the_same_val_bpb(toy, tmp_path):
     for label, cmd in (("one", [sys.executable, script]),
                        ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                 "--nproc_per_node=2", script])):
-        out = tmp_path / label
-        out.mkdir()
-        proc = subprocess.run(cmd, env={**env, "OUT_DIR": str(out)}, cwd=out, capture_output=True, text=True,
-                              timeout=240)
+        for attempt in range(2):
+            out = tmp_path / f"{label}{attempt}"
+            out.mkdir()
+            proc = subprocess.run(cmd, env={**env, "OUT_DIR": str(out)}, cwd=out, capture_output=True, text=True,
+                                  timeout=240)
+            # gloo's own threads can abort a rank under heavy load (seen once in ~10 suite runs on
+            # 2 busy cores, never alone): one more try for that message only; any other failure,
+            # and every number compared below, is as strict as before
+            if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+                break
         assert proc.returncode == 0, proc.stderr[-3000:]
         found[label] = {m.group(1): float(m.group(2)) for m in
                         re.finditer(r"^(\w+)_exact val_loss:[\d.]+ val_bpb:([\d.]+)$", proc.stdout, re.M)}
