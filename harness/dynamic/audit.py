@@ -30,7 +30,8 @@ import numpy as np
 from harness.dynamic.judge.coverage import coverage
 from harness.dynamic.judge.passes import passes
 from harness.dynamic.judge.positions import n_positions
-from harness.dynamic.judge.reported import claim_outside_trace, judged_passes, match_reported, pass_numbers
+from harness.dynamic.judge.reported import (claim_outside_trace, claimed_label, judged_passes, match_reported,
+                                            pass_numbers)
 from harness.dynamic.judge.stream import bos_id, byte_tables, target_bytes, tokenizer_path, tokens_for
 from harness.dynamic import probes as P
 from harness.dynamic.judge.sites import site_index
@@ -288,7 +289,7 @@ def _blackbox(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res
 
     rules = [r for r in all_rules() if r.has_judge() and Layer.PROBE in r.layers]
     reported = trace.of(Reported)
-    label = B.claimed_label(reported, trace.meta.get("claimed_label"))
+    label = claimed_label(reported, trace.meta.get("claimed_label"))
     report = B.BlackboxReport()
     tokens = tokens_for(trace)
     tok_path = tokenizer_path(trace)

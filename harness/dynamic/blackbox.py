@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 
 from harness.challenge.bpb import LN2
-from harness.dynamic.judge.reported import claimed_label  # noqa: F401 - the audit asks the probe for it
+from harness.dynamic.judge.reported import finite
 from harness.dynamic.trace.events import Reported
 
 # A run of the submission on a given validation stream, with extra env flags: the result lines it printed.
@@ -155,14 +155,10 @@ def plant_context(tokens: np.ndarray, k: int, exclude: set[int]) -> tuple[np.nda
 
 
 # ---------------------------------------------------------------- printed totals
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
-
-
 def pick_line(reported: list[Reported], label: str) -> Reported | None:
     """The last line with `label` that prints a finite val_loss or val_bpb."""
     for r in reversed(reported):
-        if r.label == label and (_finite(r.val_loss) or _finite(r.val_bpb)):
+        if r.label == label and (finite(r.val_loss) or finite(r.val_bpb)):
             return r
     return None
 
@@ -171,7 +167,7 @@ def total_of(r: Reported, stream: np.ndarray, what: str, target_bytes: Callable[
     n = len(stream) - 1
     true_bytes = int(target_bytes(stream)[1:].sum())
     implied = consistent = None
-    if not _finite(r.val_loss):
+    if not finite(r.val_loss):
         # a bpb-only line: its code length is bpb x ln 2 x bytes, with the true bytes assumed
         # (nothing printed can check them); the judge notes it
         return PrintedTotal(stream=what, tokens=len(stream), targets=n, val_loss=None, val_bpb=r.val_bpb,

@@ -327,8 +327,94 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
     # the baseline did; when all probe runs show that (and no sum above one), an unmodified
     # re-run would measure nothing, and is saved: the noise is what those positions show.
     # Any difference, failure or improper sum pays for the re-run, which tells noise from cause.
-    _judge_runs(rep, base, scored, plan, cands, results, tokens, n, exhaustive, period, vocab, run_fn, run,
-                copies, log)
+    def judge_runs() -> None:
+        """Causality and properness records of the probe runs in `results`, at tolerance rep.tol."""
+        i = plan.position
+
+        def causality(occ: Occurrences, changed: np.ndarray, label: str) -> None:
+            first = int(changed.min())
+            watched = np.arange(1, first, dtype=np.int64)
+            watched = watched[scored[watched]]
+            # execution order: the scores taken before any changed position was first scored
+            before = float(base.time[0][changed].min()) if base.time else np.inf
+            worst, delta, wpos, wk = compare(base, occ, watched, before)
+            moved = watched[delta > rep.tol]
+            rep.causality.append({
+                "run": label,
+                "changed": [list(r) for r in ranges_of(changed)],
+                "watched": [list(r) for r in ranges_of(watched)],
+                "max_delta": worst if np.isfinite(worst) else 1e9,
+                "worst_position": wpos,
+                "baseline_nll": float(base.nll[wk][wpos]) if wpos >= 0 and wk < base.depth() else float("nan"),
+                "probe_nll": float(occ.nll[wk][wpos]) if wpos >= 0 and wk < occ.depth() else float("nan"),
+                "changed_count": int(len(moved)),
+                "changed_positions": [list(r) for r in ranges_of(moved)],
+                "frame": _frame_dict(base, wk, wpos),
+                "why": plan.why,
+            })
+
+        # 2. causality: the rest of the document after i replaced
+        if "causality" in results:
+            occ = results["causality"]
+            if isinstance(occ, ProbeError):
+                rep.causality.append({"run": "causality", "error": str(occ), "max_delta": 0.0})
+            else:
+                causality(occ, plan.changed, "causality")
+        # 3. properness
+        V = vocab or int(tokens.max()) + 1
+        if copies:
+            occ = results.get("exhaustive-copies")
+            if occ is None:
+                try:
+                    occ = exhaustive_in_one_run(tokens, i, period, V, run_fn, rep)
+                except ProbeError as exc:
+                    occ = exc
+                results["exhaustive-copies"] = occ
+            if not isinstance(occ, ProbeError):
+                try:
+                    _copies_properness(rep, occ, i, int(tokens[i]), period, V, plan.why)
+                    return
+                except ProbeError as exc:
+                    occ = exc
+            if not any(r.get("note") for r in rep.runs if r["label"] == "exhaustive-copies"):
+                rep.runs.append({"label": "exhaustive-copies", "wall_s": 0.0, "note": str(occ)})
+                log(f"exhaustive copies not usable: {occ}; one run per value instead")
+            for j, v in enumerate(cands[1:], 1):
+                if f"properness-{j}" not in results:
+                    override = tokens.copy()
+                    override[i] = v
+                    results[f"properness-{j}"] = run((f"properness-{j}", override))
+        depth = base.depth()
+        nll_by_cand: list[np.ndarray] = [np.array([base.nll[kk][i] for kk in range(depth)])]
+        for j, v in enumerate(cands[1:], 1):
+            occ = results.get(f"properness-{j}")
+            if occ is None:
+                break
+            if isinstance(occ, ProbeError):
+                rep.not_run = f"a properness run failed: {occ}"
+                return
+            nll_by_cand.append(np.array([occ.nll[kk][i] if kk < occ.depth() else np.nan for kk in range(depth)]))
+            causality(occ, np.array([i]), f"properness-{j}")
+        used = cands[: len(nll_by_cand)]
+        if len(used) > 1:
+            mat = np.vstack(nll_by_cand)  # candidates x occurrences
+            sums = np.nansum(np.exp(-mat), axis=0)
+            for kk in range(depth):
+                if np.isnan(mat[:, kk]).any():
+                    continue  # this occurrence was not produced in every run
+                rep.properness.append({
+                    "position": i,
+                    "true_token": int(tokens[i]),
+                    "candidates": [int(c) for c in used],
+                    "nll": [float(x) for x in mat[:, kk]],
+                    "sum_p": float(sums[kk]),
+                    "exhaustive": bool(exhaustive and len(used) >= (vocab or 0)),
+                    "occurrence": kk,
+                    "frame": _frame_dict(base, kk, i),
+                    "why": plan.why,
+                })
+
+    judge_runs()
     quiet = (not rep.not_run and all("error" not in c and c["max_delta"] <= NOISE_LIMIT for c in rep.causality)
              and all(p["sum_p"] <= 1.0 for p in rep.properness))
     if quiet and (rep.causality or rep.properness):
@@ -350,109 +436,21 @@ def run_probes(trace: Trace, tokens: np.ndarray, run_fn: RunFn, *, budget: int =
         return rep
     rep.tol = max(TOL_FLOOR, 10 * noise)
     rep.plan["noise_from"] = "an unmodified re-run"
-    _judge_runs(rep, base, scored, plan, cands, results, tokens, n, exhaustive, period, vocab, run_fn, run,
-                copies, log)
+    judge_runs()
     return rep
 
 
-def _judge_runs(rep: ProbeReport, base: Occurrences, scored: np.ndarray, plan, cands: list, results: dict,
-                tokens: np.ndarray, n: int, exhaustive: bool, period: int | None, vocab: int | None,
-                run_fn: RunFn, run: Callable, copies: bool, log: Callable[[str], None]) -> None:
-    """Causality and properness records of the probe runs in `results`, at tolerance rep.tol."""
-    i = plan.position
-
-    def causality(occ: Occurrences, changed: np.ndarray, label: str) -> None:
-        first = int(changed.min())
-        watched = np.arange(1, first, dtype=np.int64)
-        watched = watched[scored[watched]]
-        # execution order: the scores taken before any changed position was first scored
-        before = float(base.time[0][changed].min()) if base.time else np.inf
-        worst, delta, wpos, wk = compare(base, occ, watched, before)
-        moved = watched[delta > rep.tol]
-        rep.causality.append({
-            "run": label,
-            "changed": [list(r) for r in ranges_of(changed)],
-            "watched": [list(r) for r in ranges_of(watched)],
-            "max_delta": worst if np.isfinite(worst) else 1e9,
-            "worst_position": wpos,
-            "baseline_nll": float(base.nll[wk][wpos]) if wpos >= 0 and wk < base.depth() else float("nan"),
-            "probe_nll": float(occ.nll[wk][wpos]) if wpos >= 0 and wk < occ.depth() else float("nan"),
-            "changed_count": int(len(moved)),
-            "changed_positions": [list(r) for r in ranges_of(moved)],
-            "frame": _frame_dict(base, wk, wpos),
-            "why": plan.why,
-        })
-
-    # 2. causality: the rest of the document after i replaced
-    if "causality" in results:
-        occ = results["causality"]
-        if isinstance(occ, ProbeError):
-            rep.causality.append({"run": "causality", "error": str(occ), "max_delta": 0.0})
-        else:
-            causality(occ, plan.changed, "causality")
-    # 3. properness
-    V = vocab or int(tokens.max()) + 1
-    if copies:
-        occ = results.get("exhaustive-copies")
-        if occ is None:
-            try:
-                occ = exhaustive_in_one_run(tokens, i, period, V, run_fn, rep)
-            except ProbeError as exc:
-                occ = exc
-            results["exhaustive-copies"] = occ
-        if not isinstance(occ, ProbeError):
-            try:
-                _copies_properness(rep, occ, i, int(tokens[i]), period, V, plan.why)
-                return
-            except ProbeError as exc:
-                occ = exc
-        if not any(r.get("note") for r in rep.runs if r["label"] == "exhaustive-copies"):
-            rep.runs.append({"label": "exhaustive-copies", "wall_s": 0.0, "note": str(occ)})
-            log(f"exhaustive copies not usable: {occ}; one run per value instead")
-        for j, v in enumerate(cands[1:], 1):
-            if f"properness-{j}" not in results:
-                override = tokens.copy()
-                override[i] = v
-                results[f"properness-{j}"] = run((f"properness-{j}", override))
-    depth = base.depth()
-    nll_by_cand: list[np.ndarray] = [np.array([base.nll[kk][i] for kk in range(depth)])]
-    for j, v in enumerate(cands[1:], 1):
-        occ = results.get(f"properness-{j}")
-        if occ is None:
-            break
-        if isinstance(occ, ProbeError):
-            rep.not_run = f"a properness run failed: {occ}"
-            return
-        nll_by_cand.append(np.array([occ.nll[kk][i] if kk < occ.depth() else np.nan for kk in range(depth)]))
-        causality(occ, np.array([i]), f"properness-{j}")
-    cands = cands[: len(nll_by_cand)]
-    if len(cands) > 1:
-        mat = np.vstack(nll_by_cand)  # candidates x occurrences
-        sums = np.nansum(np.exp(-mat), axis=0)
-        for kk in range(depth):
-            if np.isnan(mat[:, kk]).any():
-                continue  # this occurrence was not produced in every run
-            rep.properness.append({
-                "position": i,
-                "true_token": int(tokens[i]),
-                "candidates": [int(c) for c in cands],
-                "nll": [float(x) for x in mat[:, kk]],
-                "sum_p": float(sums[kk]),
-                "exhaustive": bool(exhaustive and len(cands) >= (vocab or 0)),
-                "occurrence": kk,
-                "frame": _frame_dict(base, kk, i),
-                "why": plan.why,
-            })
+def _copy_values(true: int, vocab: int) -> list[int]:
+    """The last token of each copy: copy 0 warms up, the last pads, both keep the true token."""
+    return [true, true] + list(range(vocab)) + [true, true]
 
 
-def _copies_stream(tokens: np.ndarray, i: int, period: int, vocab: int) -> tuple[np.ndarray, list[int]]:
+def _copies_stream(tokens: np.ndarray, i: int, period: int, vocab: int) -> np.ndarray:
     if i + 1 < period:
         raise ProbeError(f"position {i} has fewer than {period} tokens before it")
     seg = tokens[i - period + 1: i + 1].copy()
-    true = int(tokens[i])
-    values = [true, true] + list(range(vocab)) + [true, true]  # copy 0 warms up, the last pads
-    stream = np.concatenate([np.concatenate([seg[:-1], [v]]) for v in values] + [seg[:1]]).astype(tokens.dtype)
-    return stream, values
+    values = _copy_values(int(tokens[i]), vocab)
+    return np.concatenate([np.concatenate([seg[:-1], [v]]) for v in values] + [seg[:1]]).astype(tokens.dtype)
 
 
 def exhaustive_in_one_run(tokens: np.ndarray, i: int, period: int, vocab: int, run_fn: RunFn,
@@ -463,7 +461,7 @@ def exhaustive_in_one_run(tokens: np.ndarray, i: int, period: int, vocab: int, r
     multiple of every window length and stride, each copy's last token is predicted from the same
     context at the same place in its window, so the copies give NLL_i(v) for every v in one run
     (read by _copies_properness)."""
-    stream, _ = _copies_stream(tokens, i, period, vocab)
+    stream = _copies_stream(tokens, i, period, vocab)
     t0 = time.perf_counter()
     t = run_fn(stream, "exhaustive-copies")
     rep.runs.append({"label": "exhaustive-copies", "wall_s": round(time.perf_counter() - t0, 2),
@@ -478,7 +476,7 @@ def _copies_properness(rep: ProbeReport, occ: Occurrences, i: int, true: int, pe
                        why: str) -> None:
     """Copies 1 and the last keep the true token: if their scores differ the eval carries state
     across windows (TTT, caches) and the premise fails (ProbeError: fall back to one run per value)."""
-    values = [true, true] + list(range(vocab)) + [true, true]
+    values = _copy_values(true, vocab)
     ends = np.arange(len(values)) * period + period - 1
     found = False
     for kk in range(occ.depth()):

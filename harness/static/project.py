@@ -178,12 +178,7 @@ class Project:
             values = [st.node.value for st in assigns]
         elif (isinstance(obj, cst.Attribute) and isinstance(obj.value, cst.Name)
               and obj.value.value in SELF_NAMES and self._class_of(fn)):
-            cls = self._class_of(fn)
-            values = [st.node.value for q, method in ctx.functions.items() if q.startswith(cls + ".")
-                      for st in method.stmts if isinstance(st.node, cst.Assign)
-                      and any(isinstance(t.target, cst.Attribute) and isinstance(t.target.value, cst.Name)
-                              and t.target.value.value in SELF_NAMES and t.target.attr.value == obj.attr.value
-                              for t in st.node.targets)]
+            values = [st.node.value for st in _self_assignments(ctx, self._class_of(fn), obj.attr.value)]
         else:
             return []
         out = []
@@ -220,29 +215,20 @@ class Project:
         if not cls:
             return []
         out = []
-        for q, method in ctx.functions.items():
-            if not q.startswith(cls + "."):
-                continue
-            for st in method.stmts:
-                if not isinstance(st.node, cst.Assign):
-                    continue
-                if not any(isinstance(t.target, cst.Attribute) and isinstance(t.target.value, cst.Name)
-                           and t.target.value.value in SELF_NAMES and t.target.attr.value == func.attr.value
-                           for t in st.node.targets):
-                    continue
-                for call in st.calls:
-                    if isinstance(call.func, cst.Name):
-                        name = call.func.value
-                        target = (ctx, name)
-                        imported = self.resolve_import(ctx, name)
-                        if imported is not None:
-                            target = imported
-                        tctx, tname = target
-                        for meth in ("forward", "__call__"):
-                            found = tctx.functions.get(f"{tname}.{meth}")
-                            if found is not None:
-                                out.append((tctx, found))
-                                break
+        for st in _self_assignments(ctx, cls, func.attr.value):
+            for call in st.calls:
+                if isinstance(call.func, cst.Name):
+                    name = call.func.value
+                    target = (ctx, name)
+                    imported = self.resolve_import(ctx, name)
+                    if imported is not None:
+                        target = imported
+                    tctx, tname = target
+                    for meth in ("forward", "__call__"):
+                        found = tctx.functions.get(f"{tname}.{meth}")
+                        if found is not None:
+                            out.append((tctx, found))
+                            break
         return out
 
     @staticmethod
@@ -347,6 +333,15 @@ class Project:
                 CallSite(ctx, fn, st, call, cctx, target, self.bind(ctx, fn, call, target))
                 for call in st.calls for cctx, target in self.callees(ctx, fn, call)]
         return out
+
+
+def _self_assignments(ctx: ModuleContext, cls: str, attr: str) -> list[Stmt]:
+    """`self.<attr> = ...` statements in the methods of class `cls`."""
+    return [st for q, method in ctx.functions.items() if q.startswith(cls + ".")
+            for st in method.stmts if isinstance(st.node, cst.Assign)
+            and any(isinstance(t.target, cst.Attribute) and isinstance(t.target.value, cst.Name)
+                    and t.target.value.value in SELF_NAMES and t.target.attr.value == attr
+                    for t in st.node.targets)]
 
 
 def _references(node: cst.CSTNode) -> list[cst.BaseExpression]:

@@ -152,14 +152,14 @@ def judged_passes(trace: Trace) -> list[Pass]:
 
 def claimed_label(reported_: list[Reported], claimed: str | None) -> str | None:
     """The line the submission's score comes from; else the last line with loss and bpb."""
-    labels = [r.label for r in reported_ if _finite(r.val_loss) or _finite(r.val_bpb)]
+    labels = [r.label for r in reported_ if finite(r.val_loss) or finite(r.val_bpb)]
     if claimed and claimed in labels:
         return claimed
     full = [r.label for r in reported_ if r.val_loss is not None and r.val_bpb is not None]
     return full[-1] if full else (labels[-1] if labels else None)
 
 
-def _finite(x: float | None) -> bool:
+def finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from harness.dynamic.judge.order import timeline
 from harness.dynamic.judge.positions import describe_positions, n_positions, positions_array
-from harness.dynamic.judge.updates import dead_write, last_reader, premature_positions
+from harness.dynamic.judge.updates import dead_write, premature_key, premature_positions
 from harness.dynamic.trace.events import Frame, LossComputed, Scored, Trace, Update
 
 
@@ -67,9 +67,7 @@ def site_index(trace: Trace) -> dict[str, Site]:
             continue
         if not isinstance(e, Update) or not e.positions or dead_write(trace, e):
             continue
-        # premature positions depend only on these (see premature_update_groups)
-        mk = (e.rank, tl.passed(e), scored_on_rank.get(e.rank, 0), tuple(map(tuple, e.positions)),
-              last_reader(trace, e))
+        mk = premature_key(trace, tl, e, scored_on_rank)
         bad = memo.get(mk)
         if bad is None:
             bad = memo[mk] = len(premature_positions(trace, e).positions)

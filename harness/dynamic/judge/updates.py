@@ -198,26 +198,34 @@ def dead_write(trace: Trace, u: Update) -> bool:
     return last is not None and last < u.seq
 
 
-def _loss_seqs(trace: Trace) -> dict[tuple[int, int], int]:
-    """(rank, loss op) -> seq of its LossComputed event."""
+def _op_seqs(trace: Trace, p) -> tuple[np.ndarray, np.ndarray]:
+    """Per Scored event of pass `p`: its rank, and the seq of its loss op's LossComputed."""
     cache = trace_cache(trace)
-    if "loss_seqs" not in cache:
-        cache["loss_seqs"] = {(e.rank, e.loss_op): e.seq for e in trace.of(LossComputed)}
-    return cache["loss_seqs"]
+    key = ("op_seqs", p.index)
+    if key not in cache:
+        if "loss_seqs" not in cache:
+            cache["loss_seqs"] = {(e.rank, e.loss_op): e.seq for e in trace.of(LossComputed)}
+        seqs = cache["loss_seqs"]
+        cache[key] = (np.array([e.rank for e in p.events], dtype=np.int64),
+                      np.array([seqs.get((e.rank, e.loss_op), -1) for e in p.events], dtype=np.int64))
+    return cache[key]
 
 
 def _blind_to(trace: Trace, p, positions: np.ndarray, update: Update, last: int) -> np.ndarray:
     """Which of `positions` pass `p` scored with a loss op computed after the last read of the
     state `update` wrote (its seq `last`): those scores never saw the write (a LoRA trained and
     dropped inside a TTT eval, then a later eval of the base model, PR #826)."""
-    seqs = _loss_seqs(trace)
-    out = np.zeros(len(positions), dtype=bool)
-    for k, pos in enumerate(positions):
-        e = p.events[int(p.first_event[pos])]
-        if e.rank == update.rank:
-            seq = seqs.get((e.rank, e.loss_op))
-            out[k] = seq is not None and seq > last
-    return out
+    ranks, seqs = _op_seqs(trace, p)
+    ev = p.first_event[positions]
+    return (ranks[ev] == update.rank) & (seqs[ev] > last)
+
+
+def premature_key(trace: Trace, tl, e: Update, scored_on_rank: dict[int, int]) -> tuple:
+    """What an update's premature positions depend on: its rank, positions, the collectives it
+    passed, the scores its rank made before it and the last read of the state it wrote. Updates
+    alike in these (every parameter of one optimizer step) share one computation."""
+    return (e.rank, tl.passed(e), scored_on_rank.get(e.rank, 0), tuple(map(tuple, e.positions)),
+            last_reader(trace, e))
 
 
 def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
@@ -226,9 +234,7 @@ def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
     groups: dict[str, UpdateGroup] = {}
     n = n_positions(trace)
     tl = timeline(trace)
-    # An update's premature positions depend only on its positions, its rank, the collectives
-    # it passed, the scores its rank made before it and the last read of the state it wrote:
-    # updates alike in these (every parameter of one optimizer step) share one computation.
+    # updates alike in `premature_key` share one computation
     scored_on_rank: dict[int, int] = {}
     memo: dict[tuple, Premature] = {}
     for e in tl.events:
@@ -237,8 +243,7 @@ def premature_update_groups(trace: Trace, select) -> list[UpdateGroup]:
             continue
         if not isinstance(e, Update) or not e.positions or not select(e) or dead_write(trace, e):
             continue
-        key = (e.rank, tl.passed(e), scored_on_rank.get(e.rank, 0), tuple(map(tuple, e.positions)),
-               last_reader(trace, e))
+        key = premature_key(trace, tl, e, scored_on_rank)
         pm = memo.get(key)
         if pm is None:
             pm = memo[key] = premature_positions(trace, e)
