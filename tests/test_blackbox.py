@@ -236,3 +236,20 @@ def test_when_every_layout_fails_the_reason_names_each():
     rep = probe(prints_nothing)
     assert rep.not_run.startswith("no layout gave totals to judge (3 tried; the toy profile: ")
     assert "stride-1 windows: " in rep.not_run and "one-token sequences: " in rep.not_run
+
+
+
+def test_the_claim_is_the_print_the_trace_run_made_not_the_last():
+    # PR #770 prints its claimed label again after a stride-64 eval that runs only when
+    # EVAL_STRIDE != 64: in a layout that changes the stride, the last print is another eval's
+    from harness.dynamic.blackbox import occurrences, pick_line
+
+    def line(loss):
+        return Reported(seq=0, rank=0, label="final_exact", val_loss=loss, val_bpb=loss, line="", decimals=8)
+
+    trace_run = [line(2.0)]
+    layout_run = [line(3.0), line(float("nan")), line(4.0)]
+    assert occurrences(trace_run, "final_exact") == 1
+    assert pick_line(layout_run, "final_exact", 1).val_loss == 3.0
+    assert pick_line(layout_run, "final_exact").val_loss == 4.0
+    assert pick_line(layout_run, "final_exact", 3) is None

@@ -151,6 +151,23 @@ def test_submission_json_flags(tmp_path: Path):
     assert submission_flags(tmp_path) == {"TTT_ENABLED": "1", "EMA_ENABLED": "0"}
 
 
+def test_switches_a_hyperparameter_dump_shows_set_otherwise_than_the_default(tmp_path: Path):
+    """PR #2140's shape: the run's wrapper set CASEOPS_ENABLED=1, no command line in the folder
+    shows it, the log's hyperparameter dump does. Only switches the script reads from the env,
+    only where it differs from the default, only where the dumps agree; command lines win."""
+    (tmp_path / "train_gpt.py").write_text(SCRIPT + '''
+caseops = bool(int(os.environ.get("CASEOPS_ENABLED", "0")))
+gate = os.environ.get("GATE", "1") == "1"
+split = bool(int(os.environ.get("SPLIT_ENABLED", "0")))
+''')
+    dump = "Hyperparameters:\n  caseops_enabled: True\n  gate: True\n  ttt_enabled: True\n  distributed: True\n"
+    (tmp_path / "train_seed0.log").write_text(dump + "  split_enabled: True\nstep:1/20 train_loss:6.9\n  slot_enabled: True\n")
+    (tmp_path / "train_seed1.log").write_text(dump + "  split_enabled: False\n")
+    (tmp_path / "README.md").write_text("TTT_ENABLED=0 torchrun --nproc_per_node=8 train_gpt.py\n")
+    # gate: the default; distributed: no env read; split: the dumps disagree; slot: not in a dump
+    assert submission_flags(tmp_path) == {"TTT_ENABLED": "0", "CASEOPS_ENABLED": "1"}
+
+
 def test_run_instructions_that_alias_the_val_shard_as_training_data(tmp_path: Path):
     """PR #44's shape: baseline code, and a README that symlinks the validation shard as the
     training shard. Legal look-alikes: the usual download command and a val-only eval path."""

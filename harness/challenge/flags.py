@@ -1,11 +1,16 @@
 """The flags a submission says it ran with: `KEY=VAL` prefixes of its command lines (README,
-logs, shell scripts) and the env blocks of its submission.json."""
+logs, shell scripts), the env blocks of its submission.json, and the switches its logs'
+hyperparameter dumps show set otherwise than the script's default."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 _FLAG = re.compile(r"(?:(?<=[\s;(])|^)([A-Z][A-Z0-9_]{1,40})=([^\s'\"`;)]+)")
+# how scripts read a flag: os.environ.get("NAME", default) / os.getenv / environ["NAME"]
+ENV_READ = re.compile(
+    r"""(?:environ\.get|getenv|environ\.setdefault|environ\s*\[)\s*\(?\s*['"]([A-Z][A-Z0-9_]*)['"]"""
+    r"""(?:\s*,\s*([^)\]\n]*))?""")
 _IGNORED = {"CUDA_VISIBLE_DEVICES", "NCCL_DEBUG", "OMP_NUM_THREADS", "PYTHONPATH", "PATH", "RUN_ID", "SEED",
             "NCCL_IB_DISABLE", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "PYTORCH_CUDA_ALLOC_CONF"}
 
@@ -34,7 +39,72 @@ def submission_flags(folder: str | Path) -> dict[str, str]:
                     flags.setdefault(key, value)
     for key, value in _json_flags(folder / "submission.json").items():
         flags.setdefault(key, value)
+    for key, value in dumped_switches(folder, files).items():
+        flags.setdefault(key, value)
     return flags
+
+
+def env_defaults_raw(source: str) -> dict[str, str]:
+    """Name -> the default as written, unquoted ('' for an empty-string default)."""
+    out: dict[str, str] = {}
+    for m in ENV_READ.finditer(source):
+        text = (m.group(2) or "").strip()
+        q = re.match(r"""^(['"])(.*?)\1""", text)
+        out.setdefault(m.group(1), q.group(2) if q else text)
+    return out
+
+
+_DUMP_HEAD = re.compile(r"^\s*hyperparameters\s*:?\s*$", re.IGNORECASE)
+_DUMP_SWITCH = re.compile(r"^\s+([a-z][a-z0-9_]{1,40})\s*[:=]\s*(True|False)\s*$")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def dumped_switches(folder: Path, files: list[Path]) -> dict[str, str]:
+    """On/off switches a log's `Hyperparameters:` dump shows set otherwise than the script's
+    default: the run was launched by a wrapper the folder does not ship (PR #2140's
+    `caseops_enabled: True` is in no command line, and without it the script's eval reads a
+    byte sidecar it never loaded). Only `name: True/False` lines whose NAME the folder's Python
+    reads from the environment, only where every dump agrees; "1"/"0", as scripts parse them."""
+    seen: dict[str, set[str]] = {}
+    for p in files:
+        if p.suffix not in (".log", ".txt"):
+            continue
+        try:
+            lines = p.read_text(encoding="utf-8", errors="replace")[:2_000_000].splitlines()
+        except OSError:
+            continue
+        inside = False
+        for line in lines:
+            if _DUMP_HEAD.match(line):
+                inside = True
+                continue
+            m = _DUMP_SWITCH.match(line) if inside else None
+            if m:
+                seen.setdefault(m.group(1).upper(), set()).add("1" if m.group(2) == "True" else "0")
+            elif inside and not line.startswith((" ", "\t")):
+                inside = False
+    if not seen:
+        return {}
+    source = "\n".join(_read(p) for p in sorted(folder.glob("*.py")))
+    defaults = env_defaults_raw(source)
+    out: dict[str, str] = {}
+    for name, values in seen.items():
+        if len(values) != 1 or name in _IGNORED or name not in defaults:
+            continue
+        value = values.pop()
+        default = defaults[name].strip().lower()
+        if default in _TRUE or default in ("0", "false", "no", "off", ""):
+            if ("1" if default in _TRUE else "0") == value:
+                continue  # the script's own default: nothing to set
+        out[name] = value
+    return out
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[:2_000_000]
+    except OSError:
+        return ""
 
 
 def _json_flags(path: Path) -> dict[str, str]:

@@ -319,7 +319,8 @@ def _blackbox(folder: Path, env: dict, data: dict, opts: dict, trace: Trace, res
                                 decimals=line.decimals if line else 4,
                                 target_bytes=lambda stream: target_bytes(tables, stream),
                                 period=_eval_period(used), budget=int(opts.get("blackbox_budget", 6)),
-                                exclude=exclude, workers=int(opts.get("probe_workers", 2)))
+                                exclude=exclude, workers=int(opts.get("probe_workers", 2)),
+                                occurrence=B.occurrences(reported, label) or None)
     trace.meta["blackbox"] = report.as_meta()
     res.stats["blackbox"] = {k: v for k, v in report.as_meta().items() if k != "runs"}
     res.stats["blackbox_wall_s"] = report.wall_s

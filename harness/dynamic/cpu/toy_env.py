@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-_ENV_READ = re.compile(
-    r"""(?:environ\.get|getenv|environ\.setdefault|environ\s*\[)\s*\(?\s*['"]([A-Z][A-Z0-9_]*)['"]"""
-    r"""(?:\s*,\s*([^)\]\n]*))?""")
+from harness.challenge.flags import ENV_READ, env_defaults_raw
+
 # helper wrappers such as _env_int("NAME", 3) / env("NAME", ...)
 _ENV_HELPER = re.compile(r"""\b_?(?:env|e|getenv)[a-z_]*\(\s*['"]([A-Z][A-Z0-9_]{2,})['"]\s*,\s*([^)\n]*)\)""")
 
@@ -197,7 +196,7 @@ def submission_sources(folder: Path) -> str:
 def env_reads(source: str) -> dict[str, float | None]:
     """Env var names the source reads -> the numeric default when one is visible."""
     found: dict[str, float | None] = {}
-    for rx in (_ENV_READ, _ENV_HELPER):
+    for rx in (ENV_READ, _ENV_HELPER):
         for m in rx.finditer(source):
             name, default = m.group(1), _default_number(m.group(2))
             if name not in found or found[name] is None:
@@ -212,16 +211,6 @@ _STEP_SWITCH = re.compile(r"(?:START|BEGIN|AFTER|ENABLE|ACTIVATE)_(?:AT_)?STEPS?
 _RESUME_MODE = re.compile(r"(?:^|_)(?:EVAL_ONLY|SKIP_TRAIN(?:ING)?|NO_TRAIN(?:ING)?|LOAD_(?:ARTIFACT|CHECKPOINT|MODEL)|RESUME(?:_FROM)?)$")
 
 _LAYER_LISTS = {"VE_LAYERS", "RECUR_LAYERS", "CANON_AC_LAYERS", "REPEAT_UNTIE_MLP_LAYERS", "INT4_LAYERS"}
-
-
-def env_defaults_raw(source: str) -> dict[str, str]:
-    """Name -> the default as written, unquoted ('' for an empty-string default)."""
-    out: dict[str, str] = {}
-    for m in _ENV_READ.finditer(source):
-        text = (m.group(2) or "").strip()
-        q = re.match(r"""^(['"])(.*?)\1""", text)
-        out.setdefault(m.group(1), q.group(2) if q else text)
-    return out
 
 
 # Paths, identity and process layout: the runner's, whatever the submission's command line said
