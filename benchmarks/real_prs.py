@@ -67,6 +67,11 @@ def row_for(label: str, folder: Path, dynamic: bool, timeout: int) -> dict:
     if bb:
         row["blackbox"] = (f"sum_p={bb.get('sum_p'):.4f}/{len(bb.get('candidates') or [])}"
                            if not bb.get("not_run") else f"not run: {bb['not_run'][:120]}")
+    stats = res.get("stats") or {}
+    # where the time went: the traced run, the black-box probe, the causality/properness probes
+    # (probe_wall_s sums its runs, two at a time)
+    row["stages_s"] = {k: stats[k] for k in ("trace_run_wall_s", "blackbox_wall_s", "probe_wall_s", "dynamic_wall_s")
+                       if k in stats}
     row["not_audited"] = [n.get("reason", "")[:200] for n in res.get("not_audited", [])]
     row["low"] = sorted({f"{f['rule']}{STATUS.get(f.get('status', ''), '')}" for f in fs if f["severity"] == "low"})
     return row

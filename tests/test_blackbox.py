@@ -87,10 +87,19 @@ def test_adapt_then_score_breaks_the_bound():
 
 
 def test_an_eval_that_drops_the_tail_is_not_judged():
-    rep = run_blackbox(stream(), bigram_eval("hit", truncate_to=128), label="final_exact", decimals=8,
+    calls = []
+    inner = bigram_eval("hit", truncate_to=128)
+
+    def counted(s, what, extra):
+        calls.append(what)
+        return inner(s, what, extra)
+
+    rep = run_blackbox(stream(), counted, label="final_exact", decimals=8,
                        target_bytes=target_bytes, period=64, workers=1, layouts=[("toy", {})])
     assert rep.not_run and "do not fit a score of all" in rep.not_run
     assert math.isnan(rep.sum_p)
+    # the layout is given up after its first candidate and its shorter stream, not all six runs
+    assert len(calls) == 2 and "without the last token" in calls
 
 
 def test_a_loader_that_keeps_whole_windows_is_judged_with_one_token_sequences():

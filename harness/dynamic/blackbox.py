@@ -203,7 +203,8 @@ def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int
                  budget: int = 6, exclude: set[int] | None = None, workers: int = 2,
                  layouts: list[tuple[str, dict]] | None = None, occurrence: int | None = None) -> BlackboxReport:
     """Probe the eval with `budget` runs per layout: K = budget - 2 candidate streams, the stream
-    without its last token, and one repeat (determinism). The next layout is tried only when the
+    without its last token, and one repeat (determinism); two runs only for a layout whose first
+    candidate or shorter stream prints totals that do not fit. The next layout is tried only when the
     printed totals do not fit a complete score (the loader or the windows drop targets).
     `occurrence`: which print of `label` is the claim (the trace run's count; default the last)."""
     t0 = time.perf_counter()
@@ -254,14 +255,31 @@ def _attempt(tokens, run_fn, label, decimals, target_bytes, period, budget, excl
             raise BlackboxError(f"{what}: the run printed no '{label}' line")
         return total_of(r, stream, what, target_bytes)
 
+    # a first candidate and the shorter stream first: when their printed pairs do not fit a
+    # complete score, this layout is done after one round, not three
+    first, rest = [jobs[0], jobs[-2]], jobs[1:-2] + [jobs[-1]]
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            rep.runs = list(pool.map(one, jobs))
+            head = list(pool.map(one, first))
+            misfit = [r for r in head if not r.consistent]
+            if misfit:
+                rep.runs = head
+                rep.not_run = _misfit(label, misfit[0])
+                return rep
+            tail = list(pool.map(one, rest))
     except BlackboxError as exc:
         rep.not_run = str(exc)
         return rep
+    rep.runs = [head[0], *tail[:-1], head[1], tail[-1]]
     _judge(rep)
     return rep
+
+
+def _misfit(label: str, r: PrintedTotal) -> str:
+    return (f"the printed val_loss/val_bpb of '{label}' do not fit a score of all {r.targets} targets "
+            f"of a {r.tokens}-token stream with their true UTF-8 bytes ({r.stream}: implied "
+            f"{r.implied_bytes} bytes, true {r.true_bytes}): the eval drops targets at this length "
+            "(a partial last window, a document filter) or counts bytes its own way")
 
 
 def _judge(rep: BlackboxReport) -> None:
@@ -280,11 +298,7 @@ def _judge(rep: BlackboxReport) -> None:
         return
     bad = [r for r in cand_runs + [minus] if not r.consistent]
     if bad:
-        r = bad[0]
-        rep.not_run = (f"the printed val_loss/val_bpb of '{rep.label}' do not fit a score of all {r.targets} targets "
-                       f"of a {r.tokens}-token stream with their true UTF-8 bytes ({r.stream}: implied "
-                       f"{r.implied_bytes} bytes, true {r.true_bytes}): the eval drops targets at this length "
-                       "(a partial last window, a document filter) or counts bytes its own way")
+        rep.not_run = _misfit(rep.label, bad[0])
         return
     p = minus.total
     rep.code_lengths = [round(r.total - p, 9) for r in cand_runs]
