@@ -223,6 +223,22 @@ def test_an_end_aligned_last_window_is_judged_with_stride_one_windows():
     assert not hit.not_run and hit.sum_p > 1.0 + hit.tolerance
 
 
+def test_stride_one_windows_probe_a_shorter_stream():
+    # a window per target: the network runs once per target, so that layout's stream is capped
+    seen: dict[str, set[int]] = {}
+    inner = windowed_eval("hit")
+
+    def recorded(x, what, extra):
+        seen.setdefault(extra.get("EVAL_STRIDE", "toy"), set()).add(len(x))
+        return inner(x, what, extra)
+
+    rep = run_blackbox(stream(3000), recorded, label="final_exact", decimals=8, target_bytes=target_bytes,
+                       period=64, workers=1)
+    assert not rep.not_run and any("stride-1 windows" in n for n in rep.notes)
+    assert max(seen["toy"]) > 2000 and max(seen["1"]) <= 1025
+    assert rep.stream_tokens <= 1025 and rep.sum_p > 1.0 + rep.tolerance
+
+
 def test_a_layout_that_prints_no_result_line_passes_to_the_next():
     # PR #770's sliding eval runs only when EVAL_STRIDE < EVAL_SEQ_LEN: in a layout where it is
     # skipped the claimed line is missing, which says nothing about the next layout

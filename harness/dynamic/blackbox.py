@@ -55,16 +55,18 @@ RunFn = Callable[[np.ndarray, str, dict], list[Reported]]
 # - Most records' loaders keep only a multiple of TRAIN_SEQ_LEN tokens, so a stream one token
 #   shorter loses a whole window; with one-token sequences every stream length is scored whole.
 # The eval's own logic (caches, mixers, TTT, byte counting) runs unchanged; only the windows, or
-# the network's context, change, and every run of one attempt shares them.
+# the network's context, change, and every run of one attempt shares them. A third element caps
+# the stream's targets: stride-1 windows run the network once per target (a window each), so
+# their stream is a quarter of the default (PR #797's black-box probe: 165 s at 4,096 targets).
 # Not judged by any layout (said, not guessed): windows kept while any target is left
 # (`min(ws + seq_len, total) - ws >= 1`, PRs #659, #770, #797) score the last stride of every
 # stream again in shorter windows, at any stride below the window (their sliding eval runs only
 # then). Two windows (one over all targets but the last, a stride just below it) would lay both
 # streams out alike, but these scripts' loaders keep a multiple of max(TRAIN_SEQ_LEN,
 # EVAL_SEQ_LEN) tokens, so one of the two streams always loses its tail (tried on #770).
-LAYOUTS: list[tuple[str, dict]] = [
+LAYOUTS: list[tuple] = [
     ("the toy profile", {}),
-    ("stride-1 windows", {"EVAL_STRIDE": "1"}),
+    ("stride-1 windows", {"EVAL_STRIDE": "1"}, 1024),  # a window per target: a shorter stream
     ("one-token sequences", {"TRAIN_SEQ_LEN": "1", "EVAL_SEQ_LEN": "1", "EVAL_STRIDE": "1"}),
 ]
 
@@ -118,12 +120,13 @@ class BlackboxReport:
 
 
 # ---------------------------------------------------------------- streams
-def stream_length(available: int, period: int | None, decimals: int) -> int:
+def stream_length(available: int, period: int | None, decimals: int, most: int = 4096) -> int:
     """N with N - 1 a multiple of the eval's period, short enough that printed rounding
-    (0.5 x 10^-decimals nats per target) stays small against one target's code length."""
+    (0.5 x 10^-decimals nats per target) stays small against one target's code length, and at
+    most about `most` targets (two periods at least)."""
     period = max(1, int(period or 128))
     budget_targets = int(0.05 / (0.5 * 10.0 ** -decimals)) if decimals < 12 else 1 << 30
-    target = max(2 * period, min(4096, budget_targets))
+    target = max(2 * period, min(most, budget_targets))
     m = max(2, target // period)
     while m > 2 and m * period + 1 > available:
         m -= 1
@@ -201,7 +204,7 @@ def total_of(r: Reported, stream: np.ndarray, what: str, target_bytes: Callable[
 def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int,
                  target_bytes: Callable[[np.ndarray], np.ndarray], period: int | None = None,
                  budget: int = 6, exclude: set[int] | None = None, workers: int = 2,
-                 layouts: list[tuple[str, dict]] | None = None, occurrence: int | None = None) -> BlackboxReport:
+                 layouts: list[tuple] | None = None, occurrence: int | None = None) -> BlackboxReport:
     """Probe the eval with `budget` runs per layout: K = budget - 2 candidate streams, the stream
     without its last token, and one repeat (determinism); two runs only for a layout whose first
     candidate or shorter stream prints totals that do not fit. The next layout is tried only when the
@@ -210,9 +213,9 @@ def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int
     t0 = time.perf_counter()
     tried: list[str] = []
     rep = BlackboxReport(label=label)
-    for name, extra in (layouts if layouts is not None else LAYOUTS):
+    for name, extra, *most in (layouts if layouts is not None else LAYOUTS):
         rep = _attempt(tokens, run_fn, label, decimals, target_bytes, period, budget, exclude, workers, extra,
-                       occurrence)
+                       occurrence, most[0] if most else 4096)
         tried.append(f"{name}: {rep.not_run or 'judged'}")
         if not rep.not_run or rep.not_run.startswith(_FINAL):
             break  # judged, or a reason no other layout changes
@@ -227,10 +230,10 @@ def run_blackbox(tokens: np.ndarray, run_fn: RunFn, *, label: str, decimals: int
 
 
 def _attempt(tokens, run_fn, label, decimals, target_bytes, period, budget, exclude, workers, extra,
-             occurrence: int | None) -> BlackboxReport:
+             occurrence: int | None, most: int) -> BlackboxReport:
     rep = BlackboxReport(label=label)
     k = max(2, int(budget) - 2)
-    n_tok = stream_length(len(tokens), period, decimals)
+    n_tok = stream_length(len(tokens), period, decimals, most)
     if n_tok < 8:
         rep.not_run = f"the validation stream is too short ({len(tokens)} tokens)"
         return rep
