@@ -108,6 +108,7 @@ def test_a_loader_that_keeps_whole_windows_is_judged_with_one_token_sequences():
     assert not rep.not_run, rep.not_run
     assert rep.sum_p > 1.0 + rep.tolerance
     assert any("one-token sequences" in n for n in rep.notes)
+    assert rep.stream_tokens <= 1025  # a window per target: the capped stream
 
 
 def test_a_nondeterministic_eval_is_not_judged():
