@@ -22,14 +22,10 @@ def submission_flags(folder: str | Path) -> dict[str, str]:
     if folder.is_file():
         folder = folder.parent
     flags: dict[str, str] = {}
-    files = []
+    texts: dict[Path, str] = {}
     for pattern in ("*.md", "*.log", "*.txt", "*.sh"):
-        files += sorted(folder.glob(pattern))
-    for p in files:
-        try:
-            text = p.read_text(encoding="utf-8", errors="replace")[:2_000_000]
-        except OSError:
-            continue
+        texts.update((p, _read(p)) for p in sorted(folder.glob(pattern)))
+    for text in texts.values():
         for line in text.replace("\\\n", " ").splitlines():
             m = re.search(r"\b(torchrun|python3?|uv run|bash)\b", line)
             if not m:
@@ -39,7 +35,8 @@ def submission_flags(folder: str | Path) -> dict[str, str]:
                     flags.setdefault(key, value)
     for key, value in _json_flags(folder / "submission.json").items():
         flags.setdefault(key, value)
-    for key, value in dumped_switches(folder, files).items():
+    logs = [text for p, text in texts.items() if p.suffix in (".log", ".txt")]
+    for key, value in dumped_switches(folder, logs).items():
         flags.setdefault(key, value)
     return flags
 
@@ -57,24 +54,19 @@ def env_defaults_raw(source: str) -> dict[str, str]:
 _DUMP_HEAD = re.compile(r"^\s*hyperparameters\s*:?\s*$", re.IGNORECASE)
 _DUMP_SWITCH = re.compile(r"^\s+([a-z][a-z0-9_]{1,40})\s*[:=]\s*(True|False)\s*$")
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
-def dumped_switches(folder: Path, files: list[Path]) -> dict[str, str]:
+def dumped_switches(folder: Path, logs: list[str]) -> dict[str, str]:
     """On/off switches a log's `Hyperparameters:` dump shows set otherwise than the script's
     default: the run was launched by a wrapper the folder does not ship (PR #2140's
     `caseops_enabled: True` is in no command line, and without it the script's eval reads a
     byte sidecar it never loaded). Only `name: True/False` lines whose NAME the folder's Python
     reads from the environment, only where every dump agrees; "1"/"0", as scripts parse them."""
     seen: dict[str, set[str]] = {}
-    for p in files:
-        if p.suffix not in (".log", ".txt"):
-            continue
-        try:
-            lines = p.read_text(encoding="utf-8", errors="replace")[:2_000_000].splitlines()
-        except OSError:
-            continue
+    for text in logs:
         inside = False
-        for line in lines:
+        for line in text.splitlines():
             if _DUMP_HEAD.match(line):
                 inside = True
                 continue
@@ -85,17 +77,15 @@ def dumped_switches(folder: Path, files: list[Path]) -> dict[str, str]:
                 inside = False
     if not seen:
         return {}
-    source = "\n".join(_read(p) for p in sorted(folder.glob("*.py")))
-    defaults = env_defaults_raw(source)
+    defaults = env_defaults_raw("\n".join(_read(p) for p in sorted(folder.glob("*.py"))))
     out: dict[str, str] = {}
     for name, values in seen.items():
         if len(values) != 1 or name in _IGNORED or name not in defaults:
             continue
         value = values.pop()
         default = defaults[name].strip().lower()
-        if default in _TRUE or default in ("0", "false", "no", "off", ""):
-            if ("1" if default in _TRUE else "0") == value:
-                continue  # the script's own default: nothing to set
+        if (default in _TRUE and value == "1") or (default in _FALSE and value == "0"):
+            continue  # the script's own default: nothing to set
         out[name] = value
     return out
 

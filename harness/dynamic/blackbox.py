@@ -162,12 +162,17 @@ def plant_context(tokens: np.ndarray, k: int, exclude: set[int]) -> tuple[np.nda
 
 
 # ---------------------------------------------------------------- printed totals
+def _printed(reported: list[Reported], label: str) -> list[Reported]:
+    """The lines with `label` that print a finite val_loss or val_bpb, in execution order."""
+    return [r for r in reported if r.label == label and (finite(r.val_loss) or finite(r.val_bpb))]
+
+
 def pick_line(reported: list[Reported], label: str, occurrence: int | None = None) -> Reported | None:
-    """The line with `label` that prints a finite val_loss or val_bpb: the `occurrence`-th such
-    line (1-based), else the last. A layout can run an eval block the toy profile skips (PR #770
-    prints its claimed label again after a stride-64 eval that runs only when EVAL_STRIDE != 64):
-    the claim is the print the trace run made, counted in execution order."""
-    lines = [r for r in reported if r.label == label and (finite(r.val_loss) or finite(r.val_bpb))]
+    """The `occurrence`-th printed line with `label` (1-based), else the last. A layout can run an
+    eval block the toy profile skips (PR #770 prints its claimed label again after a stride-64
+    eval that runs only when EVAL_STRIDE != 64): the claim is the print the trace run made,
+    counted in execution order."""
+    lines = _printed(reported, label)
     if occurrence is None:
         return lines[-1] if lines else None
     return lines[occurrence - 1] if len(lines) >= occurrence else None
@@ -175,7 +180,7 @@ def pick_line(reported: list[Reported], label: str, occurrence: int | None = Non
 
 def occurrences(reported: list[Reported], label: str) -> int:
     """How many finite lines with `label` a run printed."""
-    return sum(1 for r in reported if r.label == label and (finite(r.val_loss) or finite(r.val_bpb)))
+    return len(_printed(reported, label))
 
 
 def total_of(r: Reported, stream: np.ndarray, what: str, target_bytes: Callable[[np.ndarray], np.ndarray]) -> PrintedTotal:
