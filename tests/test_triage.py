@@ -296,8 +296,8 @@ def dask_runner_factory():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this test file
     runners = []
 
-    def make(fn=None):
-        r = DaskRunner(None, workers=2, fn=fn or audit_task)
+    def make(fn=None, workers=2):
+        r = DaskRunner(None, workers=workers, fn=fn or audit_task)
         runners.append(r)
         return r
     yield make
@@ -324,3 +324,13 @@ def test_dask_worker_killed_mid_task_is_retried_once_then_lost(repo, dask_runner
     assert recs[4]["not_audited"][0].startswith("not audited: worker lost")
     doc = _run_with(repo, [3, 4], dask_runner_factory(functools.partial(crash_once, marker_dir=str(tmp_path))))
     assert {r["pr"]: (r["verdict"], r["attempts"]) for r in doc["prs"]} == {3: ("clean", 2), 4: ("clean", 2)}
+
+
+def test_dask_bystander_of_a_dead_worker_is_not_lost(repo, dask_runner_factory):
+    """One worker holds both tasks; PR 4 kills it, and PR 3, sent to the same worker, gets
+    KilledWorker too. Its retry runs alone, so it is audited, while PR 4 is lost on its own."""
+    runner = dask_runner_factory(functools.partial(crash_on, pr=4), workers=1)
+    doc = triage(TriageOptions(repo=str(repo), prs=[4, 3], jobs=1), runner=runner)
+    recs = {r["pr"]: r for r in doc["prs"]}
+    assert recs[3]["verdict"] == "clean"
+    assert recs[4]["verdict"] == "not-audited" and recs[4]["attempts"] == 2

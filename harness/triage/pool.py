@@ -12,8 +12,9 @@ stop the other PRs).
   (processes, one thread per worker). Tasks are submitted in a window (a few per worker) and
   collected with `as_completed`; the scheduler's own retries are set to none on a LocalCluster
   (`distributed.scheduler.allowed-failures: 0`), so a dead worker gives `KilledWorker` at once
-  and the retry-once rule above is ours. An external scheduler keeps its own setting (see
-  docs/triage.md)."""
+  and the retry-once rule above is ours. A worker that dies fails every task the scheduler had
+  sent it, so a retry runs alone on the cluster: its second loss is its own, not a neighbour's.
+  An external scheduler keeps its own setting (see docs/triage.md)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -92,6 +93,10 @@ class _Feed:
 
     def appendleft(self, item: tuple[dict, int]) -> None:
         self._retries.appendleft(item)
+
+    def retry_next(self) -> bool:
+        """The next task served is a retry."""
+        return bool(self._retries)
 
 
 # ------------------------------------------------------------------ local pool
@@ -311,14 +316,25 @@ class DaskRunner:
         meta: dict[str, tuple[dict, int]] = {}
         ac = as_completed()
         window = self.window_per_worker * self.n_threads()
+        alone: set[str] = set()  # the key of a retry in flight; nothing else is submitted beside it
+
+        def put(task: dict, attempt: int) -> str:
+            key = f"triage-pr{task['pr']}-a{attempt}-{uuid.uuid4().hex[:8]}"
+            fut = client.submit(self.fn, task, key=key, pure=False, retries=0)
+            meta[fut.key] = (task, attempt)
+            ac.add(fut)
+            return fut.key
 
         def submit() -> None:
-            while pending and ac.count() < window:
-                task, attempt = pending.popleft()
-                key = f"triage-pr{task['pr']}-a{attempt}-{uuid.uuid4().hex[:8]}"
-                fut = client.submit(self.fn, task, key=key, pure=False, retries=0)
-                meta[fut.key] = (task, attempt)
-                ac.add(fut)
+            # The scheduler sends a worker several tasks at once, and when it dies every one of
+            # them gets KilledWorker, the bystanders too. So a retry waits for the cluster to
+            # drain and runs alone: a loss then is its own.
+            while pending and ac.count() < window and not alone:
+                if pending.retry_next():
+                    if ac.count() == 0:
+                        alone.add(put(*pending.popleft()))
+                    return
+                put(*pending.popleft())
 
         submit()
         while not ac.is_empty() or pending:
@@ -327,6 +343,7 @@ class DaskRunner:
                 continue
             fut = next(ac)
             task, attempt = meta.pop(fut.key)
+            alone.discard(fut.key)
             try:
                 rec = fut.result()
                 rec["attempts"] = attempt
