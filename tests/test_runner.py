@@ -426,3 +426,47 @@ def test_the_run_shows_no_sign_of_the_audit(submission, toy_data):
     if sandbox.available_isolation() == "bwrap":
         assert checkout not in seen, seen
         assert "CHECKOUT []" in r.stdout, r.stdout[-500:]  # its files are not where they live
+
+
+WRITTEN_HYPERPARAMETERS = '''import os
+class Hyperparameters:
+    num_layers = 11  # written, not read from the environment
+    model_dim: int = 512
+    num_heads = int(os.environ.get("NUM_HEADS", 8))
+    mlp_hidden = 64
+    layer_of_interest = 9
+NUM_KV_HEADS = 4
+args = Hyperparameters()
+'''
+
+
+def test_written_hyperparameters_are_shrunk_on_their_own_lines():
+    from harness.dynamic.cpu import toy_env
+
+    new, notes = toy_env.shrink_literals(WRITTEN_HYPERPARAMETERS)
+    old_lines, new_lines = WRITTEN_HYPERPARAMETERS.splitlines(), new.splitlines()
+    assert len(old_lines) == len(new_lines)  # the trace's line numbers are the folder's
+    assert new_lines[2] == "    num_layers = 2  # written, not read from the environment"
+    assert new_lines[3] == "    model_dim: int = 64"
+    assert new_lines[7] == "NUM_KV_HEADS = 2"
+    # read from the environment (the env profile's business), already small, or not a knob
+    assert [new_lines[i] for i in (4, 5, 6)] == [old_lines[i] for i in (4, 5, 6)]
+    assert len(notes) == 3 and all(n.startswith(toy_env.LITERAL_NOTE) for n in notes)
+    assert "num_layers = 11 written in the script (line 3), run with 2" in notes[0]
+    assert toy_env.shrink_literals("def broken(:\n") == ("def broken(:\n", [])
+
+
+def test_a_run_that_fails_with_written_hyperparameters_shrunk_is_rerun_as_written(tmp_path, toy_data):
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    # a hard-coded layer index: fine with 11 layers, out of range with the toy's 2
+    (folder / "train_gpt.py").write_text(WRITTEN_HYPERPARAMETERS +
+                                         "blocks = list(range(args.num_layers))\nprint('block', blocks[args.layer_of_interest])\n")
+    r = runner.run_submission(folder, env={}, toy_data=toy_data, trace=False, timeout_s=60)
+    assert r.error is None and "block 9" in r.stdout
+    assert r.notes[0].startswith(runner.LITERALS_RERUN_NOTE) and "IndexError" in r.notes[0]
+    assert not any(n.startswith("toy scale (literal): num_layers") for n in r.notes)  # the second run kept 11
+    (folder / "train_gpt.py").write_text(WRITTEN_HYPERPARAMETERS + "print('layers', args.num_layers, args.model_dim)\n")
+    r = runner.run_submission(folder, env={}, toy_data=toy_data, trace=False, timeout_s=60)
+    assert r.error is None and "layers 2 64" in r.stdout
+    assert (folder / "train_gpt.py").read_text().count("= 11") == 1  # the folder itself is never edited

@@ -105,6 +105,10 @@ def _run(folder: Path, env: dict, data: dict, options: dict, *, trace: bool = Tr
                                   timeout_s=int(options["timeout_s"]))
     if options.get("autocast"):
         kwargs["shim_options"] = {"autocast": str(options["autocast"])}
+    if options.get("toy_literals") is False:
+        from harness.dynamic.cpu.toy_env import ToyOptions
+
+        kwargs["toy_options"] = ToyOptions(literals=False)
     if options.get("allow_network"):
         kwargs["allow_network"] = True
     if options.get("allow_weak_sandbox"):
@@ -187,10 +191,13 @@ def run_dynamic(folder: str | Path, options: dict | None = None) -> AuditResult:
 
     result = _run(folder, env, data, opts, trace=True)
     res.stats["trace_run_wall_s"] = round(float(result.wall_s or 0.0), 1)
-    from harness.dynamic.run.runner import BF16_RERUN_NOTE
+    from harness.dynamic.run.runner import BF16_RERUN_NOTE, LITERALS_RERUN_NOTE
 
+    # the probe runs repeat the trace run's choices, not its failed first attempts
     if not opts.get("autocast") and any(str(n).startswith(BF16_RERUN_NOTE) for n in (result.notes or [])):
         opts = {**opts, "autocast": "bf16"}
+    if any(str(n).startswith(LITERALS_RERUN_NOTE) for n in (result.notes or [])):
+        opts = {**opts, "toy_literals": False}
     res.notes.extend(str(n) for n in (result.notes or []))
     res.warnings.extend(w for w in getattr(result, "warnings", []) if w not in res.warnings)
     why = _failure(result)

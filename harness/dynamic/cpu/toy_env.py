@@ -35,6 +35,9 @@ class ToyOptions:
     # is legal-looking with one epoch; two keep the shape at the least cost.
     ttt_epochs: int = 2
     seed: int = 1337
+    # apply the profile to hyperparameters written as literals too (see shrink_literals); off
+    # when a run failed with them shrunk and was repeated with the script's own values
+    literals: bool = True
 
 
 def _default_number(text: str | None) -> float | None:
@@ -317,3 +320,52 @@ def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = 
     if unknown_big:
         notes.append("toy env: left at script default (large, not in profile): " + ", ".join(unknown_big[:20]))
     return env, notes
+
+
+# ---------------------------------------------------------------- hard-coded hyperparameters
+LITERAL_NOTE = "toy scale (literal):"
+
+def shrink_literals(source: str, opts: ToyOptions | None = None) -> tuple[str, list[str]]:
+    """(source, notes): the profile applied to hyperparameters the script writes as numbers
+    instead of reading them from the environment (`model_dim = 512` in a `Hyperparameters`
+    class body, `NUM_LAYERS = 11` at module level). A script like that (PR #961) otherwise runs
+    its full-size model at "toy" scale: 27M parameters, minutes per run. A knob is rewritten
+    when its upper-cased name is in the profile and the script reads no environment variable of
+    that name; the number is replaced where it stands, so every line keeps its number and the
+    trace's lines are the folder's. Same rules as an env default: a clamp shrinks only a larger
+    value. Unparsable source comes back unchanged."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return source, []
+    rules = profile(opts or ToyOptions())
+    reads = env_reads(source)
+    lines = source.splitlines(keepends=True)
+    edits: list[tuple[int, int, int, str, str, str]] = []  # (line, start col, end col, name, old, new)
+    bodies = [tree.body] + [n.body for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    for body in bodies:
+        for st in body:
+            if isinstance(st, ast.Assign) and len(st.targets) == 1:
+                target, value = st.targets[0], st.value
+            elif isinstance(st, ast.AnnAssign) and st.value is not None:
+                target, value = st.target, st.value
+            else:
+                continue
+            if not (isinstance(target, ast.Name) and isinstance(value, ast.Constant)
+                    and type(value.value) in (int, float) and value.lineno == value.end_lineno):
+                continue
+            name = target.id.upper()
+            rule = rules.get(name)
+            if rule is None or name in reads:
+                continue
+            new = rule(float(value.value)) if callable(rule) else rule
+            if new is None or _default_number(new) is None or _default_number(new) == float(value.value):
+                continue
+            old = lines[value.lineno - 1].encode("utf-8")[value.col_offset:value.end_col_offset].decode("utf-8")
+            edits.append((value.lineno, value.col_offset, value.end_col_offset, target.id, old, new))
+    notes = []
+    for line, start, end, name, old, new in sorted(edits, key=lambda e: (e[0], -e[1])):
+        raw = lines[line - 1].encode("utf-8")
+        lines[line - 1] = (raw[:start] + new.encode("utf-8") + raw[end:]).decode("utf-8")
+        notes.append(f"{LITERAL_NOTE} {name} = {old} written in the script (line {line}), run with {new}")
+    return "".join(lines), notes

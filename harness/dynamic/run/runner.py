@@ -12,6 +12,7 @@ Scratch layout (the sandbox's only writable place; cwd of the run):
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -286,6 +287,47 @@ def _retry_with_bf16_autocast(run_once):
     return run
 
 
+LITERALS_RERUN_NOTE = "toy scale (literal): the run failed with the script's written hyperparameters shrunk"
+
+
+def _shrink_script_literals(script: Path, toy_options: toy_env.ToyOptions | None, notes: list[str]) -> None:
+    """Apply the toy profile to hyperparameters the entry script writes as numbers (in the
+    scratch copy, line numbers kept: toy_env.shrink_literals)."""
+    try:
+        text = script.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    new, lit_notes = toy_env.shrink_literals(text, toy_options)
+    if lit_notes:
+        script.write_text(new, encoding="utf-8")
+        notes.extend(lit_notes)
+
+
+def _retry_with_written_literals(run_once):
+    """A run that failed with written hyperparameters shrunk (a layer index hard-coded beyond
+    the toy layer count, a shape another literal fixes) is repeated once with the script's own
+    numbers, slower but as written; the notes say so, and `harness.dynamic.audit` keeps that
+    choice for the probe runs. A run stopped by a limit is not repeated: it would only be slower."""
+
+    @functools.wraps(run_once)
+    def run(folder: str | Path, *, scratch: str | Path | None = None,
+            toy_options: toy_env.ToyOptions | None = None, **kwargs: Any) -> RunResult:
+        first = run_once(folder, scratch=scratch, toy_options=toy_options, **kwargs)
+        shrunk = any(str(n).startswith(toy_env.LITERAL_NOTE) for n in first.notes)
+        if first.error is None or not shrunk or first.killed_reason:
+            return first
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        opts = dataclasses.replace(toy_options or toy_env.ToyOptions(), literals=False)
+        second = run_once(folder, scratch=scratch, toy_options=opts, **kwargs)
+        second.notes.insert(0, f"{LITERALS_RERUN_NOTE} ({first.error}); reran with the script's values")
+        second.wall_s += first.wall_s
+        return second
+
+    return run
+
+
+@_retry_with_written_literals
 @_retry_with_bf16_autocast
 def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy_data: dict,
                    submission_env: dict[str, str] | None = None, nproc: int = 1, trace: bool = True,
@@ -325,6 +367,8 @@ def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy
         data_path, tokenizer_path, val_tokens = _prepare_data(scratch_path, toy_data, val_override, notes)
         script = scratch_path / entry.relative_to(folder)
         sources = toy_env.submission_sources(folder)
+        if (toy_options or toy_env.ToyOptions()).literals:
+            _shrink_script_literals(script, toy_options, notes)
         if "fineweb_val_bytes" in sources or "val_bytes_" in sources:
             _write_byte_sidecar(data_path, val_tokens, tokenizer_path, notes)
 
