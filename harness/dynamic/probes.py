@@ -245,6 +245,9 @@ class ProbeReport:
     properness: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)  # label, wall_s
     plan: dict = field(default_factory=dict)
+    # the stream the probes ran on: {"tokens": probed stream, "of": the trace run's, "baseline":
+    # the run they were compared with} (empty: the trace run's stream, the trace as baseline)
+    stream: dict = field(default_factory=dict)
 
     def as_meta(self) -> dict:
         return asdict(self)
@@ -514,4 +517,5 @@ def summary(rep: ProbeReport) -> dict:
         "probe_changed": describe([tuple(r) for r in rep.plan.get("changed", [])]),
         "probe_max_causal_delta": max([c.get("max_delta", 0.0) for c in rep.causality] or [0.0]),
         "probe_prob_sums": [round(p["sum_p"], 6) for p in rep.properness],
+        **({"probe_stream_tokens": rep.stream["tokens"]} if rep.stream else {}),
     }
