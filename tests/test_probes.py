@@ -178,14 +178,14 @@ class _FakeResult:
         self.wall_s, self.stdout, self.stderr, self.notes = 0.1, "", "boom\n", ["shim ran eager: torch.compile shimmed"]
 
 
-def _fake_audit(monkeypatch, tmp_path, model, *, crash=False, ttt_leak=False):
+def _fake_audit(monkeypatch, tmp_path, model, *, crash=False, ttt_leak=False, opts=None, fail_below=0):
     from harness.dynamic import audit
 
     toks = stream()
     np.save(tmp_path / "val.npy", toks)
 
     def fake_run(folder, env, data, options, *, trace=True, tracer_options=None, val_override=None):
-        if crash:
+        if crash or (val_override is not None and len(val_override) < fail_below):
             return _FakeResult(None, exit_code=1, error="RuntimeError: boom at train_gpt.py:12")
         t = make_trace(model, toks if val_override is None else val_override, ttt_leak=ttt_leak)
         t.meta["bos_id"] = BOS
@@ -193,7 +193,7 @@ def _fake_audit(monkeypatch, tmp_path, model, *, crash=False, ttt_leak=False):
 
     monkeypatch.setattr(audit, "_run", fake_run)
     monkeypatch.setattr(audit, "val_tokens_file", lambda data, override=None: (toks, str(tmp_path / "val.npy")))
-    return audit.run_dynamic(tmp_path, {"toy_data": {"tokenizer": ""}, "probe_budget": 5})
+    return audit.run_dynamic(tmp_path, {"toy_data": {"tokenizer": ""}, "probe_budget": 5, **(opts or {})})
 
 
 def test_audit_clean_model(monkeypatch, tmp_path):
@@ -202,6 +202,21 @@ def test_audit_clean_model(monkeypatch, tmp_path):
     assert int(res.exit_code()) == 0
     assert res.stats["coverage_pct"] == 100.0 and res.stats["probe_runs"] == 4
     assert "probe" in res.layers_run and any("torch.compile" in n for n in res.notes)
+
+
+def test_audit_probes_a_shorter_stream_against_its_own_baseline(monkeypatch, tmp_path):
+    short = {"probe_stream_tokens": 64}  # the 200-token stream is more than twice as long
+    res = _fake_audit(monkeypatch, tmp_path, proper, opts=short)
+    assert res.findings == [] and res.not_audited == [], [f.message for f in res.findings]
+    assert res.stats["probe_stream_tokens"] == 64 and res.stats["probe_runs"] == 5  # the baseline, then 4
+    assert res.stats["probe_position"] < 64
+    res = _fake_audit(monkeypatch, tmp_path, sees_target, opts=short)
+    assert {f.rule for f in res.findings} == {"improper-distribution"}, "leak undetected on the shorter stream"
+    # a script that cannot score the shorter stream is probed on the whole one, and says so
+    res = _fake_audit(monkeypatch, tmp_path, sees_target, opts=short, fail_below=100)
+    assert {f.rule for f in res.findings} == {"improper-distribution"}
+    assert "probe_stream_tokens" not in res.stats
+    assert any(n.startswith("probes: the first 64 tokens could not be probed") for n in res.notes)
 
 
 def test_audit_crash_is_not_audited(monkeypatch, tmp_path):

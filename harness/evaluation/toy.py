@@ -239,7 +239,7 @@ def run(runner: Any, run_dir: Path, script: Path, seed: int, opts: ReproduceOpti
     env_seen = _field(result, "env", default={}) or {}
     env_added = {k: str(env_seen.get(k, v)) for k, v in {**doc_env, **ours}.items()}
     for n in _field(result, "notes", default=[]) or []:
-        if "shrunk" in n or n.startswith(("sandbox:", "autocast", "rewrite:")):
+        if "shrunk" in n or n.startswith(("sandbox:", "autocast", "rewrite:", "toy scale (literal)")):
             notes.append(f"seed {seed}: {n}")
     if error or rc not in (0, None):
         stderr = [ln for ln in str(_field(result, "stderr", default="") or "").splitlines() if ln.strip()]

@@ -59,6 +59,12 @@ def _dispatch(self, func, types, args=(), kwargs=None):
         if out is not NotImplemented:
             return out
     out = func(*args, **kwargs)
+    plan = facts[3]
+    if (plan.is_view or plan.skip) and facts[2] is None:
+        # a third of a step's ops are views (t, view, detach, slice...): they share their input's
+        # storage, so there is nothing to record, and the op that uses one sees the same storage
+        # (and records the read of written state there); c10d ops are the collective patches'
+        return out
 
     # One pass over the tensor arguments: which carry provenance, and is it coarse only?
     infos = tr.infos
@@ -101,9 +107,8 @@ def _dispatch(self, func, types, args=(), kwargs=None):
             if special is not None:
                 special(func, args, kwargs, out)
             return out
-        plan = facts[3]
         if plan.skip or plan.is_view:
-            return out  # c10d ops (the collective patches); views share their input's storage
+            return out  # a view or c10d op with a special handler (lift_fresh): handled above when no input carries provenance
         if plan.simple and not rich and isinstance(out, Tensor):
             # the bulk of traced ops: activations, logits, grads -- a mask union
             k = id(out.untyped_storage())
@@ -116,7 +121,7 @@ def _dispatch(self, func, types, args=(), kwargs=None):
                 info.grad = grad
                 info.gen += 1
             return out
-        tr._on_op(func, args, kwargs, out)
+        tr._on_op(func, args, kwargs, out, plan)
     except Exception as exc:  # a tracer bug must not change what the submission computes
         tr._internal_error(func, exc)
     return out

@@ -19,11 +19,14 @@ Tensor = torch.Tensor
 class PropagationMixin:
     """Tracer methods called from the dispatch mode (`_on_op`) for ops it cannot settle."""
 
-    def _on_op(self, func, args, kwargs, out) -> None:
-        plan = self._plan(func)
+    def _on_op(self, func, args, kwargs, out, plan=None) -> None:
+        plan = plan or self._plan(func)
         if plan.skip or plan.is_view:
             return  # c10d ops: the collective patches; views share their input's storage
         if plan.simple and self._coarse_only(args, kwargs, out):
+            return
+        if plan.mut_pos == (0,) and not plan.mut_kw and plan.rule.kind == "pointwise" \
+                and self._inplace_coarse(args, kwargs):
             return
         name, rule = plan.name, plan.rule
 
@@ -109,6 +112,54 @@ class PropagationMixin:
         info.mask = mask
         info.grad = grad
         info.gen += 1
+        return True
+
+    def _inplace_coarse(self, args, kwargs) -> bool:
+        """Fast path for an in-place pointwise op on coarse-only tensors (an optimizer's per-
+        parameter `p.add_(buf)`, `buf.mul_(m)`: most of the slow-path ops of a TTT step). Does
+        what `_on_write` does for that case; False when any input carries more than a mask."""
+        infos = self.infos
+        d = args[0]
+        if not isinstance(d, Tensor):
+            return False
+        dk = id(d.untyped_storage())
+        dinfo = infos.get(dk)
+        if dinfo is not None and (dinfo.pmap is not None or dinfo.smap is not None or dinfo.stag
+                                  or dinfo.mark is not None):
+            return False
+        mask = 0
+        src_grad = False
+        tagged = False
+        for a in args[1:]:
+            if isinstance(a, Tensor):
+                i = infos.get(id(a.untyped_storage()))
+                if i is None:
+                    continue
+                if i.pmap is not None or i.smap is not None or i.stag or i.mark is not None:
+                    return False
+                tagged = True
+                mask |= i.mask
+                src_grad = src_grad or i.grad
+            elif type(a) in (list, tuple):
+                return False
+        for a in kwargs.values():
+            if isinstance(a, Tensor):
+                return False
+        src_grad = C.in_backward() or src_grad
+        reg = None
+        if self.scores_only:
+            mask = 0
+        else:
+            reg = self.registry.get(dk)
+            if reg is not None and mask:
+                self._update(reg, mask, src_grad, dk)
+        if dinfo is None:
+            if not (tagged or reg is not None):
+                return True
+            dinfo = self._info_for(d, create=True)
+        dinfo.gen += 1
+        dinfo.mask |= mask
+        dinfo.grad = src_grad if reg is not None else (dinfo.grad or src_grad)
         return True
 
     # -- outputs in new storages
@@ -223,15 +274,18 @@ class PropagationMixin:
     # -- in-place writes
     def _on_write(self, func, name, rule, args, kwargs, ins, dests) -> None:
         grad = C.in_backward()
+        # sources of a destination: every other tensor input; for a foreach op's list slot j,
+        # the inputs in slot j and the plain ones. Grouped once: an optimizer step's foreach
+        # ops have a slot per parameter, and a scan of all inputs per slot is quadratic.
+        slots: dict[Any, list] = {}
+        for e in ins:
+            slots.setdefault(e[0][1] if isinstance(e[0], tuple) else None, []).append(e)
+        plain = slots.get(None, [])
         for dk, d, dinfo in dests:
-            # sources: every other tensor input (for foreach ops, the same list slot)
-            srcs = []
-            for k, t, i in ins:
-                if k == dk:
-                    continue
-                if isinstance(dk, tuple) and isinstance(k, tuple) and k[1] != dk[1]:
-                    continue
-                srcs.append((k, t, i))
+            if isinstance(dk, tuple):
+                srcs = [e for e in slots.get(dk[1], []) if e[0] != dk] + plain
+            else:
+                srcs = [e for e in ins if e[0] != dk]
             src_tagged = [(k, t, i) for k, t, i in srcs if i is not None]
             src_mask = 0
             if not self.scores_only:
