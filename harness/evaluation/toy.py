@@ -24,6 +24,7 @@ LINE_CALLBACK_NAMES = ("on_line", "line_callback", "on_output")
 POLL_S = 0.1  # the tail's resolution: a line is stamped at most this late
 LOG_SUFFIXES = (".txt", ".log")
 from harness.dynamic.run.paths import STATE_DIR  # the runner's own folder in scratch; its config.json is written just before launch
+from harness.dynamic.cpu.toy_env import LITERAL_NOTE  # the runner's note for a hyperparameter written as a number and shrunk
 RUNNER_TIMEOUT_S = 300.0  # run_submission's default, used when --timeout is not given
 
 
@@ -239,7 +240,7 @@ def run(runner: Any, run_dir: Path, script: Path, seed: int, opts: ReproduceOpti
     env_seen = _field(result, "env", default={}) or {}
     env_added = {k: str(env_seen.get(k, v)) for k, v in {**doc_env, **ours}.items()}
     for n in _field(result, "notes", default=[]) or []:
-        if "shrunk" in n or n.startswith(("sandbox:", "autocast", "rewrite:", "toy scale (literal)")):
+        if "shrunk" in n or n.startswith(("sandbox:", "autocast", "rewrite:", LITERAL_NOTE)):
             notes.append(f"seed {seed}: {n}")
     if error or rc not in (0, None):
         stderr = [ln for ln in str(_field(result, "stderr", default="") or "").splitlines() if ln.strip()]

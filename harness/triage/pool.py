@@ -316,23 +316,23 @@ class DaskRunner:
         meta: dict[str, tuple[dict, int]] = {}
         ac = as_completed()
         window = self.window_per_worker * self.n_threads()
-        alone: set[str] = set()  # the key of a retry in flight; nothing else is submitted beside it
 
-        def put(task: dict, attempt: int) -> str:
+        def put(task: dict, attempt: int) -> None:
             key = f"triage-pr{task['pr']}-a{attempt}-{uuid.uuid4().hex[:8]}"
             fut = client.submit(self.fn, task, key=key, pure=False, retries=0)
             meta[fut.key] = (task, attempt)
             ac.add(fut)
-            return fut.key
 
         def submit() -> None:
             # The scheduler sends a worker several tasks at once, and when it dies every one of
             # them gets KilledWorker, the bystanders too. So a retry waits for the cluster to
             # drain and runs alone: a loss then is its own.
-            while pending and ac.count() < window and not alone:
+            if any(attempt > 1 for _, attempt in meta.values()):
+                return  # a retry in flight runs alone
+            while pending and ac.count() < window:
                 if pending.retry_next():
                     if ac.count() == 0:
-                        alone.add(put(*pending.popleft()))
+                        put(*pending.popleft())
                     return
                 put(*pending.popleft())
 
@@ -343,7 +343,6 @@ class DaskRunner:
                 continue
             fut = next(ac)
             task, attempt = meta.pop(fut.key)
-            alone.discard(fut.key)
             try:
                 rec = fut.result()
                 rec["attempts"] = attempt

@@ -325,6 +325,7 @@ def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = 
 # ---------------------------------------------------------------- hard-coded hyperparameters
 LITERAL_NOTE = "toy scale (literal):"
 
+
 def shrink_literals(source: str, opts: ToyOptions | None = None) -> tuple[str, list[str]]:
     """(source, notes): the profile applied to hyperparameters the script writes as numbers
     instead of reading them from the environment (`model_dim = 512` in a `Hyperparameters`
@@ -359,7 +360,8 @@ def shrink_literals(source: str, opts: ToyOptions | None = None) -> tuple[str, l
             if rule is None or name in reads:
                 continue
             new = rule(float(value.value)) if callable(rule) else rule
-            if new is None or _default_number(new) is None or _default_number(new) == float(value.value):
+            number = _default_number(new)  # None for a non-number (a layer list): left as written
+            if number is None or number == float(value.value):
                 continue
             old = lines[value.lineno - 1].encode("utf-8")[value.col_offset:value.end_col_offset].decode("utf-8")
             edits.append((value.lineno, value.col_offset, value.end_col_offset, target.id, old, new))

@@ -367,7 +367,7 @@ def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy
         data_path, tokenizer_path, val_tokens = _prepare_data(scratch_path, toy_data, val_override, notes)
         script = scratch_path / entry.relative_to(folder)
         sources = toy_env.submission_sources(folder)
-        if (toy_options or toy_env.ToyOptions()).literals:
+        if toy_options is None or toy_options.literals:
             _shrink_script_literals(script, toy_options, notes)
         if "fineweb_val_bytes" in sources or "val_bytes_" in sources:
             _write_byte_sidecar(data_path, val_tokens, tokenizer_path, notes)

@@ -108,7 +108,7 @@ def _dispatch(self, func, types, args=(), kwargs=None):
                 special(func, args, kwargs, out)
             return out
         if plan.skip or plan.is_view:
-            return out  # a view or c10d op with a special handler (lift_fresh): handled above when no input carries provenance
+            return out  # a view with a special handler (lift_fresh) whose input already carries provenance
         if plan.simple and not rich and isinstance(out, Tensor):
             # the bulk of traced ops: activations, logits, grads -- a mask union
             k = id(out.untyped_storage())

@@ -19,10 +19,8 @@ Tensor = torch.Tensor
 class PropagationMixin:
     """Tracer methods called from the dispatch mode (`_on_op`) for ops it cannot settle."""
 
-    def _on_op(self, func, args, kwargs, out, plan=None) -> None:
-        plan = plan or self._plan(func)
-        if plan.skip or plan.is_view:
-            return  # c10d ops: the collective patches; views share their input's storage
+    def _on_op(self, func, args, kwargs, out, plan) -> None:
+        """`plan`: the op's OpPlan, from the mode, which has returned for views and c10d ops."""
         if plan.simple and self._coarse_only(args, kwargs, out):
             return
         if plan.mut_pos == (0,) and not plan.mut_kw and plan.rule.kind == "pointwise" \
