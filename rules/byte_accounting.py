@@ -11,6 +11,7 @@ from harness.static import dataflow as D
 from harness.static.engine import ModuleContext, dotted, string_value, walk
 
 from harness.dynamic.judge.locations import location
+from harness.dynamic.judge.passes import passes
 from harness.dynamic.judge.reported import find_print_line, match_reported, pass_numbers, tolerance
 from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
 from harness.core.findings import Confidence, Layer, Severity
@@ -24,6 +25,17 @@ def _example(script_bytes: float, true_bytes: int = 10, decimals: int = 8, note:
     loss = 2.0
     run.report("final_exact", loss, loss / math.log(2.0) * 4 / script_bytes, decimals=decimals)
     run.end(val_bytes_utf8=true_bytes)
+    return TraceExample(events=tuple(run.events), note=note, function="eval_val", line=50)
+
+
+def _two_evals_example(script_bytes: float, note: str) -> TraceExample:
+    """A line printing the plain eval's val_loss beside the sliding eval's val_bpb (PR #1268's
+    training log does this at its last step)."""
+    run = SyntheticRun(n=5)
+    run.score("eval_val", 50, [(1, 5)], nll=2.0)
+    run.score("eval_val_sliding", 80, [(1, 5)], nll=1.5)
+    run.report("step:3/3", 2.0, 1.5 / math.log(2.0) * 4 / script_bytes, decimals=4)
+    run.end(val_bytes_utf8=10)
     return TraceExample(events=tuple(run.events), note=note, function="eval_val", line=50)
 
 
@@ -148,7 +160,9 @@ token_bytes = base_bytes_lut[tgt] + (has_leading_space_lut[tgt] & ~is_boundary_t
     known_problems = """
 Needs both val_loss and val_bpb on one printed line, and the true bytes (the runner's decoded byte
 count, or the validation shards plus the SentencePiece model). Other tokenizer formats are not audited.
-The comparison allows the rounding of the printed numbers only.
+The comparison allows the rounding of the printed numbers only. A line whose val_bpb is, over the
+true bytes, another eval's number (a training log printing the sliding-window bpb beside the plain
+eval's val_loss, PR #1268) pairs two evals and implies no byte count: it is not judged.
 
 The static check reads the byte table's construction: `len(piece.encode())` with no is_byte test in
 the same function (a tokenizer without byte-fallback pieces would be reported too), a leading-space
@@ -180,10 +194,12 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
     TRACE_VALID = [
         _example(10, note="implied bytes equal the true bytes"),
         _example(10.0004, decimals=4, note="4 decimals: within rounding"),
+        _two_evals_example(10, note="one eval's val_loss printed beside another eval's val_bpb, true bytes"),
     ]
     TRACE_INVALID = [
         _example(10.5, note="5% over-count"),
         _example(9, note="under-count"),
+        _two_evals_example(10.5, note="the second eval's val_bpb over true bytes x 1.05: still an over-count"),
     ]
 
     # ------------------------------------------------------------------ static
@@ -317,6 +333,18 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
             return f
         return None
 
+    @staticmethod
+    def _bpb_of_another_eval(trace, m) -> bool:
+        """The printed val_bpb is, over the true bytes, another pass's (or aggregation's): the line
+        pairs two evals' numbers (a training log printing the sliding-window bpb beside the plain
+        val_loss), so the two do not imply one byte count."""
+        r = m.reported
+        for p in passes(trace):
+            for which, bpb in pass_numbers(trace, p).bpb.items():
+                if (p is not m.pass_ or which != m.which) and abs(r.val_bpb - bpb) <= tolerance(r.decimals):
+                    return True
+        return False
+
     def judge(self, trace):
         for m in match_reported(trace):
             r = m.reported
@@ -331,7 +359,7 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
             tol = script * (tolerance(r.decimals) / max(r.val_loss, 1e-12)
                             + tolerance(r.decimals) / max(r.val_bpb, 1e-12))
             diff = script - true
-            if abs(diff) <= tol:
+            if abs(diff) <= tol or self._bpb_of_another_eval(trace, m):
                 continue
             frame = find_print_line(trace, r.label)
             if frame is None and m.pass_.events:

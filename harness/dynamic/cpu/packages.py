@@ -34,7 +34,8 @@ VETTED: tuple[Package, ...] = (
     Package("lz4", 6, INSTALLED, "runtime extra"),
     Package("mlx", 85, UNAVAILABLE, "Apple silicon only: the MLX scripts cannot run on this machine"),
     Package("fla", 45, UNAVAILABLE, "flash-linear-attention: Triton GPU kernels, no CPU path"),
-    Package("mamba_ssm", 37, UNAVAILABLE, "CUDA-only selective-scan kernels, built against nvcc"),
+    Package("mamba_ssm", 37, EMULATED, "Mamba-3 SISO, the Mamba-2 SSD scan and gated RMSNorm in torch "
+            "(cpu/mamba.py); its other kernels are CUDA-only"),
     Package("causal_conv1d", 25, UNAVAILABLE, "CUDA-only kernels"),
     Package("liger_kernel", 16, UNAVAILABLE, "Triton GPU kernels"),
     Package("cutlass_evt_fusion", 17, UNAVAILABLE, "a CUDA extension the PR builds itself"),
@@ -44,7 +45,7 @@ VETTED: tuple[Package, ...] = (
 )
 
 _BY_MODULE = {p.module: p for p in VETTED}
-_MISSING = re.compile(r"No module named '([\w.]+)'")
+_MISSING = re.compile(r"No module named '([\w.]+)'|cannot import name '(\w+)' from '([\w.]+)'")
 
 
 def explain_missing(message: str) -> str | None:
@@ -52,10 +53,13 @@ def explain_missing(message: str) -> str | None:
     m = _MISSING.search(message)
     if not m:
         return None
-    top = m.group(1).split(".")[0]
+    name = m.group(1) or f"{m.group(3)}.{m.group(2)}"
+    top = name.split(".")[0]
     p = _BY_MODULE.get(top)
     if p is None:
         return f"`{top}` is not in golf-audit's vetted package list (harness/dynamic/cpu/packages.py)"
     if p.how == UNAVAILABLE:
         return f"`{top}` cannot run here: {p.note} ({p.prs} PRs import it)"
+    if p.how == EMULATED and name != top:
+        return f"`{name}` is not emulated: golf-audit covers only part of `{top}`: {p.note}"
     return f"`{top}` should be {p.how} ({p.note}): reinstall with `bash install.sh`"

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import torch
 
+from harness.dynamic.cpu import mamba
+
 _REAL: dict[str, Any] = {}  # originals, for uninstall() in tests
 
 
@@ -762,6 +764,8 @@ def install(options: ShimOptions | None = None) -> ShimState:
     _install_autocast(state)
     _install_inference_mode(state)
     _install_flash_attn(state)
+    if mamba.install(state.note):
+        state.installed.append(f"mamba_ssm -> torch emulation: {mamba.EMULATED}")
     _install_distributed(state)
     _install_tensor(state)
     _install_nvidia_smi(state)

@@ -90,6 +90,9 @@ def profile(opts: ToyOptions) -> dict[str, str | Callable[[float | None], str | 
         "GPTQ_RESERVE_SECONDS": _clamp(0), "GPTQ_RESERVE_MS": _clamp(0),
         "GPTQ_CALIBRATION_BATCHES": _clamp(2), "GPTQ_CALIB_BATCHES": _clamp(2),
         "GPTQ_CALIB_SAMPLES": _clamp(4), "GPTQ_BATCH_SIZE": _clamp(2), "GPTQ_BLOCK_SIZE": _clamp(64),
+        # calibration sequences the model generates itself, token by token
+        "GPTQ_NSAMPLES": _clamp(4), "GPTQ_NUM_SEQS": _clamp(4), "GPTQ_SEQLEN": _clamp(S),
+        "GPTQ_GEN_LEN": _clamp(S),
         "SEED": str(opts.seed),
         # layer indices into range for L layers
         "LOOP_START": "0", "LOOP_END": str(L - 1), "NUM_LOOPS": _clamp(1),

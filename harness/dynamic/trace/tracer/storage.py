@@ -66,21 +66,27 @@ class StorageMixin:
 
     def _info_for(self, t: Tensor, create: bool = False) -> Info | None:
         st = t.untyped_storage()
-        key = id(st)
-        info = self.infos.get(key)
+        info = self.infos.get(id(st))
         if info is None and create:
-            info = Info()
-            info.itemsize = t.element_size()
-            infos = self.infos
-
-            def gone(_ref, key=key, infos=infos):
-                cur = infos.get(key)
-                if cur is not None and cur.ref is _ref:
-                    del infos[key]
-
-            info.ref = weakref.ref(st, gone)
-            self.infos[key] = info
+            info = self._new_info(st, t.element_size())
         return info
+
+    def _new_info(self, st, itemsize: int) -> Info:
+        """A fresh Info for storage `st` (which has none), dropped from `infos` when `st` dies.
+        The dispatch mode calls this directly for the bulk of new activations."""
+        info = Info()
+        info.itemsize = itemsize
+        key = id(st)
+        info.ref = weakref.ref(st, self._forget)
+        self._ref_keys[info.ref] = key
+        self.infos[key] = info
+        return info
+
+    def _forget(self, ref) -> None:
+        key = self._ref_keys.pop(ref, None)
+        cur = self.infos.get(key)
+        if cur is not None and cur.ref is ref:
+            del self.infos[key]
 
     def _pmap(self, t: Tensor, info: Info | None) -> Tensor | None:
         return _view_of_map(t, info, info.pmap if info is not None else None)

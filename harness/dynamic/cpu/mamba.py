@@ -1,0 +1,296 @@
+"""A torch emulation of the parts of `mamba_ssm` that contest scripts import, for toy runs on a CPU.
+
+`mamba_ssm` is CUDA-only (Triton and nvcc kernels), so a script that imports it cannot start on a
+CPU. These emulations compute what the kernels define, written from their recurrences (written by
+golf-audit, no code from the package): the Mamba-3 SISO scan (`mamba3_siso_combined`, trapezoidal
+update, data-dependent rotary angles, B/C biases) and its module `Mamba3`, the Mamba-2 SSD scan
+(`mamba_chunk_scan_combined`), and the gated RMSNorm they use. Each is exactly causal: the output at
+position t is computed from inputs at positions <= t only (no term is added and then cancelled), so
+the audit's causality probes judge the submission, not our rounding. What is not emulated (MIMO,
+inference caches, Mamba-1 `selective_scan_fn`, the `Mamba`/`Mamba2` modules) fails with an error
+that names it. Installed into `sys.modules` by `install()` from the shims, inside the sandbox only.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import types
+from importlib.machinery import ModuleSpec
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EMULATED = "Mamba-3 SISO (modules.mamba3.Mamba3, ops.triton.mamba3.mamba3_siso_combined), " \
+           "Mamba-2 SSD (ops.triton.ssd_combined.mamba_chunk_scan_combined), gated RMSNorm"
+
+
+class NotEmulated(NotImplementedError):
+    pass
+
+
+_NOTE: Callable[[str], None] = lambda what: None  # the shims' "used:" note, set by install()
+
+
+# ---------------------------------------------------------------- the scan
+def _scan(q, k, v, adt, gamma, carry, state, chunk: int):
+    """The linear recurrence behind both scans, chunk by chunk, in float32.
+
+    q, k: (b, l, h, n); v: (b, l, h, p); adt, gamma, carry: (b, h, l).
+    h_t = exp(adt_t) * (h_{t-1} + carry_t * v_{t-1} k_{t-1}^T) + gamma_t * v_t k_t^T and y_t = h_t q_t,
+    with carry = 0 for Mamba-2 and (1 - trap) * dt for Mamba-3's trapezoid.
+    state: (h0 (b, h, p, n), k_prev (b, h, n), v_prev (b, h, p)). Returns y (b, l, h, p) and the
+    state after the last position.
+    """
+    h0, k_prev, v_prev = state
+    ys = []
+    length = q.shape[1]
+    for c0 in range(0, length, chunk):
+        c1 = min(c0 + chunk, length)
+        qc, kc, vc = q[:, c0:c1], k[:, c0:c1], v[:, c0:c1]
+        a, g, cr = adt[..., c0:c1], gamma[..., c0:c1], carry[..., c0:c1]
+        # the previous position's value enters at this chunk's first step (carry), then decays
+        h_eff = h0 + cr[..., 0, None, None] * torch.einsum("bhp,bhn->bhpn", v_prev, k_prev)
+        cum = torch.cumsum(a, dim=-1)  # (b, h, L): log-decay from the chunk start through t
+        # weight of source s in h_t, s < t: its gamma plus the carry it gets at s+1 (s+1 <= t: causal)
+        scale = g + F.pad(cr[..., 1:], (0, 1))
+        diff = cum[..., :, None] - cum[..., None, :]  # (b, h, t, s)
+        n = c1 - c0
+        strict = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)
+        decay = torch.exp(torch.where(strict, diff, torch.full_like(diff, -math.inf)))
+        w = decay * scale[..., None, :] + torch.diag_embed(g)  # the diagonal: gamma_t only
+        qk = torch.einsum("bthn,bshn->bhts", qc, kc)
+        y = torch.einsum("bhts,bshp->bthp", qk * w, vc)
+        y = y + torch.exp(cum).transpose(1, 2)[..., None] * torch.einsum("bhpn,bthn->bthp", h_eff, qc)
+        ys.append(y)
+        last = torch.exp(cum[..., -1:] - cum)  # decay from s to the chunk's last position
+        coef = last * torch.cat([scale[..., :-1], g[..., -1:]], dim=-1)  # the last s gets its carry later
+        h0 = torch.exp(cum[..., -1])[..., None, None] * h_eff + torch.einsum("bhs,bshp,bshn->bhpn", coef, vc, kc)
+        k_prev, v_prev = kc[:, -1], vc[:, -1]
+    return torch.cat(ys, dim=1), (h0, k_prev, v_prev)
+
+
+def _heads(x: torch.Tensor, nheads: int) -> torch.Tensor:
+    """(b, l, g, n) -> (b, l, h, n): each of the g groups serves h/g consecutive heads."""
+    return x if x.shape[2] == nheads else x.repeat_interleave(nheads // x.shape[2], dim=2)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x[2i], x[2i+1]) for i < cos.shape[-1]; the other pairs stay as they are."""
+    pairs = x.unflatten(-1, (-1, 2))
+    a = cos.shape[-1]
+    x0, x1 = pairs[..., :a, 0], pairs[..., :a, 1]
+    turned = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return torch.cat([turned, pairs[..., a:, :]], dim=-2).flatten(-2)
+
+
+def mamba3_siso_combined(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None, chunk_size=64,
+                         Input_States=None, return_final_states=False, cu_seqlens=None, **_: Any):
+    """Mamba-3 SISO: Q, K (b, l, g, n); V, Z (b, l, h, p); ADT, DT, Trap (b, h, l); Angles (b, l, h, a);
+    Q_bias, K_bias (h, n); D (h,). Input_States / final states: (angle (b, h, a), ssm (b, h, p, n),
+    k (b, h, n), v (b, h, p)). Returns y, or (y, angle, ssm, k, v) with return_final_states."""
+    if cu_seqlens is not None:
+        return _per_sequence(mamba3_siso_combined, cu_seqlens, Input_States, return_final_states,
+                             dict(Q=Q, K=K, V=V, Angles=Angles, Z=Z), dict(ADT=ADT, DT=DT, Trap=Trap),
+                             dict(Q_bias=Q_bias, K_bias=K_bias, D=D, chunk_size=chunk_size))
+    _NOTE("mamba_ssm mamba3_siso_combined -> torch emulation")
+    b, _, h, p = V.shape
+    n, a = Q.shape[-1], Angles.shape[-1]
+    f32 = torch.float32
+    dt, adt, lam = DT.to(f32), ADT.to(f32), torch.sigmoid(Trap.to(f32))
+    if Input_States is None:
+        theta0 = V.new_zeros(b, h, a, dtype=f32)
+        state = (V.new_zeros(b, h, p, n, dtype=f32), V.new_zeros(b, h, n, dtype=f32), V.new_zeros(b, h, p, dtype=f32))
+    else:
+        theta0, ssm, k_prev, v_prev = Input_States
+        state = (ssm.to(f32), k_prev.reshape(b, h, n).to(f32), v_prev.to(f32))
+        theta0 = theta0.to(f32)
+    # the rotary angle accumulates tanh(angle) * pi * dt, kept in [0, 2 pi)
+    theta = torch.cumsum(torch.tanh(Angles.to(f32)) * math.pi * dt.transpose(1, 2)[..., None], dim=1)
+    theta = theta + theta0[:, None]
+    theta = theta - 2 * math.pi * torch.floor(theta / (2 * math.pi))
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    q = _rotate(_heads(Q.to(f32), h) + Q_bias.to(f32), cos, sin)
+    k = _rotate(_heads(K.to(f32), h) + K_bias.to(f32), cos, sin)
+    v = V.to(f32)
+    y, (ssm, k_last, v_last) = _scan(q, k, v, adt, lam * dt, (1 - lam) * dt, state, max(1, int(chunk_size)))
+    if D is not None:
+        y = y + D.to(f32)[:, None] * v
+    if Z is not None:
+        y = y * F.silu(Z.to(f32))
+    y = y.to(V.dtype)
+    if return_final_states:
+        return y, theta[:, -1], ssm, k_last, v_last
+    return y
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_states=None,
+                              seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
+                              return_final_states=False, return_varlen_states=False, **_: Any):
+    """Mamba-2 SSD: x, z (b, l, h, p); dt (b, l, h); A (h,); B, C (b, l, g, n); D (h,) or (h, p).
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t + D x_t, gated by silu(z)."""
+    if seq_idx is not None or cu_seqlens is not None or return_varlen_states:
+        raise NotEmulated("mamba_chunk_scan_combined with seq_idx / cu_seqlens is not emulated by golf-audit")
+    _NOTE("mamba_ssm mamba_chunk_scan_combined -> torch emulation")
+    b, _, h, p = x.shape
+    f32 = torch.float32
+    d = dt.to(f32) + (dt_bias.to(f32) if dt_bias is not None else 0.0)
+    if dt_softplus:
+        d = F.softplus(d)
+    d = d.clamp(min=dt_limit[0], max=dt_limit[1]).transpose(1, 2)  # (b, h, l)
+    adt = d * A.to(f32)[None, :, None]
+    n = B.shape[-1]
+    h0 = initial_states.to(f32) if initial_states is not None else x.new_zeros(b, h, p, n, dtype=f32)
+    state = (h0, x.new_zeros(b, h, n, dtype=f32), x.new_zeros(b, h, p, dtype=f32))
+    y, (last, _, _) = _scan(_heads(C.to(f32), h), _heads(B.to(f32), h), x.to(f32), adt, d, torch.zeros_like(d),
+                            state, max(1, int(chunk_size)))
+    if D is not None:
+        Df = D.to(f32)
+        y = y + (Df[:, None] if Df.dim() == 1 else Df) * x.to(f32)
+    if z is not None:
+        y = y * F.silu(z.to(f32))
+    y = y.to(x.dtype)
+    return (y, last) if return_final_states else y
+
+
+def _per_sequence(fn, cu_seqlens, states, return_final_states, along_l, along_last, fixed):
+    """Varlen (batch 1, sequences packed along l): each sequence scanned from its own state."""
+    bounds = [int(x) for x in cu_seqlens.tolist()]
+    outs, finals = [], []
+    for i, (s, e) in enumerate(zip(bounds, bounds[1:])):
+        part = {k: (t[:, s:e] if t is not None else None) for k, t in along_l.items()}
+        part.update({k: t[..., s:e] for k, t in along_last.items()})
+        init = tuple(t[i:i + 1] for t in states) if states is not None else None
+        r = fn(**part, **fixed, Input_States=init, return_final_states=True)
+        outs.append(r[0])
+        finals.append(r[1:])
+    y = torch.cat(outs, dim=1)
+    if not return_final_states:
+        return y
+    return (y, *(torch.cat(parts, dim=0) for parts in zip(*finals)))
+
+
+# ---------------------------------------------------------------- modules
+class RMSNormGated(nn.Module):
+    """mamba_ssm's RMSNorm with an optional gate z: norm(x) * w * silu(z), or norm(x * silu(z)) * w
+    when norm_before_gate is False; normalised per group of `group_size` features."""
+
+    def __init__(self, hidden_size, eps=1e-5, norm_before_gate=True, group_size=None, device=None, dtype=None,
+                 **_: Any):
+        super().__init__()
+        self.eps, self.norm_before_gate, self.group_size = eps, norm_before_gate, group_size
+        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
+        self.register_parameter("bias", None)
+
+    def forward(self, x, z=None):
+        dtype = x.dtype
+        x = x.float()
+        if z is not None and not self.norm_before_gate:
+            x = x * F.silu(z.float())
+        groups = x.unflatten(-1, (-1, self.group_size or x.shape[-1]))
+        x = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        x = x * self.weight.float()
+        if z is not None and self.norm_before_gate:
+            x = x * F.silu(z.float())
+        return x.to(dtype)
+
+
+class Mamba3(nn.Module):
+    """The Mamba-3 mixer with the SISO scan: in_proj -> [z, x, B, C, dt, A, trap, angles], B/C RMSNorm
+    and biases, the scan, out_proj. Same attributes and parameter shapes as the package's module."""
+
+    def __init__(self, d_model, d_state=128, expand=2, headdim=64, ngroups=1, rope_fraction=0.5, dt_min=0.001,
+                 dt_max=0.1, dt_init_floor=1e-4, A_floor=1e-4, is_outproj_norm=False, is_mimo=False, mimo_rank=4,
+                 chunk_size=64, layer_idx=None, device=None, dtype=None, **_: Any):
+        super().__init__()
+        if is_mimo:
+            raise NotEmulated("Mamba3(is_mimo=True) is not emulated by golf-audit (SISO only)")
+        kw = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.expand, self.headdim = d_model, d_state, expand, headdim
+        self.chunk_size, self.layer_idx, self.A_floor = chunk_size, layer_idx, A_floor
+        self.is_outproj_norm, self.is_mimo, self.mimo_rank = is_outproj_norm, False, 1
+        self.d_inner = int(expand * d_model)
+        if self.d_inner % headdim:
+            raise ValueError(f"Mamba3: d_inner {self.d_inner} is not a multiple of headdim {headdim}")
+        self.nheads, self.num_bc_heads = self.d_inner // headdim, ngroups
+        self.rotary_dim_divisor = int(2 / rope_fraction)
+        self.split_tensor_size = int(d_state * rope_fraction) // 2 * 2
+        self.num_rope_angles = self.split_tensor_size // 2
+        bc = d_state * ngroups
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * bc + 3 * self.nheads + self.num_rope_angles,
+                                 bias=False, **kw)
+        # dt_bias: softplus^-1 of a log-uniform dt in [dt_min, dt_max]
+        dt = torch.exp(torch.rand(self.nheads, device=device) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias._no_weight_decay = True
+        self.B_bias = nn.Parameter(torch.ones(self.nheads, 1, d_state, device=device))
+        self.C_bias = nn.Parameter(torch.ones(self.nheads, 1, d_state, device=device))
+        self.B_norm = RMSNormGated(d_state, eps=1e-5, **kw)
+        self.C_norm = RMSNormGated(d_state, eps=1e-5, **kw)
+        self.D = nn.Parameter(torch.ones(self.nheads, device=device))
+        self.D._no_weight_decay = True
+        if is_outproj_norm:
+            self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=True, group_size=headdim, **kw)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **kw)
+
+    def forward(self, u, seq_idx=None, cu_seqlens=None, inference_params=None):
+        if inference_params is not None:
+            raise NotEmulated("Mamba3 with inference_params (the decode cache) is not emulated by golf-audit")
+        b, l, _ = u.shape
+        bc = self.d_state * self.num_bc_heads
+        z, x, B, C, dd_dt, dd_A, trap, angles = torch.split(
+            self.in_proj(u), [self.d_inner, self.d_inner, bc, bc, self.nheads, self.nheads, self.nheads,
+                              self.num_rope_angles], dim=-1)
+        z = z.unflatten(-1, (self.nheads, self.headdim))
+        x = x.unflatten(-1, (self.nheads, self.headdim))
+        B = self.B_norm(B.unflatten(-1, (self.num_bc_heads, self.d_state)))
+        C = self.C_norm(C.unflatten(-1, (self.num_bc_heads, self.d_state)))
+        A = torch.clamp(-F.softplus(dd_A.float()), max=-self.A_floor)
+        DT = F.softplus(dd_dt + self.dt_bias)
+        y = mamba3_siso_combined(
+            Q=C, K=B, V=x, ADT=(A * DT).transpose(1, 2), DT=DT.transpose(1, 2), Trap=trap.transpose(1, 2),
+            Q_bias=self.C_bias.squeeze(1), K_bias=self.B_bias.squeeze(1),
+            Angles=angles.unsqueeze(-2).expand(-1, -1, self.nheads, -1).float(), D=self.D,
+            Z=None if self.is_outproj_norm else z, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens)
+        y = y.flatten(-2)
+        if self.is_outproj_norm:
+            y = self.norm(y, z.flatten(-2))
+        return self.out_proj(y.to(x.dtype))
+
+
+# ---------------------------------------------------------------- sys.modules
+_MODULES = {
+    "mamba_ssm": {"Mamba3": Mamba3},
+    "mamba_ssm.modules": {},
+    "mamba_ssm.modules.mamba3": {"Mamba3": Mamba3},
+    "mamba_ssm.ops": {},
+    "mamba_ssm.ops.triton": {},
+    "mamba_ssm.ops.triton.mamba3": {},
+    "mamba_ssm.ops.triton.mamba3.mamba3_siso_combined": {"mamba3_siso_combined": mamba3_siso_combined},
+    "mamba_ssm.ops.triton.ssd_combined": {"mamba_chunk_scan_combined": mamba_chunk_scan_combined},
+    "mamba_ssm.ops.triton.layernorm_gated": {"RMSNorm": RMSNormGated},
+}
+
+
+def install(note: Callable[[str], None] | None = None) -> bool:
+    """Put the emulated `mamba_ssm` modules in sys.modules (packages with no other submodules, so a
+    missing one fails as "No module named ..."). False when a real `mamba_ssm` is already imported."""
+    if "mamba_ssm" in sys.modules and not getattr(sys.modules["mamba_ssm"], "__golf_audit_shim__", False):
+        return False
+    global _NOTE
+    _NOTE = note or _NOTE
+    for name, attrs in _MODULES.items():
+        mod = types.ModuleType(name)
+        mod.__spec__ = ModuleSpec(name, None, is_package=True)
+        mod.__path__ = []
+        mod.__file__ = f"<golf-audit emulation {name}>"
+        mod.__golf_audit_shim__ = True
+        mod.__dict__.update(attrs)
+        sys.modules[name] = mod
+    for name in _MODULES:  # parents hold their children as attributes, as real packages do
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, sys.modules[name])
+    return True
