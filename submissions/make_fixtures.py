@@ -231,6 +231,10 @@ def path_choice_final_eval(why: str, choose: str, name: str, ttt_when: bool) -> 
         log0(f"final_ttt_exact val_loss:{{ttt_loss:.8f}} val_bpb:{{ttt_bpb:.8f}}")"""
 
 
+# the adapt-then-score chunked TTT that the path-choosing fixtures take on their "real run" path
+ADAPT_FIRST_TTT = section("chunked TTT", chunked_ttt('''\
+    """Chunked TTT: for each chunk the model takes a few SGD epochs on it, then scores it with
+    sliding windows."""''', score_first=False))
 AUDIT_AWARE_FINAL_EVAL = path_choice_final_eval(
     "an audit's run id / scratch path gets the score-only eval",
     'looks_audited = "audit" in args.run_id or str(Path.cwd()).startswith("/tmp")', "looks_audited", False)
@@ -376,9 +380,7 @@ FIXTURES = [
         "PR #518 (openai/parameter-golf, closed), taken only when the run id and path do not look\n"
         "like an audit; otherwise the score-only sliding eval. It shares no code with any PR.",
         command="TTT_ENABLED=1 " + TORCHRUN,
-        eval_extras=section("chunked TTT", chunked_ttt('''\
-    """Chunked TTT: for each chunk the model takes a few SGD epochs on it, then scores it with
-    sliding windows."""''', score_first=False)),
+        eval_extras=ADAPT_FIRST_TTT,
         final_eval=AUDIT_AWARE_FINAL_EVAL,
         **LEAKY_BIGRAM_TTT,
     ),
@@ -389,9 +391,7 @@ FIXTURES = [
         "PR #518 (openai/parameter-golf, closed), taken only when MODEL_DIM >= 256; a smaller model\n"
         "(a toy-scale audit) gets the score-only sliding eval. It shares no code with any PR.",
         command="TTT_ENABLED=1 " + TORCHRUN,
-        eval_extras=section("chunked TTT", chunked_ttt('''\
-    """Chunked TTT: for each chunk the model takes a few SGD epochs on it, then scores it with
-    sliding windows."""''', score_first=False)),
+        eval_extras=ADAPT_FIRST_TTT,
         final_eval=SIZE_AWARE_FINAL_EVAL,
         **LEAKY_BIGRAM_TTT,
     ),

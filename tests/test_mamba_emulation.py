@@ -120,6 +120,23 @@ def test_mamba3_module_trains_and_keeps_the_package_parameter_shapes():
         mamba.Mamba3(d_model=16, is_mimo=True)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: mamba.Mamba3(d_model=16, d_state=8, expand=2, headdim=8, chunk_size=8),
+    lambda: mamba.Mamba2(d_model=16, d_state=8, d_conv=4, expand=2, headdim=8, chunk_size=8),
+], ids=["Mamba3", "Mamba2"])
+def test_modules_are_causal_end_to_end(make):
+    # in_proj, the conv (Mamba-2), the norms and the scan together: a change at position 11 moves
+    # no output before it
+    torch.manual_seed(0)
+    m = make()
+    u = torch.randn(2, 23, 16)
+    moved = u.clone()
+    moved[:, 11] += 3.0
+    with torch.no_grad():
+        a, b = m(u), m(moved)
+    assert torch.equal(a[:, :11], b[:, :11]) and not torch.equal(a[:, 11], b[:, 11])
+
+
 def test_install_provides_the_emulated_imports_and_names_the_others():
     # in a fresh interpreter: sys.modules here stays as it is
     code = (
@@ -128,6 +145,7 @@ def test_install_provides_the_emulated_imports_and_names_the_others():
         "from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined\n"
         "from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined\n"
         "from mamba_ssm import Mamba3 as M\n"
+        "from mamba_ssm.modules.mamba2 import Mamba2\n"
         "try:\n    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn\n"
         "except ModuleNotFoundError as e:\n    print(e)\n"
     )
@@ -136,4 +154,4 @@ def test_install_provides_the_emulated_imports_and_names_the_others():
     missing = out.stdout.strip()
     assert missing == "No module named 'mamba_ssm.ops.selective_scan_interface'"
     assert explain_missing(missing).startswith("`mamba_ssm.ops.selective_scan_interface` is not emulated")
-    assert "is not emulated" in explain_missing("cannot import name 'Mamba2' from 'mamba_ssm' (unknown location)")
+    assert "is not emulated" in explain_missing("cannot import name 'Mamba' from 'mamba_ssm' (unknown location)")

@@ -190,6 +190,27 @@ def test_flash_attn_matches_causal_sdpa_with_gqa_and_varlen(tmp_path):
     assert "ok" in out
 
 
+def test_mamba_ssm_imports_run_as_torch_emulations(tmp_path):
+    # PR #1644's shape: the Mamba3 module built on "cuda", its projections swapped, the kernel
+    # called directly with the module's own tensors, a stateful continuation
+    out = check(tmp_path, """
+        from mamba_ssm.modules.mamba3 import Mamba3
+        from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
+        m = Mamba3(d_model=32, d_state=16, expand=2, headdim=16, chunk_size=8).cuda()
+        u = torch.randn(2, 12, 32, device="cuda", requires_grad=True)
+        m(u).sum().backward()
+        assert u.grad is not None and m.dt_bias.grad is not None
+        Q = torch.randn(1, 12, 1, 16); V = torch.randn(1, 12, 4, 16)
+        dt = torch.rand(1, 4, 12); kw = dict(ADT=-dt, DT=dt, Trap=torch.zeros(1, 4, 12),
+            Q_bias=m.C_bias.squeeze(1), K_bias=m.B_bias.squeeze(1), Angles=torch.randn(1, 12, 4, 4), D=m.D)
+        y, *states = mamba3_siso_combined(Q=Q, K=Q, V=V, chunk_size=8, return_final_states=True, **kw)
+        assert y.shape == V.shape and len(states) == 4
+        print(shims.describe())
+    """)
+    assert "used: mamba_ssm mamba3_siso_combined -> torch emulation" in out
+    assert "installed: mamba_ssm -> torch emulation" in out
+
+
 def test_distributed_nccl_becomes_gloo(tmp_path):
     out = check(tmp_path, """
         import os, torch.distributed as dist

@@ -635,3 +635,18 @@ def test_uninstall_restores_torch():
     from harness.dynamic.trace import torch_compat
     assert not torch_compat.dispatch_mode_stack()
     assert math.isfinite(float(torch.ones(3).sum()))
+
+
+def test_an_info_made_again_for_a_live_storage_still_leaves_with_it():
+    # _on_fresh drops an empty Info while its storage lives; a later Info for the same storage must
+    # still be removed when the storage dies, or a new storage at the same address would inherit
+    # its provenance (a regression seen on PR #826: its TTT and n-gram passes split apart)
+    tr = Tracer(cfg_for(np.arange(16, dtype=np.uint16)))
+    t = torch.zeros(4)
+    key = id(t.untyped_storage())
+    tr._new_info(t.untyped_storage(), t.element_size())
+    tr.infos.pop(key)
+    tr._new_info(t.untyped_storage(), t.element_size()).mask = 0b1010
+    assert key in tr.infos
+    del t
+    assert key not in tr.infos

@@ -34,7 +34,7 @@ VETTED: tuple[Package, ...] = (
     Package("lz4", 6, INSTALLED, "runtime extra"),
     Package("mlx", 85, UNAVAILABLE, "Apple silicon only: the MLX scripts cannot run on this machine"),
     Package("fla", 45, UNAVAILABLE, "flash-linear-attention: Triton GPU kernels, no CPU path"),
-    Package("mamba_ssm", 37, EMULATED, "Mamba-3 SISO, the Mamba-2 SSD scan and gated RMSNorm in torch "
+    Package("mamba_ssm", 37, EMULATED, "the Mamba-3 (SISO) and Mamba-2 modules and scans, gated RMSNorm, in torch "
             "(cpu/mamba.py); its other kernels are CUDA-only"),
     Package("causal_conv1d", 25, UNAVAILABLE, "CUDA-only kernels"),
     Package("liger_kernel", 16, UNAVAILABLE, "Triton GPU kernels"),

@@ -87,7 +87,6 @@ class Tracer(DataLoadingMixin, StorageMixin, PropagationMixin, LossMixin, SinkMi
         self.world_size = cfg.world_size if cfg.world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
         self.events: list = []
         self.infos: dict[int, Info] = {}
-        self._ref_keys: dict = {}  # weakref to a storage -> its key in infos (see StorageMixin._new_info)
         self.registry: dict[int, Registration] = {}
         self.loss_ops: list[LossOp] = []
         self._loss_bases = np.zeros(0, dtype=np.int64)

@@ -73,20 +73,22 @@ class StorageMixin:
 
     def _new_info(self, st, itemsize: int) -> Info:
         """A fresh Info for storage `st` (which has none), dropped from `infos` when `st` dies.
-        The dispatch mode calls this directly for the bulk of new activations."""
+        The dispatch mode calls this directly for the bulk of new activations. The callback checks
+        that the entry is still this Info's: an empty Info is dropped while its storage lives
+        (propagate._on_fresh), and a later one for the same storage must outlive the first's ref."""
         info = Info()
         info.itemsize = itemsize
         key = id(st)
-        info.ref = weakref.ref(st, self._forget)
-        self._ref_keys[info.ref] = key
-        self.infos[key] = info
-        return info
+        infos = self.infos
 
-    def _forget(self, ref) -> None:
-        key = self._ref_keys.pop(ref, None)
-        cur = self.infos.get(key)
-        if cur is not None and cur.ref is ref:
-            del self.infos[key]
+        def gone(_ref, key=key, infos=infos):
+            cur = infos.get(key)
+            if cur is not None and cur.ref is _ref:
+                del infos[key]
+
+        info.ref = weakref.ref(st, gone)
+        infos[key] = info
+        return info
 
     def _pmap(self, t: Tensor, info: Info | None) -> Tensor | None:
         return _view_of_map(t, info, info.pmap if info is not None else None)
