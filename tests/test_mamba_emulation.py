@@ -60,7 +60,7 @@ def _cut(args: dict, lo: int, hi: int) -> dict:
     return {k: v[:, lo:hi] if k in LENGTH_ARGS else v[..., lo:hi] if k in TIME_ARGS else v for k, v in args.items()}
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 16, 64])
+@pytest.mark.parametrize("chunk", [1, 5, 16, 64, 256])
 def test_mamba3_scan_matches_the_step_recurrence(chunk):
     args = _mamba3_inputs()
     want, want_states = _mamba3_steps(**args)

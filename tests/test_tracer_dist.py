@@ -56,6 +56,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         loss_sum.item()
     finally:
         tr.finish(os.path.join(out_dir, f"trace_rank{rank}.jsonl"))
+        # both ranks leave together: a rank that tears gloo down while its peer is still connected
+        # made the peer abort ("terminate called without an active exception"), 1 run in 3
+        dist.barrier()
         dist.destroy_process_group()
 
 

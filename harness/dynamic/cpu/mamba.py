@@ -71,6 +71,13 @@ def _scan(q, k, v, adt, gamma, carry, state, chunk: int):
     return torch.cat(ys, dim=1), (h0, k_prev, v_prev)
 
 
+def _chunk(chunk_size) -> int:
+    """The block the scan works in. The result does not depend on it (tests: 1 to 64); the
+    quadratic block's memory grows with its square, so a script's chunk_size=256 is capped at 64
+    (measured: PR #2070's toy run asked for 64 MiB blocks and ran out of memory)."""
+    return max(1, min(int(chunk_size), 64))
+
+
 def _heads(x: torch.Tensor, nheads: int) -> torch.Tensor:
     """(b, l, g, n) -> (b, l, h, n): each of the g groups serves h/g consecutive heads."""
     return x if x.shape[2] == nheads else x.repeat_interleave(nheads // x.shape[2], dim=2)
@@ -114,7 +121,7 @@ def mamba3_siso_combined(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None,
     q = _rotate(_heads(Q.to(f32), h) + Q_bias.to(f32), cos, sin)
     k = _rotate(_heads(K.to(f32), h) + K_bias.to(f32), cos, sin)
     v = V.to(f32)
-    y, (ssm, k_last, v_last) = _scan(q, k, v, adt, lam * dt, (1 - lam) * dt, state, max(1, int(chunk_size)))
+    y, (ssm, k_last, v_last) = _scan(q, k, v, adt, lam * dt, (1 - lam) * dt, state, _chunk(chunk_size))
     if D is not None:
         y = y + D.to(f32)[:, None] * v
     if Z is not None:
@@ -144,7 +151,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt
     h0 = initial_states.to(f32) if initial_states is not None else x.new_zeros(b, h, p, n, dtype=f32)
     state = (h0, x.new_zeros(b, h, n, dtype=f32), x.new_zeros(b, h, p, dtype=f32))
     y, (last, _, _) = _scan(_heads(C.to(f32), h), _heads(B.to(f32), h), x.to(f32), adt, d, torch.zeros_like(d),
-                            state, max(1, int(chunk_size)))
+                            state, _chunk(chunk_size))
     if D is not None:
         Df = D.to(f32)
         y = y + (Df[:, None] if Df.dim() == 1 else Df) * x.to(f32)
