@@ -470,3 +470,15 @@ def test_a_run_that_fails_with_written_hyperparameters_shrunk_is_rerun_as_writte
     r = runner.run_submission(folder, env={}, toy_data=toy_data, trace=False, timeout_s=60)
     assert r.error is None and "layers 2 64" in r.stdout
     assert (folder / "train_gpt.py").read_text().count("= 11") == 1  # the folder itself is never edited
+
+
+def test_the_entry_script_is_found_through_a_shell_script_the_readme_runs(tmp_path):
+    # PR #903's shape: the README says `bash run_jepa_bpe.sh`, the torchrun line is in that script
+    (tmp_path / "README.md").write_text("Setup: `bash setup.sh`\n\n```bash\nbash run_bpe.sh\n```\n")
+    (tmp_path / "setup.sh").write_text("pip install -r requirements.txt\n")
+    (tmp_path / "run_bpe.sh").write_text("OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=8 train_jepa.py\n")
+    (tmp_path / "train_jepa.py").write_text("print('x')\n")
+    (tmp_path / "helper.py").write_text("")
+    assert runner.find_entry_script(tmp_path) == tmp_path / "train_jepa.py"
+    (tmp_path / "run_bpe.sh").unlink()
+    assert runner.find_entry_script(tmp_path) is None
