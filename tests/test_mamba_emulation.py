@@ -120,6 +120,39 @@ def test_mamba3_module_trains_and_keeps_the_package_parameter_shapes():
         mamba.Mamba3(d_model=16, is_mimo=True)
 
 
+def test_selective_scan_equals_the_ssd_scan_when_the_decay_is_per_channel():
+    # Mamba-1's scan with A[d, n] = a_d is Mamba-2's with one head per channel (head dim 1): two
+    # different code paths (a loop over positions, chunked blocks) must agree
+    g = torch.Generator().manual_seed(4)
+    u, delta, z = (torch.randn(B, H, L, generator=g) for _ in range(3))
+    a = -torch.rand(H, generator=g)
+    Bm, Cm, D = torch.randn(B, N, L, generator=g), torch.randn(B, N, L, generator=g), torch.randn(H, generator=g)
+    got, last = mamba.selective_scan_fn(u, delta, a[:, None].expand(H, N), Bm, Cm, D=D, z=z, delta_softplus=True,
+                                        return_last_state=True)
+    want, state = mamba.mamba_chunk_scan_combined(
+        u.transpose(1, 2)[..., None], delta.transpose(1, 2), a, Bm.transpose(1, 2)[:, :, None],
+        Cm.transpose(1, 2)[:, :, None], chunk_size=8, D=D, z=z.transpose(1, 2)[..., None], dt_softplus=True,
+        return_final_states=True)
+    assert torch.allclose(got, want[..., 0].transpose(1, 2), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(last, state[:, :, 0], atol=1e-4, rtol=1e-4)
+    moved = u.clone()
+    moved[..., 20] += 1.0
+    assert torch.equal(mamba.selective_scan_fn(moved, delta, a[:, None].expand(H, N), Bm, Cm)[..., :20],
+                       mamba.selective_scan_fn(u, delta, a[:, None].expand(H, N), Bm, Cm)[..., :20])
+
+
+def test_causal_conv1d_matches_a_padded_conv_and_its_decode_steps():
+    g = torch.Generator().manual_seed(5)
+    x, w, bias = torch.randn(B, H, L, generator=g), torch.randn(H, 4, generator=g), torch.randn(H, generator=g)
+    y, last = mamba.causal_conv1d_fn(x, w, bias, activation="silu", return_final_states=True)
+    conv = torch.nn.functional.conv1d(x, w.unsqueeze(1), bias, padding=3, groups=H)[..., :L]
+    assert torch.allclose(y, F.silu(conv), atol=1e-5)
+    assert torch.equal(last, x[..., -3:])
+    state = torch.zeros(B, H, 4)
+    steps = torch.stack([mamba.causal_conv1d_update(x[..., t], state, w, bias, "silu") for t in range(L)], -1)
+    assert torch.allclose(steps, y, atol=1e-5)
+
+
 @pytest.mark.parametrize("make", [
     lambda: mamba.Mamba3(d_model=16, d_state=8, expand=2, headdim=8, chunk_size=8),
     lambda: mamba.Mamba2(d_model=16, d_state=8, d_conv=4, expand=2, headdim=8, chunk_size=8),
@@ -146,12 +179,14 @@ def test_install_provides_the_emulated_imports_and_names_the_others():
         "from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined\n"
         "from mamba_ssm import Mamba3 as M\n"
         "from mamba_ssm.modules.mamba2 import Mamba2\n"
-        "try:\n    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn\n"
+        "from mamba_ssm.ops.selective_scan_interface import selective_scan_fn\n"
+        "from causal_conv1d import causal_conv1d_fn, causal_conv1d_update\n"
+        "try:\n    from mamba_ssm.ops.triton.selective_state_update import selective_state_update\n"
         "except ModuleNotFoundError as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     missing = out.stdout.strip()
-    assert missing == "No module named 'mamba_ssm.ops.selective_scan_interface'"
-    assert explain_missing(missing).startswith("`mamba_ssm.ops.selective_scan_interface` is not emulated")
+    assert missing == "No module named 'mamba_ssm.ops.triton.selective_state_update'"
+    assert explain_missing(missing).startswith("`mamba_ssm.ops.triton.selective_state_update` is not emulated")
     assert "is not emulated" in explain_missing("cannot import name 'Mamba' from 'mamba_ssm' (unknown location)")

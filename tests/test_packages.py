@@ -15,8 +15,8 @@ def test_every_installed_package_is_importable(module):
 
 
 def test_a_missing_cuda_only_import_says_why():
-    why = explain_missing("No module named 'causal_conv1d'")
-    assert why.startswith("`causal_conv1d` cannot run here: CUDA-only")
+    why = explain_missing("No module named 'cutlass_evt_fusion'")
+    assert why.startswith("`cutlass_evt_fusion` cannot run here: a CUDA extension")
 
 
 def test_an_unknown_import_is_named():

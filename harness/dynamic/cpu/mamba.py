@@ -1,14 +1,16 @@
-"""A torch emulation of the parts of `mamba_ssm` that contest scripts import, for toy runs on a CPU.
+"""A torch emulation of the parts of `mamba_ssm` (and `causal_conv1d`) that contest scripts import,
+for toy runs on a CPU.
 
-`mamba_ssm` is CUDA-only (Triton and nvcc kernels), so a script that imports it cannot start on a
-CPU. These emulations compute what the kernels define, written from their recurrences (written by
-golf-audit, no code from the package): the Mamba-3 SISO scan (`mamba3_siso_combined`, trapezoidal
-update, data-dependent rotary angles, B/C biases) and its module `Mamba3`, the Mamba-2 SSD scan
-(`mamba_chunk_scan_combined`) and its module `Mamba2`, and the gated RMSNorm they use. Each is
-exactly causal: the output at position t is computed from inputs at positions <= t only (no term is added and then cancelled), so
-the audit's causality probes judge the submission, not our rounding. What is not emulated (MIMO,
-inference caches, Mamba-1 `selective_scan_fn` and its `Mamba` module) fails with an error
-that names it. Installed into `sys.modules` by `install()` from the shims, inside the sandbox only.
+Both packages are CUDA-only (Triton and nvcc kernels), so a script that imports them cannot start
+on a CPU. These emulations compute what the kernels define, written from their recurrences by
+golf-audit (no code from the packages): the Mamba-3 SISO scan (`mamba3_siso_combined`: trapezoidal
+update, data-dependent rotary angles, B/C biases) and its module `Mamba3`; the Mamba-2 SSD scan
+(`mamba_chunk_scan_combined`) and its module `Mamba2`; Mamba-1's `selective_scan_fn`; the gated
+RMSNorm; `causal_conv1d_fn` / `causal_conv1d_update`. Each is exactly causal: the output at
+position t is computed from inputs at positions <= t only (no term is added and then cancelled),
+so the audit's causality probes judge the submission, not our rounding. What is not emulated
+(MIMO, decode caches, varlen `seq_idx`, the `Mamba` module) fails with an error that names it.
+Installed into `sys.modules` by `install()` from the shims, inside the sandbox only.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EMULATED = "Mamba-3 SISO (modules.mamba3.Mamba3, ops.triton.mamba3.mamba3_siso_combined), " \
-           "Mamba-2 (modules.mamba2.Mamba2, ops.triton.ssd_combined.mamba_chunk_scan_combined), gated RMSNorm"
+           "Mamba-2 (modules.mamba2.Mamba2, ops.triton.ssd_combined.mamba_chunk_scan_combined), " \
+           "Mamba-1 selective_scan_fn, gated RMSNorm; causal_conv1d_fn / causal_conv1d_update"
 
 
 class NotEmulated(NotImplementedError):
@@ -159,6 +162,81 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt
         y = y * F.silu(z.to(f32))
     y = y.to(x.dtype)
     return (y, last) if return_final_states else y
+
+
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False, **_: Any):
+    """Mamba-1's selective scan: u, delta, z (b, d, l); A (d, n); B, C (b, n, l) or (b, g, n, l);
+    h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t per channel, y_t = C_t . h_t + D u_t, gated by silu(z).
+    One position at a time: the decay differs per (channel, state) pair, so a chunked block would
+    be (b, d, n, T, T); at toy lengths the loop is the cheaper honest form."""
+    _NOTE("mamba_ssm selective_scan_fn -> torch emulation")
+    if A.is_complex():
+        raise NotEmulated("selective_scan_fn with a complex A is not emulated by golf-audit")
+    f32 = torch.float32
+    b, d, length = u.shape
+    dt = delta.to(f32) + (delta_bias.to(f32)[:, None] if delta_bias is not None else 0.0)
+    if delta_softplus:
+        dt = F.softplus(dt)
+
+    def per_channel(m):  # (b, n, l) or (b, g, n, l) -> (b, d, n, l)
+        m = m.to(f32)
+        if m.dim() == 3:
+            return m[:, None]
+        return m.repeat_interleave(d // m.shape[1], dim=1)
+
+    Bm, Cm, Af, uf = per_channel(B), per_channel(C), A.to(f32), u.to(f32)
+    h = uf.new_zeros(b, d, A.shape[-1])
+    ys = []
+    for t in range(length):
+        h = torch.exp(dt[:, :, t, None] * Af) * h + (dt[:, :, t] * uf[:, :, t])[..., None] * Bm[..., t]
+        ys.append((h * Cm[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.to(f32)[:, None] * uf
+    if z is not None:
+        y = y * F.silu(z.to(f32))
+    y = y.to(u.dtype)
+    return (y, h) if return_last_state else y
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                     final_states_out=None, activation=None, **_: Any):
+    """Depthwise causal conv: x (b, d, l), weight (d, w); output t reads inputs t-w+1..t (zeros, or
+    `initial_states` (b, d, w-1), before the start); optional SiLU."""
+    _NOTE("causal_conv1d causal_conv1d_fn -> torch emulation")
+    if seq_idx is not None:
+        raise NotEmulated("causal_conv1d_fn with seq_idx is not emulated by golf-audit")
+    w = weight.shape[-1]
+    before = initial_states if initial_states is not None else x.new_zeros(x.shape[0], x.shape[1], w - 1)
+    xp = torch.cat([before.to(x.dtype), x], dim=-1)
+    y = F.conv1d(xp, weight.to(x.dtype).unsqueeze(1), bias.to(x.dtype) if bias is not None else None,
+                 groups=x.shape[1])
+    if activation in ("silu", "swish"):
+        y = F.silu(y)
+    if not return_final_states:
+        return y
+    last = xp[..., -(w - 1):] if w > 1 else xp[..., :0]
+    if final_states_out is not None:
+        final_states_out.copy_(last)
+        last = final_states_out
+    return y, last
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, **_: Any):
+    """One decode step (x (b, d) or (b, d, 1)): conv_state (b, d, w) shifts left by one in place,
+    takes x last, and the output is its dot product with the weights."""
+    _NOTE("causal_conv1d causal_conv1d_update -> torch emulation")
+    squeeze = x.dim() == 2
+    xs = x if squeeze else x[..., -1]
+    conv_state.copy_(torch.cat([conv_state[..., 1:], xs.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
+    y = (conv_state.to(weight.dtype) * weight).sum(-1)
+    if bias is not None:
+        y = y + bias
+    if activation in ("silu", "swish"):
+        y = F.silu(y)
+    y = y.to(x.dtype)
+    return y if squeeze else y.unsqueeze(-1)
 
 
 def _per_sequence(fn, cu_seqlens, states, return_final_states, along_l, along_last, fixed):
@@ -352,13 +430,16 @@ _MODULES = {
     "mamba_ssm.ops.triton.mamba3.mamba3_siso_combined": {"mamba3_siso_combined": mamba3_siso_combined},
     "mamba_ssm.ops.triton.ssd_combined": {"mamba_chunk_scan_combined": mamba_chunk_scan_combined},
     "mamba_ssm.ops.triton.layernorm_gated": {"RMSNorm": RMSNormGated},
+    "mamba_ssm.ops.selective_scan_interface": {"selective_scan_fn": selective_scan_fn},
+    "causal_conv1d": {"causal_conv1d_fn": causal_conv1d_fn, "causal_conv1d_update": causal_conv1d_update},
 }
 
 
 def install(note: Callable[[str], None] | None = None) -> bool:
     """Put the emulated `mamba_ssm` modules in sys.modules (packages with no other submodules, so a
     missing one fails as "No module named ..."). False when a real `mamba_ssm` is already imported."""
-    if "mamba_ssm" in sys.modules and not getattr(sys.modules["mamba_ssm"], "__golf_audit_shim__", False):
+    if any(top in sys.modules and not getattr(sys.modules[top], "__golf_audit_shim__", False)
+           for top in ("mamba_ssm", "causal_conv1d")):
         return False
     global _NOTE
     _NOTE = note or _NOTE

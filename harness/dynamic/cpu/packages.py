@@ -34,9 +34,10 @@ VETTED: tuple[Package, ...] = (
     Package("lz4", 6, INSTALLED, "runtime extra"),
     Package("mlx", 85, UNAVAILABLE, "Apple silicon only: the MLX scripts cannot run on this machine"),
     Package("fla", 45, UNAVAILABLE, "flash-linear-attention: Triton GPU kernels, no CPU path"),
-    Package("mamba_ssm", 37, EMULATED, "the Mamba-3 (SISO) and Mamba-2 modules and scans, gated RMSNorm, in torch "
+    Package("mamba_ssm", 37, EMULATED, "the Mamba-3 (SISO) and Mamba-2 modules and scans, Mamba-1's "
+            "selective scan, gated RMSNorm, in torch "
             "(cpu/mamba.py); its other kernels are CUDA-only"),
-    Package("causal_conv1d", 25, UNAVAILABLE, "CUDA-only kernels"),
+    Package("causal_conv1d", 25, EMULATED, "causal_conv1d_fn / causal_conv1d_update in torch (cpu/mamba.py)"),
     Package("liger_kernel", 16, UNAVAILABLE, "Triton GPU kernels"),
     Package("cutlass_evt_fusion", 17, UNAVAILABLE, "a CUDA extension the PR builds itself"),
     Package("huggingface_hub", 40, UNAVAILABLE, "downloads from the hub: no network at audit time"),
