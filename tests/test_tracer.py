@@ -644,9 +644,9 @@ def test_an_info_made_again_for_a_live_storage_still_leaves_with_it():
     tr = Tracer(cfg_for(np.arange(16, dtype=np.uint16)))
     t = torch.zeros(4)
     key = id(t.untyped_storage())
-    tr._new_info(t.untyped_storage(), t.element_size())
+    tr._info_for(t, create=True)
     tr.infos.pop(key)
-    tr._new_info(t.untyped_storage(), t.element_size()).mask = 0b1010
+    tr._info_for(t, create=True).mask = 0b1010
     assert key in tr.infos
     del t
     assert key not in tr.infos

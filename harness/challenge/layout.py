@@ -1,7 +1,7 @@
 """Where a submission lives in the challenge repository, and what its folder holds."""
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 # What every record folder holds (challenge README, "Submission process").
 REQUIRED = (
@@ -18,3 +18,15 @@ def record_folder_of(path: str) -> str | None:
     if len(parts) >= 4 and parts[0] == "records" and parts[1].startswith("track_"):
         return "/".join(parts[:3])
     return None
+
+
+def run_instructions(base: Path, limit: int = 200_000) -> dict[str, str]:
+    """The folder's README.md and shell scripts (top level): the commands that reproduce it."""
+    out: dict[str, str] = {}
+    for path in sorted(base.iterdir()):
+        if path.is_file() and not path.is_symlink() and (path.name.lower() == "readme.md" or path.suffix == ".sh"):
+            try:
+                out[path.name] = path.read_text(encoding="utf-8", errors="replace")[:limit]
+            except OSError:
+                continue
+    return out

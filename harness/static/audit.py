@@ -11,6 +11,7 @@ from harness.static.engine import ModuleContext, ParseError, build_context
 from harness.core.findings import AuditResult, FileReport, Finding, Layer, Location, NotAudited, Severity
 from harness.static.project import Project, project_findings
 from harness.challenge.flags import submission_flags
+from harness.challenge.layout import run_instructions
 from harness.static.reachability import Reachability
 from harness.core.rule import Rule
 from harness.core.registry import all_rules
@@ -79,18 +80,6 @@ def audit_folder_static(folder: str | Path, env: dict[str, str] | None = None,
             if rule.has_text_check():
                 result.findings.extend(rule.check_texts(docs))
     return result
-
-
-def run_instructions(base: Path, limit: int = 200_000) -> dict[str, str]:
-    """The folder's README.md and shell scripts (top level): the commands that reproduce it."""
-    out: dict[str, str] = {}
-    for path in sorted(base.iterdir()):
-        if path.is_file() and not path.is_symlink() and (path.name.lower() == "readme.md" or path.suffix == ".sh"):
-            try:
-                out[path.name] = path.read_text(encoding="utf-8", errors="replace")[:limit]
-            except OSError:
-                continue
-    return out
 
 
 def prep_files(imports: dict[str, set[str]], texts: dict[str, str], readme: str,

@@ -257,6 +257,15 @@ def _per_sequence(fn, cu_seqlens, states, return_final_states, along_l, along_la
 
 
 # ---------------------------------------------------------------- modules
+def _dt_bias(nheads: int, dt_min: float, dt_max: float, floor: float, device) -> nn.Parameter:
+    """softplus^-1 of a log-uniform dt in [dt_min, dt_max] per head (both mixers start this way)."""
+    dt = torch.exp(torch.rand(nheads, device=device) * (math.log(dt_max) - math.log(dt_min))
+                   + math.log(dt_min)).clamp(min=floor)
+    bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+    bias._no_weight_decay = True
+    return bias
+
+
 class RMSNormGated(nn.Module):
     """mamba_ssm's RMSNorm with an optional gate z: norm(x) * w * silu(z), or norm(x * silu(z)) * w
     when norm_before_gate is False; normalised per group of `group_size` features."""
@@ -305,11 +314,7 @@ class Mamba3(nn.Module):
         bc = d_state * ngroups
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * bc + 3 * self.nheads + self.num_rope_angles,
                                  bias=False, **kw)
-        # dt_bias: softplus^-1 of a log-uniform dt in [dt_min, dt_max]
-        dt = torch.exp(torch.rand(self.nheads, device=device) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.dt_bias._no_weight_decay = True
+        self.dt_bias = _dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, device)
         self.B_bias = nn.Parameter(torch.ones(self.nheads, 1, d_state, device=device))
         self.C_bias = nn.Parameter(torch.ones(self.nheads, 1, d_state, device=device))
         self.B_norm = RMSNormGated(d_state, eps=1e-5, **kw)
@@ -374,10 +379,7 @@ class Mamba2(nn.Module):
         if conv_init is not None:
             nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
         self.act = nn.SiLU()
-        dt = torch.exp(torch.rand(self.nheads, device=device) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.dt_bias._no_weight_decay = True
+        self.dt_bias = _dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, device)
         A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
         self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
         self.A_log._no_weight_decay = True

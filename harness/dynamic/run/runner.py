@@ -31,6 +31,7 @@ from harness.dynamic.run import sandbox
 from harness.dynamic.trace import reported as logparse
 from harness.dynamic.cpu import toy_env
 from harness.dynamic.trace.events import Reported, RunEnd, Trace
+from harness.challenge.layout import run_instructions
 from harness.challenge.shards import read_shard, write_shard
 from harness.challenge.token_bytes import byte_tables, per_token_bytes
 from harness.dynamic.cpu.packages import explain_missing
@@ -143,31 +144,16 @@ def _relocate(obj: Any, old: Path, new: Path) -> Any:
 _README_CMD = re.compile(r"(?:torchrun|python3?)\b[^\n`]*?\s([\w./-]+\.py)\b")
 
 
-_SHELL_RUN = re.compile(r"(?:\b(?:bash|sh)\s+|\./)([\w./-]+\.sh)\b")
-
-
-def _run_instructions(folder: Path) -> list[str]:
-    """The README's text, then the text of each shell script of the folder that the README runs
-    (`bash run.sh`: the torchrun line is often there, PR #903)."""
-    readme = next((p for p in folder.iterdir() if p.name.lower() == "readme.md"), None) if folder.is_dir() else None
-    if readme is None:
-        return []
-    texts = [readme.read_text(encoding="utf-8", errors="replace")]
-    for m in _SHELL_RUN.finditer(texts[0]):
-        sh = folder / Path(m.group(1)).name
-        if sh.is_file():
-            texts.append(sh.read_text(encoding="utf-8", errors="replace"))
-    return texts
-
-
 def find_entry_script(folder: Path) -> Path | None:
-    """train_gpt.py, else the single train_gpt*.py, else the .py the README's command runs
-    (directly, or through a shell script of the folder that the README runs)."""
+    """train_gpt.py, else the single train_gpt*.py, else the .py the README's command runs, or a
+    shell script of the folder runs (`bash run.sh` in the README, the torchrun line in run.sh: PR #903)."""
     folder = Path(folder)
     if (folder / "train_gpt.py").is_file():
         return folder / "train_gpt.py"
     cands = sorted(p for p in folder.glob("train_gpt*.py") if p.is_file())
-    for text in _run_instructions(folder):
+    docs = run_instructions(folder) if folder.is_dir() else {}
+    readme = [t for name, t in docs.items() if name.lower() == "readme.md"]
+    for text in readme + [t for name, t in docs.items() if name.endswith(".sh")]:
         for m in _README_CMD.finditer(text):
             name = Path(m.group(1)).name
             if (folder / name).is_file() and (len(cands) != 1 or name == cands[0].name):

@@ -111,15 +111,12 @@ def _dispatch(self, func, types, args=(), kwargs=None):
             return out  # a view with a special handler (lift_fresh) whose input already carries provenance
         if plan.simple and not rich and isinstance(out, Tensor):
             # the bulk of traced ops: activations, logits, grads -- a mask union
-            st = out.untyped_storage()
-            k = id(st)
+            k = id(out.untyped_storage())
             if k in in_ids:
                 return out
             grad = grad or C.in_backward()
             if (mask or grad) and not tr.scores_only:
-                info = infos.get(k)
-                if info is None:
-                    info = tr._new_info(st, out.element_size())
+                info = tr._info_for(out, create=True)
                 info.mask = mask
                 info.grad = grad
                 info.gen += 1

@@ -66,28 +66,20 @@ class StorageMixin:
 
     def _info_for(self, t: Tensor, create: bool = False) -> Info | None:
         st = t.untyped_storage()
-        info = self.infos.get(id(st))
-        if info is None and create:
-            info = self._new_info(st, t.element_size())
-        return info
-
-    def _new_info(self, st, itemsize: int) -> Info:
-        """A fresh Info for storage `st` (which has none), dropped from `infos` when `st` dies.
-        The dispatch mode calls this directly for the bulk of new activations. The callback checks
-        that the entry is still this Info's: an empty Info is dropped while its storage lives
-        (propagate._on_fresh), and a later one for the same storage must outlive the first's ref."""
-        info = Info()
-        info.itemsize = itemsize
         key = id(st)
-        infos = self.infos
+        info = self.infos.get(key)
+        if info is None and create:
+            info = Info()
+            info.itemsize = t.element_size()
+            infos = self.infos
 
-        def gone(_ref, key=key, infos=infos):
-            cur = infos.get(key)
-            if cur is not None and cur.ref is _ref:
-                del infos[key]
+            def gone(_ref, key=key, infos=infos):
+                cur = infos.get(key)
+                if cur is not None and cur.ref is _ref:
+                    del infos[key]
 
-        info.ref = weakref.ref(st, gone)
-        infos[key] = info
+            info.ref = weakref.ref(st, gone)
+            self.infos[key] = info
         return info
 
     def _pmap(self, t: Tensor, info: Info | None) -> Tensor | None:
