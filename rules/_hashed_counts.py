@@ -81,9 +81,10 @@ class Defs:
     def _value_names(node) -> set[str]:
         index: set[int] = set()
         for sub in walk(node):
-            if isinstance(sub, cst.Subscript):
+            t = type(sub)
+            if t is cst.Subscript:
                 index.update(id(n) for el in sub.slice for n in names_in(el.slice))
-            elif isinstance(sub, cst.Call) and len(sub.args) == 3 and dotted(sub.func).split(".")[-1] == "where":
+            elif t is cst.Call and len(sub.args) == 3 and dotted(sub.func).split(".")[-1] == "where":
                 index.update(id(n) for n in names_in(sub.args[0].value))  # the condition of where(cond, a, b)
         return {n.value for n in names_in(node) if id(n) not in index}
 
@@ -157,11 +158,12 @@ class Defs:
     def _reads(self, value) -> list:
         """(table, key) of the table reads in an expression: `t[key]`, `t[i][key]`, `t.get(key)`."""
         out = []
-        for sub in walk(value):
-            if isinstance(sub, cst.Subscript):
+        for sub in walk(value):  # type identity, not isinstance: see harness/static/engine.py
+            t = type(sub)
+            if t is cst.Subscript:
                 table = dotted(sub.value)
                 keys = {k for el in sub.slice for k in self.names(el.slice)}
-            elif isinstance(sub, cst.Call) and isinstance(sub.func, cst.Attribute) \
+            elif t is cst.Call and type(sub.func) is cst.Attribute \
                     and sub.func.attr.value == "get" and sub.args:
                 table = dotted(sub.func.value)
                 keys = self.names(sub.args[0].value)

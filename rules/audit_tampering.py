@@ -108,27 +108,28 @@ def signs(ctx: ModuleContext, node: cst.CSTNode, tainted: dict[str, str]) -> lis
     """What in this expression tells the run that it is audited."""
     out: list[str] = []
     env_read = False
-    for n in walk(node):
-        if isinstance(n, cst.Call):
+    for n in walk(node):  # type identity, not isinstance: see harness/static/engine.py
+        t = type(n)
+        if t is cst.Call:
             name = ctx.resolve(dotted(n.func))
             env_read |= bool(S.ENV_READS.match(name))
             for pattern, what in S.SIGN_CALLS:
                 if pattern.match(name):
                     out.append(f"`{name}()` ({what})")
-        elif isinstance(n, (cst.Name, cst.Attribute)):
+        elif t is cst.Name or t is cst.Attribute:
             full = ctx.resolve(dotted(n))
             env_read |= full == "os.environ"
             if full in S.SIGN_NAMES:
                 out.append(f"`{full}` ({S.SIGN_NAMES[full]})")
-            leaf = n.value if isinstance(n, cst.Name) else n.attr.value
+            leaf = n.value if t is cst.Name else n.attr.value
             if leaf in tainted:
                 out.append(f"`{leaf}` ({tainted[leaf]})")
-        if isinstance(n, cst.Comparison):
+        if t is cst.Comparison:
             scale = _scale_compared(n)
             if scale:
                 out.append(f"`{ctx.code(n)[:80]}` (the {scale} against a number: a toy-scale audit runs a "
                            "smaller model for fewer steps)")
-        elif isinstance(n, cst.SimpleString):
+        elif t is cst.SimpleString:
             try:
                 text = string_value(n)
             except Exception:  # noqa: BLE001 - bytes or odd escapes: not a sign

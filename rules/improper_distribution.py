@@ -447,15 +447,17 @@ and mixtures that are improper for other reasons are left to the probe.
         pairs of other contexts hashed into it), so the implied probabilities of the candidate tokens
         sum to more than one; a normalised cache divides by the sum of the numerator over all
         candidate tokens instead."""
-        facts = H.Defs.of(ctx, fn)
+        facts = None  # built at the first division: most functions have none
         for st in fn.stmts:
             node = st.node
             value = node.value if isinstance(node, (cst.Assign, cst.AnnAssign, cst.Return)) else None
             if value is None:
                 continue
-            for div in walk(value):
-                if not (isinstance(div, cst.BinaryOperation) and isinstance(div.operator, cst.Divide)):
+            for div in walk(value):  # type identity, not isinstance: see harness/static/engine.py
+                if not (type(div) is cst.BinaryOperation and type(div.operator) is cst.Divide):
                     continue
+                if facts is None:
+                    facts = H.Defs.of(ctx, fn)
                 num = facts.lookups(div.left, st)
                 den = facts.lookups(div.right, st)
                 pair = facts.extension(num, den) if num and den else None

@@ -25,7 +25,7 @@ from harness.core.findings import Location
 # miss runs ABCMeta.__instancecheck__ in Python (a third of a million per 1,700-line audit), and
 # these concrete classes have no subclasses, so `type(n) is cst.Name` answers the same.
 _Name, _Attribute, _Call, _Subscript = cst.Name, cst.Attribute, cst.Call, cst.Subscript
-_SimpleString, _IfExp = cst.SimpleString, cst.IfExp
+_SimpleString, _IfExp, _BinaryOperation = cst.SimpleString, cst.IfExp, cst.BinaryOperation
 
 
 def dotted(node: cst.CSTNode | None) -> str:
@@ -150,14 +150,16 @@ _HASH_CALLS = ("bitwise_xor", "hash", "remainder", "fmod")
 def looks_hashed(node: cst.CSTNode) -> bool:
     """Arithmetic of a hash key: `%`, `^`, a multiply by a large constant (a prime), or a call
     of xor/hash/remainder. A shape, not a proof: callers combine it with where the value goes."""
-    for n in walk(node):
-        if isinstance(n, cst.BinaryOperation):
-            if isinstance(n.operator, (cst.Modulo, cst.BitXor)):
+    for n in walk(node):  # type identity, not isinstance (see the top of the module)
+        t = type(n)
+        if t is _BinaryOperation:
+            op = type(n.operator)
+            if op is cst.Modulo or op is cst.BitXor:
                 return True
-            if isinstance(n.operator, cst.Multiply) and any(
-                    isinstance(x, cst.Integer) and int(x.value.replace("_", ""), 0) >= 100 for x in (n.left, n.right)):
+            if op is cst.Multiply and any(
+                    type(x) is cst.Integer and int(x.value.replace("_", ""), 0) >= 100 for x in (n.left, n.right)):
                 return True
-        elif isinstance(n, cst.Call) and dotted(n.func).split(".")[-1] in _HASH_CALLS:
+        elif t is _Call and dotted(n.func).split(".")[-1] in _HASH_CALLS:
             return True
     return False
 
