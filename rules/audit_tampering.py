@@ -211,12 +211,9 @@ PATH_FIX = ("Take the same scoring and training path whatever the run id, paths,
             "model size; choose it with a hyperparameter the README's command sets.")
 
 
-class AuditTampering(Rule):
-    id = "GA013"
-    name = "audit-tampering"
-    severity = Severity.HIGH  # touching the instrumentation; a path chosen by audit signs is medium
-    confidence = Confidence.MEDIUM
-    layers = (Layer.STATIC, Layer.TRACE)
+class AuditTampering(Rule, id="GA013", name="audit-tampering",
+                     severity=Severity.HIGH, confidence=Confidence.MEDIUM, layers=(Layer.STATIC, Layer.TRACE)):
+    # severity high for touching the instrumentation; a path chosen by audit signs is medium
     judges_untrusted = True  # the judge reads the tracer's integrity record
     summary = ("Finds code that touches the audit's instrumentation (torch mode stacks, trace hooks, gc, "
                "sys.modules, callers' frames) or picks its scoring/training path by signs of an audit.")
@@ -459,17 +456,17 @@ def final_eval(model, eval_val, eval_ttt):
                 touch = instrumentation_touch(ctx, st)
                 if touch is not None:
                     what, name = touch
-                    yield self.finding(Layer.STATIC, f"touches {what} (`{name}`): an audited run is not the run "
-                                       "that is scored", ctx.location(st.line, where),
-                                       [f"`{ctx.code(_header(st)[0] if _header(st) else st.node)[:160]}`"],
-                                       **ctx.reach_fields(q, st))
+                    yield self.static_finding(
+                        ctx, st.line, where, f"touches {what} (`{name}`): an audited run is not the run that is scored",
+                        [f"`{ctx.code(_header(st)[0] if _header(st) else st.node)[:160]}`"], **ctx.reach_fields(q, st))
                     continue
                 found = self._path_choice(ctx, fn, st, tainted)
                 if found is not None:
                     sign, evidence = found
-                    f = self.finding(Layer.STATIC, f"chooses its scoring/training path by {sign}, a sign of "
-                                     "being audited: the audited path may not be the one that produced the score",
-                                     ctx.location(st.line, where), evidence, fix=PATH_FIX, **ctx.reach_fields(q, st))
+                    f = self.static_finding(
+                        ctx, st.line, where, f"chooses its scoring/training path by {sign}, a sign of being audited: "
+                        "the audited path may not be the one that produced the score",
+                        evidence, fix=PATH_FIX, **ctx.reach_fields(q, st))
                     f.severity = Severity.MEDIUM
                     yield f
 

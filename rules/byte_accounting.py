@@ -134,13 +134,8 @@ def _strips_space(node) -> str | None:
     return None
 
 
-class ByteAccounting(Rule):
-    id = "GA009"
-    name = "byte-accounting"
-    severity = Severity.HIGH
-    confidence = Confidence.HIGH
-    layers = (Layer.TRACE, Layer.STATIC)
-
+class ByteAccounting(Rule, id="GA009", name="byte-accounting",
+                     severity=Severity.HIGH, confidence=Confidence.HIGH, layers=(Layer.TRACE, Layer.STATIC)):
     summary = "Checks that the bytes behind the printed val_bpb are the true UTF-8 bytes of the scored text."
     why = """
 val_bpb divides total bits by the UTF-8 bytes of the text, which makes scores comparable across
@@ -242,11 +237,10 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
             measured = [arg] + [d.node for d in fn.stmts if d.writes & {n.value for n in D._names(arg)}
                                 and isinstance(d.node, (cst.Assign, cst.AnnAssign))]
             if not byte_check:
-                yield self.finding(
-                    Layer.STATIC,
+                yield self.static_finding(
+                    ctx, st.line, q,
                     f"{q}() counts every tokenizer piece as the UTF-8 length of its text, byte-fallback pieces "
                     "included: a `<0xNN>` piece stands for 1 byte but its text is 6 characters",
-                    ctx.location(st.line, q),
                     [f"`{ctx.code(node)[:140]}`",
                      "no is_byte() test (or `<0x` check) in the function: byte-fallback tokens get 6 bytes each, "
                      "so the byte count behind val_bpb is too large"],
@@ -262,11 +256,10 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
                 continue
             what = ("keeps the leading space in the piece as a 1-byte space" if "space" in how
                     else "measures the piece with its leading-space marker (3 UTF-8 bytes)")
-            yield self.finding(
-                Layer.STATIC,
+            yield self.static_finding(
+                ctx, st.line, q,
                 f"{q}() {what} and also marks the token in a leading-space table: the leading space is "
                 "counted in the table and again when the eval adds the leading-space byte",
-                ctx.location(st.line, q),
                 [f"length at line {st.line}: `{ctx.code(node)[:140]}`",
                  f"leading-space table filled under line {space_table.line}: `{ctx.lines[space_table.line - 1].strip()[:120]}`"],
                 confidence=Confidence.MEDIUM,
@@ -315,11 +308,10 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
                        any(dotted(x.func).split(".")[-1] in _CHECK_CALL for x in c.calls)]
             if any(not c.guards for c in checks):
                 continue
-            f = self.finding(
-                Layer.STATIC,
+            f = self.static_finding(
+                ctx, st.line, q,
                 f"{q}() reads the per-token byte counts `{table}` from a data file shipped with the submission, "
                 "not from the tokenizer's pieces: the bytes behind val_bpb are not derived from the text",
-                ctx.location(st.line, q),
                 [f"`{ctx.code(node)[:140]}` (file opened at line {from_file[0].line}: "
                  f"`{ctx.lines[from_file[0].line - 1].strip()[:100]}`)"] +
                 ([f"compared with the tokenizer's table only under `{checks[0].guards[-1].code[:80]}` "

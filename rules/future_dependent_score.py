@@ -36,13 +36,8 @@ def _example(max_delta: float, note: str = "", not_run: str | None = None) -> Tr
     return TraceExample(events=tuple(run.events), meta={"probes": probes}, note=note, function="eval_ttt", line=70)
 
 
-class FutureDependentScore(Rule):
-    id = "GA010"
-    name = "future-dependent-score"
-    severity = Severity.HIGH
-    confidence = Confidence.HIGH
-    layers = (Layer.PROBE,)
-
+class FutureDependentScore(Rule, id="GA010", name="future-dependent-score",
+                           severity=Severity.HIGH, confidence=Confidence.HIGH, layers=(Layer.PROBE,)):
     summary = "Checks, by re-running the eval on an altered stream, that a score never depends on later tokens."
     why = """
 A proper sequential code predicts token i from tokens before i only. If the score of position i moves

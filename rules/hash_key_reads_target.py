@@ -317,12 +317,8 @@ def _hashed_params(ctx, fn) -> dict:
     return out
 
 
-class HashKeyReadsTarget(Rule):
-    id = "GA003"
-    name = "hash-key-reads-target"
-    severity = Severity.HIGH
-    confidence = Confidence.MEDIUM
-    layers = (Layer.STATIC, Layer.TRACE)
+class HashKeyReadsTarget(Rule, id="GA003", name="hash-key-reads-target",
+                         severity=Severity.HIGH, confidence=Confidence.MEDIUM, layers=(Layer.STATIC, Layer.TRACE)):
     summary = "Finds hashed n-gram keys that, aligned to the output position, read the token being predicted."
     why = ("The prediction at position i may use tokens up to i, never token i+1, which is its target. A bigram "
            "or trigram hash whose key at i mixes in t[i+1] hands the model the answer: the loss drops while the "
@@ -453,11 +449,10 @@ class HashKeyReadsTarget(Rule):
         return plan
 
     def _target_finding(self, ctx, fn, st, name: str, what: str, evidence: str, related=None):
-        return self.finding(
-            Layer.STATIC,
+        return self.static_finding(
+            ctx, st.line, fn.qualname,
             f"{what}; `{name}` is the tensor the loss is scored against, so the key for position i reads "
             "token i+1, the target",
-            ctx.location(st.line, fn.qualname),
             [evidence, f"`{name}` is the loss target (t[i+1] at position i): the loss in this function or a "
                        "caller is taken against it"],
             fix="Build hashed keys from input tokens only (t[i], t[i-1], ...); never feed the targets into a "
@@ -495,11 +490,10 @@ class HashKeyReadsTarget(Rule):
                 if target is None and not any(name in shifts for name, _ in ahead):
                     continue  # a bare return of slices is aligned by its caller: unknown
                 worst = max(off for _, off in ahead)
-                yield self.finding(
-                    Layer.STATIC,
+                yield self.static_finding(
+                    ctx, st.line, q,
                     f"{q}() builds a hash key whose entry for position i reads token i+{worst}: the key includes "
                     "the target the model is scored on",
-                    ctx.location(st.line, q),
                     [f"`{ctx.code(node)[:160]}`",
                      "offsets read per output position: " + ", ".join(f"{n}[i{off:+d}]" for n, off in reads)],
                     **ctx.reach_fields(q, st),

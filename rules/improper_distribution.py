@@ -272,13 +272,8 @@ _BYTE_SPREAD_SUMMED = _BYTE_MIX.replace('''    mixed = lam * np.exp(per_byte_lp)
 BYTE_NAME = re.compile(r"byte", re.I)
 
 
-class ImproperDistribution(Rule):
-    id = "GA011"
-    name = "improper-distribution"
-    severity = Severity.HIGH
-    confidence = Confidence.HIGH
-    layers = (Layer.PROBE, Layer.STATIC)
-
+class ImproperDistribution(Rule, id="GA011", name="improper-distribution",
+                           severity=Severity.HIGH, confidence=Confidence.HIGH, layers=(Layer.PROBE, Layer.STATIC)):
     summary = "Checks, by re-running the eval with one token replaced, that the implied probabilities sum to at most one."
     why = """
 A score is a code length only if it comes from a probability distribution over the whole vocabulary:
@@ -403,12 +398,11 @@ and mixtures that are improper for other reasons are left to the probe.
                 scored = self._reaches_log(ctx, fn, mix)
                 if scored is None:
                     continue
-                return self.finding(
-                    Layer.STATIC,
+                return self.static_finding(
+                    ctx, mix.line, q,
                     f"{q}() spreads each token's score over its bytes and mixes it, per byte, with another "
                     "model's byte probabilities: a byte-level model mixed into token scoring is not a "
                     "distribution over the token alphabet",
-                    ctx.location(mix.line, q),
                     [f"token score repeated over the token's bytes at line {st.line}: `{ctx.code(st.node)[:140]}`",
                      f"mixed as probabilities at line {mix.line}: `{ctx.code(mix.node)[:140]}`",
                      f"scored at line {scored.line}: `{ctx.code(scored.node)[:120]}`",
@@ -477,12 +471,11 @@ and mixtures that are improper for other reasons are left to the probe.
                     where = (f"returned by {q}() and, at its call in line {call.line} "
                              f"(`{ctx.code(call.node)[:100]}`), enters the score at line {scored.line}: "
                              f"`{ctx.code(scored.node)[:100]}`")
-                return self.finding(
-                    Layer.STATIC,
+                return self.static_finding(
+                    ctx, st.line, q,
                     f"{q}() takes the probability of the realised token as `{nt}` at a hashed (context, token) "
                     f"key over `{dt}` at the context key: the denominator is a count total, not the sum of the "
                     "numerator over the vocabulary, so the implied distribution is not normalised",
-                    ctx.location(st.line, q),
                     [f"ratio at line {st.line}: `{ctx.code(div)[:140]}`"]
                     + ([f"both counts returned by {helper.qualname}() from one call"] if helper else []) +
                     [f"numerator read at line {nst.line} with key `{nk}` (built at line "
@@ -518,12 +511,11 @@ and mixtures that are improper for other reasons are left to the probe.
                         scored = self._reaches_log(ctx, fn, r)
                         if scored is None:
                             continue
-                        yield self.finding(
-                            Layer.STATIC,
+                        yield self.static_finding(
+                            ctx, w.line, q,
                             f"{q}() counts a token into `{key[0]}[{key[1]}]` before reading that same entry for "
                             "the token's probability: the cache always holds the token it predicts, so the "
                             "implied distribution sums to more than one",
-                            ctx.location(w.line, q),
                             [f"update at line {w.line}: `{ctx.code(w.node)[:120]}`",
                              f"read at line {r.line}, same iteration: `{ctx.code(r.node)[:120]}`",
                              f"enters the score at line {scored.line}: `{ctx.code(scored.node)[:120]}`"],

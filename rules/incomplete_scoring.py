@@ -25,13 +25,8 @@ def _example(scored: list, n: int = 12, val_tokens=None, env=None, note: str = "
     return TraceExample(events=tuple(run.events), meta=meta, note=note, function="eval_val", line=30)
 
 
-class IncompleteScoring(Rule):
-    id = "GA007"
-    name = "incomplete-scoring"
-    severity = Severity.HIGH
-    confidence = Confidence.HIGH
-    layers = (Layer.TRACE,)
-
+class IncompleteScoring(Rule, id="GA007", name="incomplete-scoring",
+                        severity=Severity.HIGH, confidence=Confidence.HIGH, layers=(Layer.TRACE,)):
     summary = "Checks that the printed score covers every target position 1..N-1 of the validation stream."
     why = """
 val_bpb is the total NLL of the validation split divided by its total bytes: every token after the

@@ -18,12 +18,8 @@ SHELL_CALLS = re.compile(r"(^|\.)(system|popen|run|call|check_call|check_output|
 SHELL_NETWORK = re.compile(r"\b(curl|wget|pip3? install|git clone|scp|rsync|ssh|nc|aria2c|huggingface-cli)\b")
 
 
-class NetworkAtEval(Rule):
-    id = "GA005"
-    name = "network-at-eval"
-    severity = Severity.HIGH
-    confidence = Confidence.HIGH
-    layers = (Layer.STATIC,)
+class NetworkAtEval(Rule, id="GA005", name="network-at-eval",
+                    severity=Severity.HIGH, confidence=Confidence.HIGH, layers=(Layer.STATIC,)):
     summary = "Finds network access from the submission: HTTP clients, sockets, hub downloads, shell curl/wget/pip."
     why = ("The artifact must be self-contained: 'No external downloads, training data or network during "
            "evaluation'. A download can fetch weights or validation-derived data that are not counted in the "
@@ -119,21 +115,18 @@ def fetch(u):
                         mods = [dotted(node.module)]
                     for m in mods:
                         if any(m == n or m.startswith(n + ".") for n in NETWORK_MODULES):
-                            yield self.finding(Layer.STATIC, f"imports the network module `{m}`",
-                                               ctx.location(st.line, where), [f"`{ctx.code(node)}`"],
-                                               **ctx.reach_fields(q, st))
+                            yield self.static_finding(ctx, st.line, where, f"imports the network module `{m}`",
+                                                      [f"`{ctx.code(node)}`"], **ctx.reach_fields(q, st))
                     continue
                 for call in st.calls:
                     name = ctx.resolve(dotted(call.func))
                     if NETWORK_CALLS.search(name):
-                        yield self.finding(Layer.STATIC, f"calls `{name}`, which reaches the network",
-                                           ctx.location(st.line, where), [f"`{ctx.code(call)[:160]}`"],
-                                           **ctx.reach_fields(q, st))
+                        yield self.static_finding(ctx, st.line, where, f"calls `{name}`, which reaches the network",
+                                                  [f"`{ctx.code(call)[:160]}`"], **ctx.reach_fields(q, st))
                     elif SHELL_CALLS.search(name) and (name.startswith(("os.", "subprocess.")) or "subprocess" in name):
                         # list-form commands: ["python", "-m", "pip", "install", ...] -> words
                         words = [w for a in call.args for w in collect(a.value).strings]
                         text = " ".join(words) + " " + " ".join(ctx.code(a.value) for a in call.args)
                         if SHELL_NETWORK.search(text):
-                            yield self.finding(Layer.STATIC, "runs a shell command that reaches the network",
-                                               ctx.location(st.line, where), [f"`{ctx.code(call)[:160]}`"],
-                                           **ctx.reach_fields(q, st))
+                            yield self.static_finding(ctx, st.line, where, "runs a shell command that reaches the network",
+                                                      [f"`{ctx.code(call)[:160]}`"], **ctx.reach_fields(q, st))

@@ -34,12 +34,9 @@ _STAGED = ("import bz2, base64, linecache\n"
            "exec(compile(S, F, 'exec'))\n")
 
 
-class PackedSource(Rule):
-    id = "GA006"
-    name = "packed-source"
-    severity = Severity.LOW  # packing is allowed; we say so and audit what is inside
-    confidence = Confidence.HIGH
-    layers = (Layer.STATIC,)
+class PackedSource(Rule, id="GA006", name="packed-source",
+                   severity=Severity.LOW, confidence=Confidence.HIGH, layers=(Layer.STATIC,)):
+    # severity low: packing is allowed; we say so and audit what is inside
     static_is_proof = True  # the pack is in the file
     summary = "Reports scripts whose code is packed (lzma/zlib/gzip/bz2 + base85/64 + exec) and audits the unpacked code."
     why = ("Packing saves code bytes against the 16,000,000-byte cap and is allowed, but it hides the code from "
@@ -71,17 +68,16 @@ class PackedSource(Rule):
             return
         if pack.get("error"):
             line = pack.get("line") or 1
-            yield self.finding(Layer.STATIC, f"packed code cannot be unpacked: {pack['error']}",
-                               ctx.location(line), [f"`{ctx.lines[line - 1].strip()[:120]}`"],
-                               fix="Ship a pack that decodes with the standard library, or the plain source.")
+            yield self.static_finding(ctx, line, None, f"packed code cannot be unpacked: {pack['error']}",
+                                      [f"`{ctx.lines[line - 1].strip()[:120]}`"],
+                                      fix="Ship a pack that decodes with the standard library, or the plain source.")
             return
         layers = pack.get("layers") or []
         if layers:
             how = ", then ".join(layer.how for layer in layers)
             depth = f"in {len(layers)} nested layers " if len(layers) > 1 else ""
             inner = layers[-1].code
-            yield self.finding(Layer.STATIC,
-                               f"code is packed {depth}({how}); audited unpacked ({inner.count(chr(10)) + 1} lines)",
-                               ctx.location(layers[0].line),
-                               [f"layer {i + 1}: exec at line {layer.line} unpacks {len(layer.code):,} characters "
-                                f"via {layer.how}" for i, layer in enumerate(layers)])
+            yield self.static_finding(ctx, layers[0].line, None,
+                                      f"code is packed {depth}({how}); audited unpacked ({inner.count(chr(10)) + 1} lines)",
+                                      [f"layer {i + 1}: exec at line {layer.line} unpacks {len(layer.code):,} characters "
+                                       f"via {layer.how}" for i, layer in enumerate(layers)])

@@ -28,13 +28,8 @@ def _example(printed: float, nll=(1.0, 2.0, 3.0, 2.0), decimals: int = 8, rescor
     return TraceExample(events=tuple(run.events), note=note, line=line)
 
 
-class ReportedScoreMismatch(Rule):
-    id = "GA008"
-    name = "reported-score-mismatch"
-    severity = Severity.HIGH
-    confidence = Confidence.HIGH
-    layers = (Layer.TRACE,)
-
+class ReportedScoreMismatch(Rule, id="GA008", name="reported-score-mismatch",
+                            severity=Severity.HIGH, confidence=Confidence.HIGH, layers=(Layer.TRACE,)):
     summary = "Checks that every printed val_loss equals the mean of the first scores of one evaluation pass."
     why = """
 The submission's number is what the leaderboard compares. Proper accounting makes it the sum of each

@@ -217,12 +217,8 @@ _ELEMENTWISE = ("minimum", "fmin")
 _REDUCE = ("min", "amin")
 
 
-class RescoredTokens(Rule):
-    id = "GA002"
-    name = "rescored-tokens"
-    severity = Severity.HIGH
-    confidence = Confidence.MEDIUM
-    layers = (Layer.STATIC, Layer.TRACE)
+class RescoredTokens(Rule, id="GA002", name="rescored-tokens",
+                     severity=Severity.HIGH, confidence=Confidence.MEDIUM, layers=(Layer.STATIC, Layer.TRACE)):
     refuted_by = ("score",)
     summary = "Finds evals that score the same validation tokens in several passes and report a later or the best pass."
     why = ("A token's first score is its only legal score. Scoring every epoch of a TTT loop and reporting the "
@@ -300,11 +296,10 @@ class RescoredTokens(Rule):
             if not st.writes & reported:
                 continue
             a, b, how = hit
-            return self.finding(
-                Layer.STATIC,
+            return self.static_finding(
+                ctx, st.line, fn.qualname,
                 f"{fn.qualname}() keeps, per token, the lower of two scores of the same target ({how}): an "
                 "oracle choice between predictors by their loss on the token itself",
-                ctx.location(st.line, fn.qualname),
                 [f"`{ctx.code(node)[:160]}`",
                  f"both compared values are losses of the target: `{ctx.code(a)[:80]}` and `{ctx.code(b)[:80]}`",
                  "the reported score sums the kept values: each token gets whichever predictor was right about "
@@ -408,22 +403,22 @@ class RescoredTokens(Rule):
                          and st.loops[-1] == loop_id]
                 select = self._selection(ctx, fn, loop_id)
                 if select is not None:
-                    return self.finding(Layer.STATIC,
-                                        f"{fn.qualname}() scores the validation tokens in every pass of the loop at "
-                                        f"line {loop.line} and reports a selection over passes (min/max)",
-                                        ctx.location(select.line, fn.qualname),
-                                        [f"score recorded at line {s.stmt.line}: `{s.code}` in every iteration",
-                                         f"selection at line {select.line}: `{ctx.lines[select.line - 1].strip()}`"],
-                                        **ctx.reach_fields(fn.qualname, s.stmt))
+                    return self.static_finding(
+                        ctx, select.line, fn.qualname,
+                        f"{fn.qualname}() scores the validation tokens in every pass of the loop at "
+                        f"line {loop.line} and reports a selection over passes (min/max)",
+                        [f"score recorded at line {s.stmt.line}: `{s.code}` in every iteration",
+                         f"selection at line {select.line}: `{ctx.lines[select.line - 1].strip()}`"],
+                        **ctx.reach_fields(fn.qualname, s.stmt))
                 if reset:
-                    return self.finding(Layer.STATIC,
-                                        f"{fn.qualname}() re-scores the validation tokens in every pass of the loop at "
-                                        f"line {loop.line}; the reported sum is the last pass's, taken after training "
-                                        "on them",
-                                        ctx.location(s.stmt.line, fn.qualname),
-                                        [f"`{s.accumulator}` reset at line {reset[0].line} each pass",
-                                         f"score recorded at line {s.stmt.line}: `{s.code}`"],
-                                        **ctx.reach_fields(fn.qualname, s.stmt))
+                    return self.static_finding(
+                        ctx, s.stmt.line, fn.qualname,
+                        f"{fn.qualname}() re-scores the validation tokens in every pass of the loop at "
+                        f"line {loop.line}; the reported sum is the last pass's, taken after training "
+                        "on them",
+                        [f"`{s.accumulator}` reset at line {reset[0].line} each pass",
+                         f"score recorded at line {s.stmt.line}: `{s.code}`"],
+                        **ctx.reach_fields(fn.qualname, s.stmt))
         return None
 
     @staticmethod

@@ -35,12 +35,9 @@ def _what(path: str) -> str:
     return "a file outside records/"
 
 
-class SubmissionLayout(Rule):
-    id = "GA012"
-    name = "submission-layout"
-    severity = Severity.HIGH
-    confidence = Confidence.HIGH
-    layers = (Layer.STATIC,)  # reads the PR's file list, not code; reported in the static SARIF run
+class SubmissionLayout(Rule, id="GA012", name="submission-layout",
+                       severity=Severity.HIGH, confidence=Confidence.HIGH, layers=(Layer.STATIC,)):
+    # the static layer: it reads the PR's file list, not code; reported in the static SARIF run
     static_is_proof = True  # the PR's file list is the fact
 
     summary = ("Checks that a pull request adds exactly one new folder under `records/track_*/`, "

@@ -261,12 +261,8 @@ def main(args, model, opt, train_loader, val_tokens, seq):
 '''
 
 
-class TrainBeforeScore(Rule):
-    id = "GA001"
-    name = "train-before-score"
-    severity = Severity.HIGH
-    confidence = Confidence.MEDIUM
-    layers = (Layer.STATIC, Layer.TRACE)
+class TrainBeforeScore(Rule, id="GA001", name="train-before-score",
+                       severity=Severity.HIGH, confidence=Confidence.MEDIUM, layers=(Layer.STATIC, Layer.TRACE)):
     refuted_by = ("update",)  # the step at the flagged line ran, on scored positions only
     summary = ("Finds eval-time gradient steps on validation tokens that run before those tokens' "
                "scores are recorded.")

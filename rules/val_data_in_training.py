@@ -161,12 +161,8 @@ def retokenize(args, sp):
 '''
 
 
-class ValDataInTraining(Rule):
-    id = "GA004"
-    name = "val-data-in-training"
-    severity = Severity.HIGH
-    confidence = Confidence.MEDIUM
-    layers = (Layer.STATIC, Layer.TRACE)
+class ValDataInTraining(Rule, id="GA004", name="val-data-in-training",
+                        severity=Severity.HIGH, confidence=Confidence.MEDIUM, layers=(Layer.STATIC, Layer.TRACE)):
     refuted_by = ("update",)
     counts_in_prep_scripts = True  # a prefix builder the README runs ships its blob with the run
     summary = ("Finds validation tokens (or their loader) passed to training, weight averaging, n-gram prefill or "
@@ -239,10 +235,9 @@ class ValDataInTraining(Rule):
             if id(fn) in reported or self._downstream(project, ctx, fn, hit, results):
                 continue
             reported.add(id(fn))
-            plan.setdefault(id(ctx), []).append(self.finding(
-                Layer.STATIC,
+            plan.setdefault(id(ctx), []).append(self.static_finding(
+                ctx, st.line, fn.qualname,
                 f"{fn.qualname}() passes validation data ({', '.join(sorted(hit))}) to {name}() before the final eval",
-                ctx.location(st.line, fn.qualname),
                 [f"`{ctx.code(st.node)[:160]}`"],
                 **ctx.reach_fields(fn.qualname, st),
             ))
@@ -304,10 +299,9 @@ class ValDataInTraining(Rule):
             if not D.backward_tainted(ctx, fn, derived, stretch):
                 continue
             draw = next(iter(batches.values()))
-            return self.finding(
-                Layer.STATIC,
+            return self.static_finding(
+                ctx, t.stmt.line, fn.qualname,
                 f"{fn.qualname}() trains on batches drawn from a loader over validation data",
-                ctx.location(t.stmt.line, fn.qualname),
                 [f"batches drawn at line {draw.line}: `{ctx.lines[draw.line - 1].strip()[:140]}`",
                  f"{t.what} at line {t.stmt.line}: `{t.code}` on a loss computed from those batches"],
                 fix="Build the training loader over the training shards (train_files); validation shards may "
@@ -340,11 +334,10 @@ class ValDataInTraining(Rule):
                 hit = {n for n in args & loaded if not D.LOSS_NAME.search(n) and "bpb" not in n.lower()}
                 if not hit:
                     continue
-                return self.finding(
-                    Layer.STATIC,
+                return self.static_finding(
+                    ctx, st.line, fn.qualname,
                     f"{fn.qualname}() stores validation tokens ({', '.join(sorted(hit))}) with {name}(): stored "
-                    "graded text can ride in the artifact (a paid prefix)",
-                    ctx.location(st.line, fn.qualname), [f"`{ctx.code(st.node)[:160]}`"],
+                    "graded text can ride in the artifact (a paid prefix)", [f"`{ctx.code(st.node)[:160]}`"],
                     fix="Store nothing derived from the validation tokens; the artifact may hold only what "
                         "training on the training shards produced.", **ctx.reach_fields(fn.qualname, st))
         return None

@@ -202,3 +202,21 @@ def test_no_module_is_over_800_lines_without_a_stated_reason():
                                     ("A module over 800 lines.", False)])
 def test_the_size_reason_form(doc, ok):
     assert bool(SIZE_REASON.search(doc)) is ok
+
+
+def test_a_rule_declares_its_identity_in_its_class_statement():
+    from harness.core.findings import Confidence, Layer, Severity
+    from harness.core.rule import Rule
+
+    class Declared(Rule, id="GA990", name="declared-rule", severity=Severity.LOW, confidence=Confidence.HIGH,
+                   layers=(Layer.TRACE,)):
+        pass
+
+    assert (Declared.id, Declared.name, Declared.severity, Declared.confidence, Declared.layers) == (
+        "GA990", "declared-rule", Severity.LOW, Confidence.HIGH, (Layer.TRACE,))
+    with pytest.raises(TypeError, match="three digits"):
+        class BadId(Rule, id="G1", name="bad-id"):
+            pass
+    with pytest.raises(TypeError, match="kebab-case"):
+        class BadName(Rule, id="GA991", name="Bad_Name"):
+            pass

@@ -1,8 +1,9 @@
 """The contract every rule module in `rules/` fulfils, and the registry that finds them.
 
-A rule module holds one `Rule` subclass: its stable id, kebab-case name, severity and
-confidence, its documentation in fixed sections (What it does / Why is this bad? / Example /
-Use instead / Known problems / References), its checks, and the examples the test suite is
+A rule module holds one `Rule` subclass: its stable id, kebab-case name, severity,
+confidence and layers (keywords of its class statement), its documentation in fixed
+sections (What it does / Why is this bad? / Example / Use instead / Known problems /
+References), its checks, and the examples the test suite is
 generated from. A rule overrides the checks it has:
 
 - `check_static(ctx)`: one parsed file (LibCST);
@@ -16,6 +17,7 @@ The engine in `harness/` calls rules only through this class and the registry.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Iterable
 
@@ -93,6 +95,22 @@ class Rule:
     TRACE_VALID: ClassVar[list["TraceExample"]] = []
     TRACE_INVALID: ClassVar[list["TraceExample"]] = []
 
+    def __init_subclass__(cls, id: str | None = None, name: str | None = None, severity: Severity | None = None,
+                          confidence: Confidence | None = None, layers: tuple[Layer, ...] | None = None,
+                          **kwargs) -> None:
+        """A rule declares its identity in its class statement, one place a reader finds it:
+        `class NewRule(Rule, id="GA0NN", name="new-rule", severity=..., confidence=...,
+        layers=(...))`. Checked here, at import, not first at registration."""
+        super().__init_subclass__(**kwargs)
+        given = {"id": id, "name": name, "severity": severity, "confidence": confidence, "layers": layers}
+        for key, value in given.items():
+            if value is not None:
+                setattr(cls, key, value)
+        if id is not None and not re.fullmatch(r"GA\d{3}", id):
+            raise TypeError(f"{cls.__name__}: rule id {id!r} is not 'GA' and three digits")
+        if name is not None and not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name):
+            raise TypeError(f"{cls.__name__}: rule name {name!r} is not kebab-case")
+
     # --- checks: a rule overrides the ones it has ---
     def check_static(self, ctx: "ModuleContext") -> Iterable[Finding]:
         """Read one parsed file; yield findings. Default: no static check."""
@@ -148,6 +166,12 @@ class Rule:
             fix=fix if fix is not None else self.fix,
             **extra,
         )
+
+    def static_finding(self, ctx: "ModuleContext", line: int, function: str | None, message: str,
+                       evidence: list[str] | None = None, fix: str | None = None, **extra) -> Finding:
+        """A static-layer finding at `line` of `function` in the file `ctx` (its source line and
+        packing come from the file)."""
+        return self.finding(Layer.STATIC, message, ctx.location(line, function), evidence, fix, **extra)
 
     @classmethod
     def documentation(cls) -> str:
