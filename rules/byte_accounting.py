@@ -39,7 +39,7 @@ def _two_evals_example(script_bytes: float, note: str) -> TraceExample:
     return TraceExample(events=tuple(run.events), note=note, function="eval_val", line=50)
 
 
-_LUT_OK = '''
+_LUT_OK = Valid('''
 import numpy as np
 def build_luts(sp, vocab_size):
     base_bytes = np.zeros(vocab_size, dtype=np.int16)
@@ -56,21 +56,23 @@ def build_luts(sp, vocab_size):
             piece = piece[1:]
         base_bytes[token_id] = len(piece.encode("utf-8"))
     return base_bytes, has_leading_space
-'''
+''', "the reference LUT: byte pieces are 1 byte, the leading space is dropped from the piece")
 
 # byte-fallback pieces (`<0x0A>`) counted as their 6 characters instead of the 1 byte they stand for
-_LUT_BYTE_PIECES = _LUT_OK.replace('''        if sp.is_byte(token_id):
+_LUT_BYTE_PIECES = Invalid(_LUT_OK.code.replace('''        if sp.is_byte(token_id):
             base_bytes[token_id] = 1
             continue
-''', "")
+''', ""), line=13, function="build_luts", message_contains="byte-fallback",
+    note="`<0xNN>` pieces counted as len(piece) = 6 bytes")
 
 # the leading space kept in the table (as " ") and added again by has_leading_space at eval time
-_LUT_SPACE_TWICE = _LUT_OK.replace('''            piece = piece[1:]
+_LUT_SPACE_TWICE = Invalid(_LUT_OK.code.replace('''            piece = piece[1:]
 ''', '''            piece = piece.replace("\u2581", " ")
-''')
+'''), line=16, function="build_luts", message_contains="leading space",
+    note="the space kept in the piece (+1) and counted again by has_leading_space")
 
 # bytes read from a data file shipped with the submission; the check against the tokenizer is off
-_LUT_FROM_FILE = '''
+_LUT_FROM_FILE = Invalid('''
 import os
 import numpy as np
 def load_luts(meta_path, sp=None):
@@ -81,20 +83,21 @@ def load_luts(meta_path, sp=None):
     if validate and sp is not None:
         assert np.array_equal(base_bytes, build_from_tokenizer(sp))
     return base_bytes, has_leading_space
-'''
+''', line=7, function="load_luts", message_contains="data file",
+    note="PR #1184: byte table from a shipped .npz, the tokenizer check behind an off-by-default flag")
 
-_LUT_FROM_FILE_CHECKED = _LUT_FROM_FILE.replace('''    if validate and sp is not None:
-        assert''', '''    assert''')
+_LUT_FROM_FILE_CHECKED = Valid(_LUT_FROM_FILE.code.replace('''    if validate and sp is not None:
+        assert''', '''    assert'''), "a shipped table compared with the tokenizer's on every run")
 
 # legal: piece lengths as a statistic, not the byte count behind a score
-_PIECE_STATS = '''
+_PIECE_STATS = Valid('''
 import numpy as np
 def piece_stats(sp):
     lens = np.zeros(sp.vocab_size())
     for i in range(sp.vocab_size()):
         lens[i] = len(sp.id_to_piece(i).encode("utf-8"))
     print(f"mean piece length {lens.mean():.2f}, longest {int(lens.max())}")
-'''
+''', "piece lengths printed as a statistic: no byte count of a score")
 
 _SPACE = "\u2581"
 _PIECE_CALL = ("id_to_piece", "IdToPiece")
@@ -174,17 +177,8 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
     fix = ("Count bytes as the UTF-8 length of each target token's decoded piece, with its leading space "
            "only when the previous token is not a boundary token.")
 
-    VALID = [Valid(_LUT_OK, "the reference LUT: byte pieces are 1 byte, the leading space is dropped from the piece"),
-             Valid(_LUT_FROM_FILE_CHECKED, "a shipped table compared with the tokenizer's on every run"),
-             Valid(_PIECE_STATS, "piece lengths printed as a statistic: no byte count of a score")]
-    INVALID = [
-        Invalid(_LUT_BYTE_PIECES, line=13, function="build_luts", message_contains="byte-fallback",
-                note="`<0xNN>` pieces counted as len(piece) = 6 bytes"),
-        Invalid(_LUT_SPACE_TWICE, line=16, function="build_luts", message_contains="leading space",
-                note="the space kept in the piece (+1) and counted again by has_leading_space"),
-        Invalid(_LUT_FROM_FILE, line=7, function="load_luts", message_contains="data file",
-                note="PR #1184: byte table from a shipped .npz, the tokenizer check behind an off-by-default flag"),
-    ]
+    VALID = [_LUT_OK, _LUT_FROM_FILE_CHECKED, _PIECE_STATS]
+    INVALID = [_LUT_BYTE_PIECES, _LUT_SPACE_TWICE, _LUT_FROM_FILE]
 
     TRACE_VALID = [
         _example(10, note="implied bytes equal the true bytes"),

@@ -13,7 +13,7 @@ from harness.static.reaching import FlowTaint
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 
-_CLEAN = '''
+_CLEAN = Valid('''
 import torch
 def bigram_hash(tokens, buckets):
     t = tokens.to(torch.int32)
@@ -21,16 +21,16 @@ def bigram_hash(tokens, buckets):
     out[..., 0] = buckets - 1
     out[..., 1:] = torch.bitwise_xor(36313 * t[..., 1:], 27191 * t[..., :-1]) % (buckets - 1)
     return out
-'''
+''', "PR #713 BigramHash")
 
-_CLEAN_TRIGRAM = '''
+_CLEAN_TRIGRAM = Valid('''
 def trigram_hash(t, mod):
     out = t.clone()
     out[..., 2:] = (48271 * t[..., 2:] ^ 36313 * t[..., 1:-1] ^ 27191 * t[..., :-2]) % mod
     return out
-'''
+''', "PR #713 TrigramHash")
 
-_SHIFTED = '''
+_SHIFTED = Invalid('''
 import torch
 def bigram_hash(tokens, buckets):
     t = tokens.to(torch.int32)
@@ -38,25 +38,25 @@ def bigram_hash(tokens, buckets):
     out[..., -1] = buckets - 1
     out[..., :-1] = torch.bitwise_xor(36313 * t[..., 1:], 27191 * t[..., :-1]) % (buckets - 1)
     return out
-'''
+''', line=7, function="bigram_hash", note="output shifted one step left")
 
-_ROLL = '''
+_ROLL = Invalid('''
 import torch
 def pair_key(t, mod):
     nxt = torch.roll(t, shifts=-1, dims=-1)
     return (t * 1000003 + nxt * 8191) % mod
-'''
+''', line=5, function="pair_key", note="torch.roll(-1) key")
 
-_PAD = '''
+_PAD = Invalid('''
 import torch.nn.functional as F
 def pair_key(t, mod):
     nxt = F.pad(t[..., 1:], (0, 1))
     return (t * 1000003 + nxt * 8191) % mod
-'''
+''', line=5, function="pair_key", note="F.pad shift")
 
 
 # the loss target handed to a hashed embedding layer (keyed on (t[i], t[i+1]))
-_LAYER_GETS_TARGET = '''
+_LAYER_GETS_TARGET = Invalid('''
 import torch.nn.functional as F
 from torch import nn
 
@@ -81,13 +81,15 @@ class LM(nn.Module):
         x = self.tok(input_ids) + self.pair(input_ids, target_ids)
         logits = self.head(x)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1))
-'''
+''', line=23, function="LM.forward", message_contains="target_ids",
+    note="self.pair(input_ids, target_ids): the hashing layer is handed the loss target")
 
-_LAYER_GETS_PREVIOUS = _LAYER_GETS_TARGET.replace(
-    "self.pair(input_ids, target_ids)", "self.pair(F.pad(input_ids[:, :-1], (1, 0)), input_ids)")
+_LAYER_GETS_PREVIOUS = Valid(_LAYER_GETS_TARGET.code.replace(
+    "self.pair(input_ids, target_ids)", "self.pair(F.pad(input_ids[:, :-1], (1, 0)), input_ids)"),
+    "the hashed layer gets (t[i-1], t[i]): inputs only")
 
 # hashed targets as the labels of an auxiliary loss: read by the loss, never fed to the model
-_HASHED_LABELS = '''
+_HASHED_LABELS = Valid('''
 import torch.nn.functional as F
 
 def aux_loss(aux_logits, target_ids, buckets):
@@ -98,11 +100,11 @@ def forward(model, input_ids, target_ids, buckets):
     logits, aux_logits = model(input_ids)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1))
     return loss + 0.1 * aux_loss(aux_logits, target_ids, buckets)
-'''
+''', "hashed targets used as labels of an auxiliary loss, not as an input")
 
 
 # PR #779/#813: a numpy count table read at a key that hashes the scored target into the context
-_NUMPY_TARGET_KEY = '''
+_NUMPY_TARGET_KEY = Invalid('''
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -114,10 +116,11 @@ def mix_nll(logits, x_batch, y_batch, counts, mask, prime=np.uint64(27191)):
     key = ((x_np * np.uint64(36313)) ^ (y_np * prime)) & mask
     hits = torch.from_numpy(counts[key.astype(np.int64)].astype(np.float32))
     return -torch.log(0.9 * p_model + 0.1 * hits / (hits + 1))
-'''
+''', line=10, function="mix_nll", message_contains="y_np",
+    note="numpy: counts[(x * p1) ^ (y * p2)] with y the gathered target (PR #779/#813)")
 
 # legal: the same key, used only to count the target after its score is taken
-_NUMPY_TARGET_KEY_UPDATE = '''
+_NUMPY_TARGET_KEY_UPDATE = Valid('''
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -129,7 +132,7 @@ def score_then_count(logits, x_batch, y_batch, counts, mask, prime=np.uint64(271
     key = ((x_np * np.uint64(36313)) ^ (y_np * prime)) & mask
     np.add.at(counts, key.astype(np.int64), 1)
     return nll
-'''
+''', "a target-keyed count updated after the score, never read for it")
 
 
 def _int(node) -> int | None:
@@ -325,8 +328,8 @@ class HashKeyReadsTarget(Rule, id="GA003", name="hash-key-reads-target",
            "implied distribution over the vocabulary no longer sums to one (PR #1420's target-gated n-gram "
            "experts leaked the same way). PR #713's BigramHash (t[i], t[i-1]) and TrigramHash (t[i], t[i-1], "
            "t[i-2]) are clean; the same code written one slot to the left is not.")
-    example = _SHIFTED
-    use_instead = _CLEAN
+    example = _SHIFTED.code
+    use_instead = _CLEAN.code
     known_problems = ("Offsets are worked out from literal slices, `torch.roll` and `F.pad` only; a key built "
                       "through an opaque helper or a computed shift is not seen statically — the properness and "
                       "causality probes of `--dynamic` catch it by running the model. Keys fed the loss "
@@ -338,22 +341,14 @@ class HashKeyReadsTarget(Rule, id="GA003", name="hash-key-reads-target",
     fix = ("Align the key with the position it feeds: write the pair hash of (t[i-1], t[i]) into out[..., 1:] "
            "(or pad on the left), so no key reads a later token.")
 
-    VALID = [Valid(_CLEAN, "PR #713 BigramHash"), Valid(_CLEAN_TRIGRAM, "PR #713 TrigramHash"),
-             Valid(_ROLL.replace("shifts=-1", "shifts=1").replace("nxt", "prev"), "torch.roll(+1): the previous token"),
-             Valid(_PAD.replace("F.pad(t[..., 1:], (0, 1))", "F.pad(t[..., :-1], (1, 0))").replace("nxt", "prev"),
+    VALID = [_CLEAN, _CLEAN_TRIGRAM,
+             Valid(_ROLL.code.replace("shifts=-1", "shifts=1").replace("nxt", "prev"), "torch.roll(+1): the previous token"),
+             Valid(_PAD.code.replace("F.pad(t[..., 1:], (0, 1))", "F.pad(t[..., :-1], (1, 0))").replace("nxt", "prev"),
                    "F.pad on the left: the previous token"),
-             Valid(_LAYER_GETS_PREVIOUS, "the hashed layer gets (t[i-1], t[i]): inputs only"),
-             Valid(_HASHED_LABELS, "hashed targets used as labels of an auxiliary loss, not as an input"),
-             Valid(_NUMPY_TARGET_KEY_UPDATE, "a target-keyed count updated after the score, never read for it")]
-    INVALID = [
-        Invalid(_SHIFTED, line=7, function="bigram_hash", note="output shifted one step left"),
-        Invalid(_ROLL, line=5, function="pair_key", note="torch.roll(-1) key"),
-        Invalid(_PAD, line=5, function="pair_key", note="F.pad shift"),
-        Invalid(_LAYER_GETS_TARGET, line=23, function="LM.forward", message_contains="target_ids",
-                note="self.pair(input_ids, target_ids): the hashing layer is handed the loss target"),
-        Invalid(_NUMPY_TARGET_KEY, line=10, function="mix_nll", message_contains="y_np",
-                note="numpy: counts[(x * p1) ^ (y * p2)] with y the gathered target (PR #779/#813)"),
-    ]
+             _LAYER_GETS_PREVIOUS,
+             _HASHED_LABELS,
+             _NUMPY_TARGET_KEY_UPDATE]
+    INVALID = [_SHIFTED, _ROLL, _PAD, _LAYER_GETS_TARGET, _NUMPY_TARGET_KEY]
 
     TRACE_VALID = [_trace_example(False, "key on (t[i-1], t[i]): inputs one position before their targets")]
     TRACE_INVALID = [_trace_example(True, "a lookup keyed on the scored target's own token")]

@@ -18,7 +18,7 @@ from harness.static.engine import ModuleContext, dotted, walk
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 
-_COUNT_FIRST = '''
+_COUNT_FIRST = Invalid('''
 import math
 def cache_nll(tokens, nll, vocab, mix):
     counts = [[0] * vocab for _ in range(vocab)]
@@ -31,9 +31,10 @@ def cache_nll(tokens, nll, vocab, mix):
         p_cache = counts[prev][target] / totals[prev]
         out.append(-math.log((1 - mix) * math.exp(-nll[p]) + mix * p_cache))
     return out
-'''
+''', line=9, function="cache_nll", message_contains="before",
+    note="the count of (prev, target) is incremented, then read for the same token's probability")
 
-_DICT_COUNT_FIRST = '''
+_DICT_COUNT_FIRST = Invalid('''
 import math
 def cache_nll(tokens, nll, mix):
     counts, seen = {}, {}
@@ -45,9 +46,9 @@ def cache_nll(tokens, nll, mix):
         hit = counts.get(key, 0) / seen[tokens[p - 1]]
         total += -math.log((1 - mix) * math.exp(-nll[p]) + mix * hit)
     return total
-'''
+''', line=8, function="cache_nll", note="dict counts: counts[key] = counts.get(key, 0) + 1")
 
-_COLLECTED = '''
+_COLLECTED = Invalid('''
 import numpy as np
 import torch
 def cache_nll(tokens, nll, vocab, mix):
@@ -60,17 +61,17 @@ def cache_nll(tokens, nll, vocab, mix):
         totals[prev] += 1
         p_cache[p - 1] = counts[prev, target] / totals[prev]
     return -torch.log((1 - mix) * torch.exp(-nll) + mix * torch.from_numpy(p_cache))
-'''
+''', line=10, function="cache_nll", note="probabilities collected in the loop, blended and logged after it")
 
-_COLLECTED_SCORE_FIRST = _COLLECTED.replace('''        counts[prev, target] += 1
+_COLLECTED_SCORE_FIRST = Valid(_COLLECTED.code.replace('''        counts[prev, target] += 1
         totals[prev] += 1
         p_cache[p - 1] = counts[prev, target] / totals[prev]
 ''', '''        p_cache[p - 1] = counts[prev, target] / max(totals[prev], 1)
         counts[prev, target] += 1
         totals[prev] += 1
-''')
+'''), "numpy cache read first, blended in torch after the loop")
 
-_SCORE_FIRST = _COUNT_FIRST.replace('''        counts[prev][target] += 1
+_SCORE_FIRST = Valid(_COUNT_FIRST.code.replace('''        counts[prev][target] += 1
         totals[prev] += 1
         p_cache = counts[prev][target] / totals[prev]
         out.append(-math.log((1 - mix) * math.exp(-nll[p]) + mix * p_cache))
@@ -78,12 +79,12 @@ _SCORE_FIRST = _COUNT_FIRST.replace('''        counts[prev][target] += 1
         out.append(-math.log((1 - mix) * math.exp(-nll[p]) + mix * p_cache))
         counts[prev][target] += 1
         totals[prev] += 1
-''')
+'''), "the cache is read for the token, then counts it: score first")
 _LOG_NAMES = ("log", "log2", "log10", "log1p", "log_softmax")
 
 # PR #779/#813 shape: counts of hashed (context, token) pairs over counts of hashed contexts, read
 # for the realised target only
-_HASHED_PAIR_RATIO = '''
+_HASHED_PAIR_RATIO = Invalid('''
 import numpy as np
 import torch
 PRIMES = [np.uint64(36313), np.uint64(27191), np.uint64(51647)]
@@ -99,11 +100,12 @@ def ngram_mix_nll(nll, x_np, y_np, ctx_counts, full_counts, alpha, order=3, buck
     p_ng = np.minimum(full_c, ctx_c) / np.maximum(ctx_c, 1.0)
     p = (1 - alpha) * np.exp(-nll) + alpha * p_ng
     return torch.from_numpy(-np.log(np.clip(p, 1e-12, 1.0)))
-'''
+''', line=14, function="ngram_mix_nll", message_contains="realised",
+    note="PR #779/#813/#770: full_counts[h(ctx, y)] / ctx_counts[h(ctx)] read at the target only")
 
 # PR #972 shape: the pair counts are even gathered over the whole vocabulary, but the denominator is
 # the context count, not their sum
-_PAIR_ROW_OVER_CONTEXT_COUNT = '''
+_PAIR_ROW_OVER_CONTEXT_COUNT = Invalid('''
 import torch
 def ngram_nll(ctx_hash, targets, model_p, ng_ctx, ng_pair, vocab, beta=2.0, mult=1000003, buckets=1 << 22):
     all_tokens = torch.arange(vocab)
@@ -113,10 +115,11 @@ def ngram_nll(ctx_hash, targets, model_p, ng_ctx, ng_pair, vocab, beta=2.0, mult
     hit = pair_c.gather(1, targets[:, None]).squeeze(1)
     p = (hit + beta * model_p) / (ctx_c + beta)
     return -torch.log(p.clamp(min=1e-20))
-'''
+''', line=9, function="ngram_nll", message_contains="realised",
+    note="PR #972: pair counts gathered at the target over the context count (not their sum)")
 
 # the same ratio in plain Python, one position at a time, keys masked to a bucket
-_SCALAR_BUCKETS = '''
+_SCALAR_BUCKETS = Invalid('''
 import numpy as np
 def ngram_target_lp(val_np, positions, ctx_table, full_table, mask, prime=np.uint64(2654435761)):
     out = np.zeros(len(positions))
@@ -129,10 +132,11 @@ def ngram_target_lp(val_np, positions, ctx_table, full_table, mask, prime=np.uin
         p = (float(full_table[full_bucket]) + 0.5) / (float(ctx_count) + 1.0)
         out[j] = np.log(p)
     return -out.sum()
-'''
+''', line=11, function="ngram_target_lp", message_contains="realised",
+    note="plain Python per position: full_table[int(h(ctx, x[pos]) & mask)] over ctx_table[...]")
 
 # the keys come from a helper that returns the context key and the (context, token) key together
-_HELPER_KEYS = '''
+_HELPER_KEYS = Invalid('''
 import numpy as np
 def bucket_keys(stream, at, mask, mult=np.uint64(1000003)):
     h = stream[at - 1].astype(np.uint64) * mult
@@ -142,14 +146,16 @@ def cache_lp(stream, at, ctx_counts, pair_counts, mask):
     c = ctx_counts[ck].astype(np.float64)
     p = (pair_counts[pk] + 0.5) / (c + 1.0)
     return np.log(p).sum()
-'''
+''', line=9, function="cache_lp", message_contains="realised",
+    note="PR #797: both keys returned by a hashing helper of the module")
 
-_PAIR_ROW_NORMALISED = _PAIR_ROW_OVER_CONTEXT_COUNT.replace(
-    "p = (hit + beta * model_p) / (ctx_c + beta)", "p = (hit + beta * model_p) / (pair_c.sum(1) + beta)")
+_PAIR_ROW_NORMALISED = Valid(_PAIR_ROW_OVER_CONTEXT_COUNT.code.replace(
+    "p = (hit + beta * model_p) / (ctx_c + beta)", "p = (hit + beta * model_p) / (pair_c.sum(1) + beta)"),
+    "hashed pair counts over the whole vocabulary, divided by their own sum")
 
 # the n-gram cache family (PRs #769/#809/#826/#846/#853/#870/#881/#918/#944/#961): the keys come
 # from a method of the cache, the ratio is what a lookup method returns, and the log is in the eval
-_CACHE_LOOKUP_RATIO = '''
+_CACHE_LOOKUP_RATIO = Invalid('''
 import numpy as np
 class SuffixCounts:
     def __init__(self, buckets):
@@ -175,25 +181,30 @@ def mixed_nll(model_p, stream, spans, lam):
         total -= np.log((1 - lam) * model_p[pos] + lam * q).sum()
         table.add(stream, pos)
     return total
-'''
+''', line=17, function="SuffixCounts.prob", message_contains="realised",
+    note="PRs #826/#870/#961: keys from a method of the cache, ratio returned by its lookup, log in the "
+                 "eval that calls it (scored before counting: the order is legal, the distribution is not)")
 
 # legal: the same cache scored first and updated after, its lookup a distribution over the whole
 # vocabulary (every candidate's pair count, divided by their sum)
-_CACHE_LOOKUP_NORMALISED = _CACHE_LOOKUP_RATIO.replace('''    def prob(self, stream, pos):
+_CACHE_LOOKUP_NORMALISED = Valid(_CACHE_LOOKUP_RATIO.code.replace('''    def prob(self, stream, pos):
         c, f = self._keys(stream, pos)
         return self.next[f] / np.maximum(self.seen[c], 1)''', '''    def prob(self, stream, pos, vocab=1024):
         c, f = self._keys(stream, pos)
         h = stream[pos - 2].astype(np.int64) * 40503 ^ stream[pos - 1].astype(np.int64) * 65599
         rows = self.next[(h[:, None] ^ np.arange(vocab)[None, :] * 92821) & self.mask] + 0.5
-        return rows[np.arange(len(pos)), stream[pos]] / rows.sum(1)''')
+        return rows[np.arange(len(pos)), stream[pos]] / rows.sum(1)'''),
+    "cache lookup method normalised over every candidate token; "
+                                         "scored first, counted after")
 
 # the lookup returns the two counts; the caller divides them (PR #769)
-_CACHE_RETURNS_COUNTS = _CACHE_LOOKUP_RATIO.replace('''        return self.next[f] / np.maximum(self.seen[c], 1)''', '''        hits = self.next[f]
+_CACHE_RETURNS_COUNTS = Invalid(_CACHE_LOOKUP_RATIO.code.replace('''        return self.next[f] / np.maximum(self.seen[c], 1)''', '''        hits = self.next[f]
         ctx = self.seen[c]
         return hits, ctx, f''').replace('''        q = table.prob(stream, pos)
 ''', '''        hits, ctx, _ = table.prob(stream, pos)
         q = np.where(ctx > 0, hits / np.maximum(ctx, 1), 0.0)
-''')
+'''), line=26, function="mixed_nll", message_contains="realised",
+    note="PR #769: the lookup returns the pair count and the context count, the eval divides them")
 
 
 def _subscript_key(node: cst.CSTNode, ctx: ModuleContext):
@@ -254,7 +265,7 @@ def _example(probs: list[float], exhaustive: bool = False, note: str = "") -> Tr
 
 # PR #1933 shape: each token's log-probability spread evenly over its bytes, mixed per byte with a
 # byte-level model (PPM) and scored per byte
-_BYTE_MIX = '''
+_BYTE_MIX = Invalid('''
 import math
 import numpy as np
 def byte_mix_bpb(tgt, token_lp, pieces, byte_model_lp, lam=0.5):
@@ -263,11 +274,13 @@ def byte_mix_bpb(tgt, token_lp, pieces, byte_model_lp, lam=0.5):
     per_byte_lp = np.repeat(token_lp, per_tok) / np.repeat(per_tok, per_tok)
     mixed = lam * np.exp(per_byte_lp) + (1 - lam) * np.exp(byte_model_lp)
     return float(-np.log2(mixed).sum() / per_tok.sum())
-'''
+''', line=8, function="byte_mix_bpb", message_contains="byte",
+    note="PR #1933: token log-probabilities spread over bytes and mixed with a byte-level model")
 
 # legal: the same per-byte spread, only summed back (the total is the token's own log-probability)
-_BYTE_SPREAD_SUMMED = _BYTE_MIX.replace('''    mixed = lam * np.exp(per_byte_lp) + (1 - lam) * np.exp(byte_model_lp)
-    return float(-np.log2(mixed).sum() / per_tok.sum())''', '''    return float(-per_byte_lp.sum() / math.log(2) / per_tok.sum())''')
+_BYTE_SPREAD_SUMMED = Valid(_BYTE_MIX.code.replace('''    mixed = lam * np.exp(per_byte_lp) + (1 - lam) * np.exp(byte_model_lp)
+    return float(-np.log2(mixed).sum() / per_tok.sum())''', '''    return float(-per_byte_lp.sum() / math.log(2) / per_tok.sum())'''),
+    "token log-probabilities spread over bytes and summed back: no mixture")
 
 BYTE_NAME = re.compile(r"byte", re.I)
 
@@ -321,35 +334,10 @@ and mixtures that are improper for other reasons are left to the probe.
     )
     fix = "Build every feature, key and cache entry for position i from tokens before i only, and normalise mixtures."
 
-    VALID = [Valid(_SCORE_FIRST, "the cache is read for the token, then counts it: score first"),
-             Valid(_COLLECTED_SCORE_FIRST, "numpy cache read first, blended in torch after the loop"),
-             Valid(_PAIR_ROW_NORMALISED, "hashed pair counts over the whole vocabulary, divided by their own sum"),
-             Valid(_BYTE_SPREAD_SUMMED, "token log-probabilities spread over bytes and summed back: no mixture"),
-             Valid(_CACHE_LOOKUP_NORMALISED, "cache lookup method normalised over every candidate token; "
-                                             "scored first, counted after")]
-    INVALID = [
-        Invalid(_COUNT_FIRST, line=9, function="cache_nll", message_contains="before",
-                note="the count of (prev, target) is incremented, then read for the same token's probability"),
-        Invalid(_DICT_COUNT_FIRST, line=8, function="cache_nll",
-                note="dict counts: counts[key] = counts.get(key, 0) + 1"),
-        Invalid(_COLLECTED, line=10, function="cache_nll",
-                note="probabilities collected in the loop, blended and logged after it"),
-        Invalid(_HASHED_PAIR_RATIO, line=14, function="ngram_mix_nll", message_contains="realised",
-                note="PR #779/#813/#770: full_counts[h(ctx, y)] / ctx_counts[h(ctx)] read at the target only"),
-        Invalid(_PAIR_ROW_OVER_CONTEXT_COUNT, line=9, function="ngram_nll", message_contains="realised",
-                note="PR #972: pair counts gathered at the target over the context count (not their sum)"),
-        Invalid(_HELPER_KEYS, line=9, function="cache_lp", message_contains="realised",
-                note="PR #797: both keys returned by a hashing helper of the module"),
-        Invalid(_SCALAR_BUCKETS, line=11, function="ngram_target_lp", message_contains="realised",
-                note="plain Python per position: full_table[int(h(ctx, x[pos]) & mask)] over ctx_table[...]"),
-        Invalid(_CACHE_LOOKUP_RATIO, line=17, function="SuffixCounts.prob", message_contains="realised",
-                note="PRs #826/#870/#961: keys from a method of the cache, ratio returned by its lookup, log in the "
-                     "eval that calls it (scored before counting: the order is legal, the distribution is not)"),
-        Invalid(_CACHE_RETURNS_COUNTS, line=26, function="mixed_nll", message_contains="realised",
-                note="PR #769: the lookup returns the pair count and the context count, the eval divides them"),
-        Invalid(_BYTE_MIX, line=8, function="byte_mix_bpb", message_contains="byte",
-                note="PR #1933: token log-probabilities spread over bytes and mixed with a byte-level model"),
-    ]
+    VALID = [_SCORE_FIRST, _COLLECTED_SCORE_FIRST, _PAIR_ROW_NORMALISED, _BYTE_SPREAD_SUMMED,
+             _CACHE_LOOKUP_NORMALISED]
+    INVALID = [_COUNT_FIRST, _DICT_COUNT_FIRST, _COLLECTED, _HASHED_PAIR_RATIO, _PAIR_ROW_OVER_CONTEXT_COUNT,
+               _HELPER_KEYS, _SCALAR_BUCKETS, _CACHE_LOOKUP_RATIO, _CACHE_RETURNS_COUNTS, _BYTE_MIX]
 
     # ------------------------------------------------------------------ static
     def check_static(self, ctx: ModuleContext):

@@ -21,17 +21,20 @@ def _raw_pack(code: str) -> str:
             f'exec(L.decompress(B.b85decode("{payload}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}]))\n')
 
 
-_INNER = "def main():\n    print('hello')\n\nif __name__ == '__main__':\n    main()\n"
-_RAW = _raw_pack(_INNER)
-_NESTED = ("import zlib, base64\nexec(zlib.decompress(base64.b64decode("
-           f'"{base64.b64encode(zlib.compress(_RAW.encode())).decode()}")).decode())\n')
-_STAGED_PARTS = base64.a85encode(bz2.compress(_INNER.encode())).decode()
-_STAGED = ("import bz2, base64, linecache\n"
+_INNER = Valid("def main():\n    print('hello')\n\nif __name__ == '__main__':\n    main()\n", "plain source")
+_RAW = Invalid(_raw_pack(_INNER.code), line=2, message_contains="lzma+b85",
+    note="raw LZMA2 (FORMAT_RAW + filters), aliases")
+_NESTED = Invalid(("import zlib, base64\nexec(zlib.decompress(base64.b64decode("
+           f'"{base64.b64encode(zlib.compress(_RAW.code.encode())).decode()}")).decode())\n'), line=2,
+    message_contains="2 nested layers", note="a pack inside a pack")
+_STAGED_PARTS = base64.a85encode(bz2.compress(_INNER.code.encode())).decode()
+_STAGED = Invalid(("import bz2, base64, linecache\n"
            f"P = {[_STAGED_PARTS[i:i + 60] for i in range(0, len(_STAGED_PARTS), 60)]!r}\n"
            "S = bz2.decompress(base64.a85decode(''.join(P))).decode()\n"
            "F = '<train_gpt>'\n"
            "linecache.cache[F] = (len(S), None, S.splitlines(True), F)\n"
-           "exec(compile(S, F, 'exec'))\n")
+           "exec(compile(S, F, 'exec'))\n"), line=6, message_contains="bz2",
+    note="staged: S = ...; linecache; exec(compile(S, F))")
 
 
 class PackedSource(Rule, id="GA006", name="packed-source",
@@ -52,14 +55,14 @@ class PackedSource(Rule, id="GA006", name="packed-source",
     fix = "Nothing is wrong with packing itself; keep the unpacked source in the PR too so reviewers can read it."
 
     VALID = [Valid("import lzma\nprint(lzma.compress(b'x'))\n", "uses lzma but executes nothing packed"),
-             Valid(_INNER, "plain source")]
+             _INNER]
     INVALID = [
         Invalid(f'import lzma, base64\nexec(lzma.decompress(base64.b85decode("{_PAYLOAD}")))\n', line=2),
         Invalid('import lzma, base64\nexec(lzma.decompress(base64.b85decode("not a payload")))\n', line=2,
                 message_contains="cannot be unpacked", note="unpackable pack: a finding, and not audited"),
-        Invalid(_RAW, line=2, message_contains="lzma+b85", note="raw LZMA2 (FORMAT_RAW + filters), aliases"),
-        Invalid(_NESTED, line=2, message_contains="2 nested layers", note="a pack inside a pack"),
-        Invalid(_STAGED, line=6, message_contains="bz2", note="staged: S = ...; linecache; exec(compile(S, F))"),
+        _RAW,
+        _NESTED,
+        _STAGED,
     ]
 
     def check_static(self, ctx: ModuleContext):

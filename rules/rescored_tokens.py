@@ -11,7 +11,7 @@ from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 from rules import _val_order_examples as X
 
-_EVERY_EPOCH = '''
+_EVERY_EPOCH = Invalid('''
 import torch
 def ttt_eval(model, val_tokens, opt, epochs, chunks):
     for epoch in range(epochs):
@@ -25,7 +25,7 @@ def ttt_eval(model, val_tokens, opt, epochs, chunks):
             loss.backward()
             opt.step()
     return loss_sum
-'''
+''', line=10, function="ttt_eval", note="accumulator reset every epoch: last epoch reported")
 
 # min-NLL epoch selection, written two ways: a list of epoch totals, and a running best
 _EPOCH_SELECT = '''
@@ -43,12 +43,14 @@ def ttt_eval(model, val_tokens, opt, epochs, chunks):
         {keep}
     return {result}
 '''
-_MIN_SELECT = _EPOCH_SELECT.format(init="epoch_losses = []", keep="epoch_losses.append(total_loss)",
-                                   result="min(epoch_losses)")
-_BEST_SO_FAR = _EPOCH_SELECT.format(init='best_loss = float("inf")', keep="best_loss = min(best_loss, total_loss)",
-                                    result="best_loss")
+_MIN_SELECT = Invalid(_EPOCH_SELECT.format(init="epoch_losses = []", keep="epoch_losses.append(total_loss)",
+                                   result="min(epoch_losses)"), line=14, function="ttt_eval", message_contains="min",
+    note="min over epochs")
+_BEST_SO_FAR = Invalid(_EPOCH_SELECT.format(init='best_loss = float("inf")', keep="best_loss = min(best_loss, total_loss)",
+                                    result="best_loss"), line=13, function="ttt_eval", message_contains="min",
+    note="running best over epochs")
 
-_LEGAL = '''
+_LEGAL = Valid('''
 import torch
 def eval_val(model, val_tokens, chunks):
     loss_sum = 0.0
@@ -57,10 +59,10 @@ def eval_val(model, val_tokens, chunks):
             loss = model(val_tokens[s:e], val_tokens[s + 1:e + 1])
         loss_sum += loss.item()
     return loss_sum / len(chunks)
-'''
+''', "one pass, each token scored once")
 
 
-_FIRST_PASS_ONLY = '''
+_FIRST_PASS_ONLY = Valid('''
 import torch
 def ttt_eval(model, val_tokens, opt, epochs, chunks):
     loss_sum = 0.0
@@ -74,11 +76,11 @@ def ttt_eval(model, val_tokens, opt, epochs, chunks):
             loss.backward()
             opt.step()
     return loss_sum
-'''
+''', "multi-epoch TTT on already-scored chunks, scored once in the first pass")
 
 
 # scores kept per position across epochs through a scoring helper, the lowest one reported
-_HELPER_MIN_PER_POSITION = '''
+_HELPER_MIN_PER_POSITION = Invalid('''
 import math
 import torch
 def score_chunk(model, tokens, start, end, totals):
@@ -103,20 +105,21 @@ def ttt_eval(model, val_tokens, opt, chunks, epochs):
             train_chunk(model, opt, val_tokens, s, e)
         print(f"epoch {epoch} val_loss:{epoch_totals.item()}")
     return sum(best.values())
-'''
+''', line=22, function="ttt_eval", message_contains="min",
+    note="helpers score every epoch; each position keeps its lowest NLL")
 
-_HELPER_SCORED_ONCE = _HELPER_MIN_PER_POSITION.split("def ttt_eval")[0] + '''def ttt_eval(model, val_tokens, opt, chunks, epochs):
+_HELPER_SCORED_ONCE = Valid(_HELPER_MIN_PER_POSITION.code.split("def ttt_eval")[0] + '''def ttt_eval(model, val_tokens, opt, chunks, epochs):
     totals = torch.zeros(())
     for s, e in chunks:
         positions, nll = score_chunk(model, val_tokens, s, e, totals)
         for epoch in range(epochs):
             train_chunk(model, opt, val_tokens, s, e)
     return totals
-'''
+''', "scoring helper called once per chunk, then several epochs on the scored chunk")
 
 
 # per-token oracle between two experts: each position keeps whichever score is lower on its own target
-_ORACLE_IF = '''
+_ORACLE_IF = Invalid('''
 import math
 import torch
 import torch.nn.functional as F
@@ -134,9 +137,10 @@ def eval_mix(model, val_tokens, cache_logprob, lam):
             scored_nll[t] = mixed_nll
     loss_sum += scored_nll.sum().item()
     return loss_sum / len(y)
-'''
+''', line=16, function="eval_mix", message_contains="oracle",
+    note="PR #659: `if new_nll < old_nll: scored_nll[t] = new_nll` (mixture kept only where it wins)")
 
-_ORACLE_ELEMENTWISE = '''
+_ORACLE_ELEMENTWISE = Invalid('''
 import torch
 import torch.nn.functional as F
 def eval_two_models(model_a, model_b, val_tokens):
@@ -148,9 +152,10 @@ def eval_two_models(model_a, model_b, val_tokens):
     val_loss = best.mean().item()
     print(f"val_loss:{val_loss:.4f}")
     return val_loss
-'''
+''', line=9, function="eval_two_models", message_contains="oracle",
+    note="torch.minimum of two experts' per-token NLL")
 
-_ORACLE_STACK = '''
+_ORACLE_STACK = Invalid('''
 import torch
 import torch.nn.functional as F
 def eval_experts(models, val_tokens):
@@ -159,27 +164,27 @@ def eval_experts(models, val_tokens):
         nlls = [F.cross_entropy(m(x), y, reduction="none") for m in models]
     per_token = torch.stack(nlls).min(dim=0).values
     return per_token.mean().item()
-'''
+''', line=8, function="eval_experts", message_contains="oracle", note="min over a stack of experts' per-token NLL")
 
 # legal: a fixed mixture of both experts (no choice by the target's loss), and a gate chosen from the
 # prefix (the model's own confidence), not from which expert scored the target better
-_MIXED_NOT_CHOSEN = _ORACLE_IF.replace('''        old_nll = scored_nll[t].item()
+_MIXED_NOT_CHOSEN = Valid(_ORACLE_IF.code.replace('''        old_nll = scored_nll[t].item()
         if mixed_nll < old_nll:
             scored_nll[t] = mixed_nll
 ''', '''        scored_nll[t] = mixed_nll
-''')
+'''), "every position takes the mixture, whichever expert did better")
 
 # legal: log-sum-exp of a fixed two-expert mixture, shifted by the larger log-probability
-_LOGSUMEXP_MIX = '''
+_LOGSUMEXP_MIX = Valid('''
 import numpy as np
 def mix_nll(model_lp, ngram_lp, w=0.3):
     max_lp = np.maximum(model_lp, ngram_lp)
     mix_lp = max_lp + np.log((1 - w) * np.exp(model_lp - max_lp) + w * np.exp(ngram_lp - max_lp))
     loss_sum = float(-mix_lp.sum())
     return loss_sum
-'''
+''', "np.maximum of two log-probabilities as the log-sum-exp shift of a fixed mixture")
 
-_GATE_FROM_PREFIX = '''
+_GATE_FROM_PREFIX = Valid('''
 import torch
 import torch.nn.functional as F
 def eval_two_models(model_a, model_b, val_tokens):
@@ -195,12 +200,12 @@ def eval_two_models(model_a, model_b, val_tokens):
     val_loss = per_token.mean().item()
     print(f"val_loss:{val_loss:.4f}")
     return val_loss
-'''
+''', "expert chosen per token by the prefix (entropy), not by the target's loss")
 
 # lower of two losses; a max of two log-probabilities is how log-sum-exp mixtures are written
 # (`m = np.maximum(lp_a, lp_b); m + log(w_a exp(lp_a - m) + w_b exp(lp_b - m))`), so max is not read
 # a whole-tensor minimum (a pruning threshold) next to per-token losses: no choice per token
-_THRESHOLD_MIN = '''
+_THRESHOLD_MIN = Valid('''
 import torch
 import torch.nn.functional as F
 def eval_pruned(model, val_tokens, k):
@@ -211,7 +216,7 @@ def eval_pruned(model, val_tokens, k):
         nll = F.cross_entropy(model(x), y, reduction="none")
     per_token = nll.min() + nll - nll.min()
     return per_token.mean().item(), thresh
-'''
+''', "`.values.min()` with no dim: a whole-tensor threshold (PR #1867 crashed the check)")
 
 _ELEMENTWISE = ("minimum", "fmin")
 _REDUCE = ("min", "amin")
@@ -226,8 +231,8 @@ class RescoredTokens(Rule, id="GA002", name="rescored-tokens",
            "very tokens (score-every-epoch, min-NLL epoch selection: PRs #614 and #642 were closed for it). "
            "Scoring each token with two predictors and keeping the lower loss is the same selection per token: "
            "the choice looks at the target, so the kept probabilities are no distribution (PR #659).")
-    example = _MIN_SELECT
-    use_instead = _LEGAL
+    example = _MIN_SELECT.code
+    use_instead = _LEGAL.code
     known_problems = ("A diagnostic second pass that is printed but not reported is still flagged when its result "
                       "is returned; the dynamic layer matches the printed number to the pass it came from. The "
                       "per-token oracle check needs both compared values to be loss values (names computed from a "
@@ -239,26 +244,10 @@ class RescoredTokens(Rule, id="GA002", name="rescored-tokens",
                   "README: test-time training on already-evaluated tokens only")
     fix = "Record each token's score once, in the first pass, and report the sum of those first scores."
 
-    VALID = [Valid(_LEGAL, "one pass, each token scored once"),
-             Valid(_MIXED_NOT_CHOSEN, "every position takes the mixture, whichever expert did better"),
-             Valid(_THRESHOLD_MIN, "`.values.min()` with no dim: a whole-tensor threshold (PR #1867 crashed the check)"),
-             Valid(_GATE_FROM_PREFIX, "expert chosen per token by the prefix (entropy), not by the target's loss"),
-             Valid(_LOGSUMEXP_MIX, "np.maximum of two log-probabilities as the log-sum-exp shift of a fixed mixture"),
-             Valid(_FIRST_PASS_ONLY, "multi-epoch TTT on already-scored chunks, scored once in the first pass"),
-             Valid(_HELPER_SCORED_ONCE, "scoring helper called once per chunk, then several epochs on the scored chunk")]
-    INVALID = [
-        Invalid(_EVERY_EPOCH, line=10, function="ttt_eval", note="accumulator reset every epoch: last epoch reported"),
-        Invalid(_MIN_SELECT, line=14, function="ttt_eval", message_contains="min", note="min over epochs"),
-        Invalid(_BEST_SO_FAR, line=13, function="ttt_eval", message_contains="min", note="running best over epochs"),
-        Invalid(_HELPER_MIN_PER_POSITION, line=22, function="ttt_eval", message_contains="min",
-                note="helpers score every epoch; each position keeps its lowest NLL"),
-        Invalid(_ORACLE_IF, line=16, function="eval_mix", message_contains="oracle",
-                note="PR #659: `if new_nll < old_nll: scored_nll[t] = new_nll` (mixture kept only where it wins)"),
-        Invalid(_ORACLE_ELEMENTWISE, line=9, function="eval_two_models", message_contains="oracle",
-                note="torch.minimum of two experts' per-token NLL"),
-        Invalid(_ORACLE_STACK, line=8, function="eval_experts", message_contains="oracle",
-                note="min over a stack of experts' per-token NLL"),
-    ]
+    VALID = [_LEGAL, _MIXED_NOT_CHOSEN, _THRESHOLD_MIN, _GATE_FROM_PREFIX, _LOGSUMEXP_MIX, _FIRST_PASS_ONLY,
+             _HELPER_SCORED_ONCE]
+    INVALID = [_EVERY_EPOCH, _MIN_SELECT, _BEST_SO_FAR, _HELPER_MIN_PER_POSITION, _ORACLE_IF,
+               _ORACLE_ELEMENTWISE, _ORACLE_STACK]
 
     def check_static(self, ctx: ModuleContext):
         taint = D.val_taint(ctx)

@@ -12,7 +12,7 @@ from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
 from rules import _val_order_examples as X
 
-_LEGAL_CHUNKED = '''
+_LEGAL_CHUNKED = Valid('''
 import torch
 def eval_val_ttt(model, val_tokens, opt, chunks, seq_len):
     loss_sum = torch.zeros(())
@@ -29,9 +29,9 @@ def eval_val_ttt(model, val_tokens, opt, chunks, seq_len):
                 opt.step()
                 opt.zero_grad()
     return loss_sum / len(chunks)
-'''
+''', "PR #461/#549: score chunk k, then train on it; last chunk never trained")
 
-_LEGAL_LORA = '''
+_LEGAL_LORA = Valid('''
 import torch
 def lora_eval(model, lora, val_tokens, docs, chunk):
     total_loss = 0.0
@@ -48,7 +48,7 @@ def lora_eval(model, lora, val_tokens, docs, chunk):
                 opt.step()
                 opt.zero_grad()
     return total_loss
-'''
+''', "PR #77: per-document LoRA, score a chunk then step on it")
 
 def adapt_then_score(name: str = "eval_ttt") -> str:
     """The adapt-then-score loop of PR #518 as a function `name`: each chunk is trained on
@@ -68,9 +68,10 @@ def adapt_then_score(name: str = "eval_ttt") -> str:
 '''
 
 
-_ADAPT_THEN_SCORE = "\nimport torch\n" + adapt_then_score()
+_ADAPT_THEN_SCORE = Invalid("\nimport torch\n" + adapt_then_score(), line=9, function="eval_ttt",
+    note="PR #518: train the chunk, then score it")
 
-_LAST_EPOCH = '''
+_LAST_EPOCH = Invalid('''
 import torch
 def lora_ttt_eval(model, lora, val_tokens, n_chunks, epochs):
     loss_sum = torch.zeros(())
@@ -86,9 +87,9 @@ def lora_ttt_eval(model, lora, val_tokens, n_chunks, epochs):
                 per_token_loss.mean().backward()
                 opt.step()
     return loss_sum
-'''
+''', line=15, function="lora_ttt_eval", message_contains="epoch", note="PR #713: scores only on the final epoch")
 
-_PRE_QUANT = '''
+_PRE_QUANT = Invalid('''
 import copy
 import torch
 def test_time_train(args, base_model, val_tokens):
@@ -105,9 +106,9 @@ def test_time_train(args, base_model, val_tokens):
             epoch_loss += loss.item()
         print(f"ttt:epoch loss={epoch_loss}")
     return eval_val_sliding(args, ttt_model, val_tokens)
-'''
+''', line=14, function="test_time_train", note="PR #713: pre-quant TTT")
 
-_MANUAL = '''
+_MANUAL = Invalid('''
 import torch
 def adapt(model, val_tokens, lr):
     for i in range(0, len(val_tokens) - 65, 64):
@@ -117,13 +118,14 @@ def adapt(model, val_tokens, lr):
             for p in model.parameters():
                 p.data.add_(p.grad, alpha=-lr)
     return eval_val(model, val_tokens)
-'''
+''', line=9, function="adapt", note="manual p.data update")
 
 
 # the same loop, the update written as an in-place subtraction
-_MANUAL_SUB = _MANUAL.replace("p.data.add_(p.grad, alpha=-lr)", "p -= lr * p.grad")
+_MANUAL_SUB = Invalid(_MANUAL.code.replace("p.data.add_(p.grad, alpha=-lr)", "p -= lr * p.grad"), line=9, function="adapt",
+    note="`p -= lr * p.grad` under no_grad")
 
-_ALIASED = '''
+_ALIASED = Invalid('''
 import torch
 def ttt(model, val_tokens, chunks):
     base_opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -139,7 +141,7 @@ def ttt(model, val_tokens, chunks):
             nll = model(x, y)
         total_nll += nll.item()
     print(f"val_loss:{total_nll / len(chunks):.4f}")
-'''
+''', line=11, function="ttt", note="aliased optimizer, chunk re-scored after the step")
 
 
 @dataclass
@@ -170,7 +172,7 @@ def score_chunk(model, tokens, start, end, totals):
     totals += nll.sum()
 '''
 
-_HELPERS_SCORE_FIRST = _HELPERS + '''
+_HELPERS_SCORE_FIRST = Valid(_HELPERS + '''
 def eval_val_ttt(model, val_tokens, opt, chunks):
     totals = torch.zeros(())
     for k, (s, e) in enumerate(chunks):
@@ -178,18 +180,19 @@ def eval_val_ttt(model, val_tokens, opt, chunks):
         if k < len(chunks) - 1:
             train_chunk(model, opt, val_tokens, s, e)
     return totals
-'''
+''', "score-first TTT written with helpers: score_chunk, then train_chunk")
 
-_HELPERS_TRAIN_FIRST = _HELPERS + '''
+_HELPERS_TRAIN_FIRST = Invalid(_HELPERS + '''
 def eval_val_ttt(model, val_tokens, opt, chunks):
     totals = torch.zeros(())
     for s, e in chunks:
         train_chunk(model, opt, val_tokens, s, e)
         score_chunk(model, val_tokens, s, e, totals)
     return totals
-'''
+''', line=18, function="eval_val_ttt", message_contains="adapt-then-score",
+    note="helpers: train_chunk (trains on its tokens) before score_chunk (scores into totals)")
 
-_HELPERS_LAST_EPOCH = _HELPERS + '''
+_HELPERS_LAST_EPOCH = Invalid(_HELPERS + '''
 def eval_val_ttt(model, val_tokens, opt, chunks, epochs):
     totals = torch.zeros(())
     for epoch in range(epochs):
@@ -198,11 +201,12 @@ def eval_val_ttt(model, val_tokens, opt, chunks, epochs):
                 score_chunk(model, val_tokens, s, e, totals)
             train_chunk(model, opt, val_tokens, s, e)
     return totals
-'''
+''', line=21, function="eval_val_ttt", message_contains="epoch == epochs - 1",
+    note="helpers: every epoch trains, only the last one scores")
 
 # main() hands the validation stream to a fine-tuning helper, which uses the chunk trainer that the
 # legal score-first eval shares: the finding goes to the helper, not to the shared trainer.
-_HELPER_PRE_QUANT = _HELPERS_SCORE_FIRST + '''
+_HELPER_PRE_QUANT = Invalid(_HELPERS_SCORE_FIRST.code + '''
 def finetune_on(model, tokens, epochs):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(epochs):
@@ -212,10 +216,11 @@ def main(model, opt, chunks):
     val_tokens = load_validation_tokens("fineweb_val_*.bin")
     finetune_on(model, val_tokens, 2)
     print(f"val_bpb:{eval_val_ttt(model, val_tokens, opt, chunks)}")
-'''
+''', line=26, function="finetune_on",
+    note="main() hands val tokens to a fine-tuning helper; the shared chunk trainer is not blamed")
 
 # the eval is picked from a table and called with `*args`: the validation stream still reaches it
-_DISPATCH = _HELPERS + '''
+_DISPATCH = Invalid(_HELPERS + '''
 def ttt_legal(model, tokens, opt, chunks):
     totals = torch.zeros(())
     for s, e in chunks:
@@ -234,12 +239,13 @@ def run_eval(mode, model, val_tokens, opt, chunks):
     args = (model, val_tokens, opt, chunks)
     ttt = {"adapt": ttt_adapt_first}.get(mode, ttt_legal)
     return ttt(*args)
-'''
+''', line=25, function="ttt_adapt_first",
+    note="eval chosen from a table, called with *args: the val stream reaches its `tokens`")
 
 # PR #1644's shape: one main() warms up on training batches named `x, y`, then runs a score-first
 # TTT whose validation chunks are named `x, y` too. The warm-up step trains on the training
 # loader's batch (the name is rebound just before it), not on validation data.
-_REUSED_NAMES = '''
+_REUSED_NAMES = Valid('''
 import torch
 def main(args, model, opt, train_loader, val_tokens, seq):
     for step in range(args.warmup_steps):
@@ -258,7 +264,7 @@ def main(args, model, opt, train_loader, val_tokens, seq):
         loss.backward()
         opt.step()
     print(f"val_loss:{total.item():.4f}")
-'''
+''', "PR #1644: warm-up batches and validation chunks share the names x, y")
 
 
 class TrainBeforeScore(Rule, id="GA001", name="train-before-score",
@@ -273,8 +279,8 @@ class TrainBeforeScore(Rule, id="GA001", name="train-before-score",
            "last epoch (PR #713 lora_ttt_eval), and fine-tuning on the whole validation stream before the "
            "final eval (\"pre-quant TTT\", PR #713 test_time_train) all report a score taken after the "
            "model saw the answers.")
-    example = _LAST_EPOCH
-    use_instead = _LEGAL_CHUNKED
+    example = _LAST_EPOCH.code
+    use_instead = _LEGAL_CHUNKED.code
     known_problems = ("Static analysis follows names, not values: a step hidden behind getattr of a "
                       "computed string, exec, or a hook may be missed — the dynamic layer (`--dynamic`) "
                       "proves the order from a traced run. A loss accumulated only for logging before a "
@@ -292,9 +298,9 @@ class TrainBeforeScore(Rule, id="GA001", name="train-before-score",
            "never fine-tune on validation tokens before the final eval.")
 
     VALID = [
-        Valid(_LEGAL_CHUNKED, "PR #461/#549: score chunk k, then train on it; last chunk never trained"),
-        Valid(_LEGAL_LORA, "PR #77: per-document LoRA, score a chunk then step on it"),
-        Valid(_ALIASED.replace("""        with torch.no_grad():
+        _LEGAL_CHUNKED,
+        _LEGAL_LORA,
+        Valid(_ALIASED.code.replace("""        with torch.no_grad():
             nll = model(x, y)
         total_nll += nll.item()
 """, """        total_nll += loss.item()
@@ -307,11 +313,11 @@ def train(model, opt, train_loader, steps):
         loss.backward()
         opt.step()
 ''', "ordinary training on training data"),
-        Valid(_HELPERS_SCORE_FIRST, "score-first TTT written with helpers: score_chunk, then train_chunk"),
-        Valid(_DISPATCH.replace('{"adapt": ttt_adapt_first}', '{}'),
+        _HELPERS_SCORE_FIRST,
+        Valid(_DISPATCH.code.replace('{"adapt": ttt_adapt_first}', '{}'),
               "a dispatch table holding only the score-first eval"),
-        Valid(_REUSED_NAMES, "PR #1644: warm-up batches and validation chunks share the names x, y"),
-        Valid(_LEGAL_CHUNKED.replace("""        loss_sum += nll.sum()
+        _REUSED_NAMES,
+        Valid(_LEGAL_CHUNKED.code.replace("""        loss_sum += nll.sum()
 """, """        if cache is not None and ci > 0:
             if mix:
                 loss_sum += (nll - cache).sum()
@@ -323,24 +329,19 @@ def train(model, opt, train_loader, steps):
               "PR #797: every branch of the scoring if/else adds the chunk's score, then it is trained on"),
     ]
     INVALID = [
-        Invalid(_REUSED_NAMES.replace("""        x, y = train_loader.next_batch(8192, seq)
+        Invalid(_REUSED_NAMES.code.replace("""        x, y = train_loader.next_batch(8192, seq)
 """, """        x, y = val_tokens[:seq], val_tokens[1:seq + 1]
 """), line=8, function="main", note="the same warm-up, fed from the validation stream"),
-        Invalid(_ADAPT_THEN_SCORE, line=9, function="eval_ttt", note="PR #518: train the chunk, then score it"),
-        Invalid(_LAST_EPOCH, line=15, function="lora_ttt_eval", message_contains="epoch",
-                note="PR #713: scores only on the final epoch"),
-        Invalid(_PRE_QUANT, line=14, function="test_time_train", note="PR #713: pre-quant TTT"),
-        Invalid(_MANUAL, line=9, function="adapt", note="manual p.data update"),
-        Invalid(_MANUAL_SUB, line=9, function="adapt", note="`p -= lr * p.grad` under no_grad"),
-        Invalid(_ALIASED, line=11, function="ttt", note="aliased optimizer, chunk re-scored after the step"),
-        Invalid(_HELPERS_TRAIN_FIRST, line=18, function="eval_val_ttt", message_contains="adapt-then-score",
-                note="helpers: train_chunk (trains on its tokens) before score_chunk (scores into totals)"),
-        Invalid(_HELPERS_LAST_EPOCH, line=21, function="eval_val_ttt", message_contains="epoch == epochs - 1",
-                note="helpers: every epoch trains, only the last one scores"),
-        Invalid(_HELPER_PRE_QUANT, line=26, function="finetune_on",
-                note="main() hands val tokens to a fine-tuning helper; the shared chunk trainer is not blamed"),
-        Invalid(_DISPATCH, line=25, function="ttt_adapt_first",
-                note="eval chosen from a table, called with *args: the val stream reaches its `tokens`"),
+        _ADAPT_THEN_SCORE,
+        _LAST_EPOCH,
+        _PRE_QUANT,
+        _MANUAL,
+        _MANUAL_SUB,
+        _ALIASED,
+        _HELPERS_TRAIN_FIRST,
+        _HELPERS_LAST_EPOCH,
+        _HELPER_PRE_QUANT,
+        _DISPATCH,
     ]
 
     # ------------------------------------------------------------------ static

@@ -30,25 +30,25 @@ ALIAS_COMMAND = re.compile(rf"\b(?:ln|cp|mv|rsync)\b[^\n]*?\s{VAL_FILE}\s+\S*tra
 TRAIN_PATH_SET = re.compile(rf"\b(?:TRAIN_FILES|TRAIN_PATH|TRAIN_DATA\w*|--train[-_]files?)[= ]\s*[\"']?{VAL_FILE}", re.I)
 VAL_SHARD_PATH = re.compile(r"fineweb_val|_val_\d|val_\d+\.bin", re.I)
 
-_GPTQ_ON_VAL = '''
+_GPTQ_ON_VAL = Invalid('''
 def main(args, model):
     val_tokens = load_validation_tokens(args.val_files, args.train_seq_len)
     hessians = collect_hessians(model, val_tokens, n_samples=128)
     state = quantize_state_dict_gptq(model.state_dict(), hessians)
     return eval_val(model, val_tokens)
-'''
+''', line=4, function="main", note="GPTQ Hessians on val_tokens")
 
-_GPTQ_ON_TRAIN = '''
+_GPTQ_ON_TRAIN = Valid('''
 def main(args, model, train_loader):
     calib = train_loader.next_batch(131072, 2048)
     hessians = collect_hessians(model, calib, n_samples=128)
     state = quantize_state_dict_gptq(model.state_dict(), hessians)
     val_tokens = load_validation_tokens(args.val_files, args.train_seq_len)
     return eval_val(model, val_tokens)
-'''
+''', "calibration on training data")
 
 
-_TRAIN_LOOP = '''
+_TRAIN_LOOP = Invalid('''
 import torch
 def main(args, model):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
@@ -61,20 +61,20 @@ def main(args, model):
         opt.zero_grad()
     val_tokens = load_validation_tokens(args.val_files, 1024)
     print(eval_val(model, val_tokens))
-'''
+''', line=10, function="main", message_contains="loader", note="training loader built over the validation shards")
 
-_EMA_ON_VAL = '''
+_EMA_ON_VAL = Invalid('''
 def finalize(args, model, ema):
     val_tokens = load_validation_tokens(args.val_files, 1024)
     for i in range(0, 1 << 20, 1024):
         ema.update_ema(model, val_tokens[i:i + 1024])
     return eval_val(ema.model, val_tokens)
-'''
+''', line=5, function="finalize", note="EMA/SWA statistics updated on val_tokens")
 
 
 # the quantizer only receives what the calibration on val tokens returned: reported once, where the
 # validation tokens go in
-_HESSIANS_HANDED_ON = '''
+_HESSIANS_HANDED_ON = Invalid('''
 def quantize_state(state, hessians):
     out = {}
     for name, w in state.items():
@@ -87,11 +87,11 @@ def main(args, model):
     hessians = collect_hessians(model, val_tokens[:131072])
     state = quantize_state(model.state_dict(), hessians)
     return eval_val(model, val_tokens)
-'''
+''', line=11, function="main", note="Hessians from val tokens handed to the quantizer: reported at the calibration")
 
 # a causal hint pass over the stream, built by a helper the eval calls (PR #2135 / #2140's shape):
 # eval-time state, whose causality the dynamic layer judges
-_HINTS_INSIDE_THE_EVAL = '''
+_HINTS_INSIDE_THE_EVAL = Valid('''
 def build_ngram_hints(tokens, order):
     state = NgramState(order, seed_token=int(tokens[0]))
     return state.process_chunk(tokens)
@@ -103,11 +103,11 @@ def eval_val_hinted(model, val_tokens):
 def main(args, model):
     val_tokens = load_validation_tokens(args.val_files, 1024)
     print(eval_val_hinted(model, val_tokens))
-'''
+''', "an n-gram hint pass built by a helper of the eval: eval-time state")
 
 # the cache is an object the eval builds and updates through its methods (PR #769's shape): the
 # project does not resolve `cache.update(...)`, every call of a method of that name is in the eval
-_CACHE_OBJECT_IN_THE_EVAL = '''
+_CACHE_OBJECT_IN_THE_EVAL = Valid('''
 import numpy as np
 class CountCache:
     def __init__(self, buckets):
@@ -128,21 +128,21 @@ def eval_val_cached(model, val_tokens, chunks):
 def main(args, model):
     val_tokens = load_validation_tokens(args.val_files, 1024)
     print(eval_val_cached(model, val_tokens, make_chunks(val_tokens)))
-'''
+''', "PR #769's shape: a count cache the eval updates through its methods")
 
 # the same table built from validation tokens and saved with the weights: graded text in the artifact
-_NGRAM_TABLE_IN_ARTIFACT = '''
+_NGRAM_TABLE_IN_ARTIFACT = Invalid('''
 import torch
 def main(args, model):
     val_tokens = load_validation_tokens(args.val_files, 1024)
     table = build_ngram_table(val_tokens, 3)
     torch.save({"model": model.state_dict(), "ngram": table}, "final_model.pt")
     print(eval_val(model, val_tokens))
-'''
+''', line=5, function="main", note="an n-gram table over val tokens saved into the artifact")
 
 
 # validation target tokens compressed and written out by a helper script: a paid prefix
-_VAL_TOKENS_STORED = '''
+_VAL_TOKENS_STORED = Invalid('''
 import lzma
 from pathlib import Path
 def build_prefix(args):
@@ -150,15 +150,16 @@ def build_prefix(args):
     stored = val_tokens[1:args.num_tokens + 1].astype("<u2").tobytes()
     blob = lzma.compress(stored)
     Path(args.output).write_bytes(blob)
-'''
+''', line=7, function="build_prefix", message_contains="stores",
+    note="val target tokens compressed into a blob (PR #262's paid prefix)")
 
 # a data-prep script that re-tokenises the validation split into its shard name: legal
-_VAL_SHARD_RETOKENISED = '''
+_VAL_SHARD_RETOKENISED = Valid('''
 def retokenize(args, sp):
     val_tokens = encode_docs(load_val_docs(args.docs), sp)
     write_shard(f"{args.out}/fineweb_val_000000.bin", val_tokens)
     val_tokens.tofile(f"{args.out}/fineweb_val_000000.bin")
-'''
+''', "the validation split re-tokenised into its own shard name (data prep)")
 
 
 class ValDataInTraining(Rule, id="GA004", name="val-data-in-training",
@@ -170,30 +171,22 @@ class ValDataInTraining(Rule, id="GA004", name="val-data-in-training",
     why = ("README: 'You CANNOT access validation data during training'. Calibrating GPTQ Hessians on val_tokens, "
            "tuning on them or pre-filling a cache with them puts information about the graded text into the "
            "artifact before it is graded. Calibration on training data or self-generated text is fine.")
-    example = _GPTQ_ON_VAL
-    use_instead = _GPTQ_ON_TRAIN
+    example = _GPTQ_ON_VAL.code
+    use_instead = _GPTQ_ON_TRAIN.code
     known_problems = ("Which callee trains or calibrates is judged by its name (hessian, calibrat, gptq, ema, swa, "
                       "prefill, ngram, train_step...); the dynamic layer sees the parameter writes themselves.")
     references = ("README: no access to validation data during training",
                   "rules.md: GPTQ calibration on val tokens is illegal; on training or generated data it is fine")
     fix = "Collect calibration statistics from training shards or self-generated text, never from val_tokens."
 
-    VALID = [Valid(_GPTQ_ON_TRAIN, "calibration on training data"),
-             Valid(_TRAIN_LOOP.replace("DistributedTokenLoader(args.val_files", "DistributedTokenLoader(args.train_files"),
+    VALID = [_GPTQ_ON_TRAIN,
+             Valid(_TRAIN_LOOP.code.replace("DistributedTokenLoader(args.val_files", "DistributedTokenLoader(args.train_files"),
                    "training loop over the training shards"),
-             Valid(_HINTS_INSIDE_THE_EVAL, "an n-gram hint pass built by a helper of the eval: eval-time state"),
-             Valid(_CACHE_OBJECT_IN_THE_EVAL, "PR #769's shape: a count cache the eval updates through its methods"),
-             Valid(_VAL_SHARD_RETOKENISED, "the validation split re-tokenised into its own shard name (data prep)")]
-    INVALID = [Invalid(_GPTQ_ON_VAL, line=4, function="main", note="GPTQ Hessians on val_tokens"),
-               Invalid(_TRAIN_LOOP, line=10, function="main", message_contains="loader",
-                       note="training loader built over the validation shards"),
-               Invalid(_EMA_ON_VAL, line=5, function="finalize", note="EMA/SWA statistics updated on val_tokens"),
-               Invalid(_HESSIANS_HANDED_ON, line=11, function="main",
-                       note="Hessians from val tokens handed to the quantizer: reported at the calibration"),
-               Invalid(_NGRAM_TABLE_IN_ARTIFACT, line=5, function="main",
-                       note="an n-gram table over val tokens saved into the artifact"),
-               Invalid(_VAL_TOKENS_STORED, line=7, function="build_prefix", message_contains="stores",
-                       note="val target tokens compressed into a blob (PR #262's paid prefix)")]
+             _HINTS_INSIDE_THE_EVAL,
+             _CACHE_OBJECT_IN_THE_EVAL,
+             _VAL_SHARD_RETOKENISED]
+    INVALID = [_GPTQ_ON_VAL, _TRAIN_LOOP, _EMA_ON_VAL, _HESSIANS_HANDED_ON, _NGRAM_TABLE_IN_ARTIFACT,
+               _VAL_TOKENS_STORED]
 
     def check_project(self, project) -> dict[int, list]:
         """Judged once for the whole project: a function that only receives the *results* of a

@@ -162,5 +162,5 @@ def test_helpers_in_another_file_score_first(tmp_path):
 def test_calibration_results_handed_on_are_reported_once():
     from rules.val_data_in_training import _HESSIANS_HANDED_ON
 
-    result = audit_source(_HESSIANS_HANDED_ON)
+    result = audit_source(_HESSIANS_HANDED_ON.code)
     assert [(f.rule, f.location.function) for f in result.findings] == [("val-data-in-training", "main")]
