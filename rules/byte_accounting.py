@@ -10,7 +10,6 @@ import libcst as cst
 from harness.static import dataflow as D
 from harness.static.engine import ModuleContext, dotted, string_value, walk
 
-from harness.dynamic.judge.locations import location
 from harness.dynamic.judge.passes import passes
 from harness.dynamic.judge.reported import find_print_line, match_reported, pass_numbers, tolerance
 from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
@@ -350,11 +349,10 @@ but nothing in the run proves it). A table built elsewhere and passed in is not 
             frame = find_print_line(trace, r.label)
             if frame is None and m.pass_.events:
                 frame = m.pass_.events[0].frame
-            yield self.finding(
-                Layer.TRACE,
+            yield self.trace_finding(
+                Layer.TRACE, trace, frame,
                 f"printed '{r.label}' divides by {script:,.1f} bytes; the scored text has {true:,} "
                 f"UTF-8 bytes ({100.0 * diff / true:+.2f}%)",
-                location(trace, frame),
                 evidence=[
                     f"printed: {r.line.strip()}",
                     f"{count} scores summed in {m.pass_.label()}; implied bytes = tokens x val_loss / "

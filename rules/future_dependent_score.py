@@ -2,9 +2,9 @@
 after it were changed (causality probe). Dynamic only (probe layer)."""
 from __future__ import annotations
 
-from harness.dynamic.judge.locations import location
+from harness.dynamic.judge.locations import worst_per_function
 from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
-from harness.dynamic.trace.events import Frame, describe
+from harness.dynamic.trace.events import describe
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Rule
 
@@ -87,23 +87,17 @@ replaced by other non-boundary tokens that occur in the stream, so document boun
             return
         tol = float(probes.get("tol", 1e-4))
         # one finding per scoring function: the probe run that moved its scores the most
-        worst: dict[str, dict] = {}
-        for rec in probes.get("causality", []):
-            if float(rec.get("max_delta", 0.0)) <= tol:
-                continue
-            fn = (rec.get("frame") or {}).get("function", "?")
-            if fn not in worst or rec["max_delta"] > worst[fn]["max_delta"]:
-                worst[fn] = rec
-        for rec in worst.values():
-            frame = Frame(**rec["frame"]) if rec.get("frame") else None
+        moved_most = worst_per_function(
+            probes.get("causality", []),
+            lambda rec: float(rec["max_delta"]) if float(rec.get("max_delta", 0.0)) > tol else None)
+        for rec, frame in moved_most:
             changed = [tuple(r) for r in rec.get("changed", [])]
             moved = [tuple(r) for r in rec.get("changed_positions", [])]
-            yield self.finding(
-                Layer.PROBE,
+            yield self.trace_finding(
+                Layer.PROBE, trace, frame,
                 f"scores in {frame.function if frame else '?'}() depend on later tokens: position "
                 f"{rec['worst_position']} moved by {rec['max_delta']:.4g} nats when only positions "
                 f"{describe(changed, 2).split(';')[0]} changed",
-                location(trace, frame),
                 evidence=[
                     f"probe run '{rec.get('run', '?')}': replaced the tokens at {describe(changed)}",
                     f"watched the scores of positions {describe([tuple(r) for r in rec.get('watched', [])])}",

@@ -365,10 +365,10 @@ class HashKeyReadsTarget(Rule, id="GA003", name="hash-key-reads-target",
                         f"(or after) the positions that the loss at {where(e.loss_frame)} scores as targets",
                         f"target positions that keyed their own prediction: {describe_positions(positions_array(e.positions))}",
                         "a causal model's input for target p is built from tokens before p only"]
-            yield self.finding(Layer.TRACE, f"the prediction for each scored token was keyed on that token itself "
-                               f"(lookup at line {e.frame.line if e.frame else 0})",
-                               location(trace, e.frame), evidence=evidence,
-                               related=[location(trace, e.loss_frame)], confidence=Confidence.HIGH)
+            yield self.trace_finding(
+                Layer.TRACE, trace, e.frame, "the prediction for each scored token was keyed on that token itself "
+                f"(lookup at line {e.frame.line if e.frame else 0})", evidence=evidence,
+                related=[location(trace, e.loss_frame)], confidence=Confidence.HIGH)
 
     def check_static(self, ctx: ModuleContext):
         """Offset keys in this file, except at lines the project check already reported."""

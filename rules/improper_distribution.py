@@ -11,9 +11,8 @@ import libcst as cst
 
 from harness.static import dataflow as D
 from rules import _hashed_counts as H
-from harness.dynamic.judge.locations import location
+from harness.dynamic.judge.locations import worst_per_function
 from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
-from harness.dynamic.trace.events import Frame
 from harness.static.engine import ModuleContext, dotted, walk
 from harness.core.findings import Confidence, Layer, Severity
 from harness.core.rule import Invalid, Rule, Valid
@@ -572,27 +571,21 @@ and mixtures that are improper for other reasons are left to the probe.
         if probes.get("not_run"):
             return
         tol = float(probes.get("tol_p", 1e-3))
-        # one finding per scoring function: its worst probability sum
-        worst: dict[str, dict] = {}
-        for rec in probes.get("properness", []):
+        def off_by(rec) -> float | None:  # how far the sum is from a distribution's, when it is a finding
             s = float(rec["sum_p"])
             bad = s > 1.0 + tol or (rec.get("exhaustive") and abs(s - 1.0) > tol)
-            if not bad:
-                continue
-            fn = (rec.get("frame") or {}).get("function", "?")
-            if fn not in worst or abs(s - 1.0) > abs(float(worst[fn]["sum_p"]) - 1.0):
-                worst[fn] = rec
-        for rec in worst.values():
+            return abs(s - 1.0) if bad else None
+
+        # one finding per scoring function: its worst probability sum
+        for rec, frame in worst_per_function(probes.get("properness", []), off_by):
             s = float(rec["sum_p"])
-            frame = Frame(**rec["frame"]) if rec.get("frame") else None
             cands = rec["candidates"]
             pairs = ", ".join(f"{v}: {math.exp(-x):.4f}" for v, x in list(zip(cands, rec["nll"]))[:8])
-            yield self.finding(
-                Layer.PROBE,
+            yield self.trace_finding(
+                Layer.PROBE, trace, frame,
                 f"the eval's probabilities for position {rec['position']} sum to {s:.4f} over "
                 f"{'the whole vocabulary' if rec.get('exhaustive') else f'{len(cands)} candidate tokens'}"
                 f" in {frame.function if frame else '?'}(): not a distribution",
-                location(trace, frame),
                 evidence=[
                     f"position {rec['position']} (true token {rec['true_token']}); re-ran the eval with that "
                     f"token replaced by each candidate, the rest of the stream unchanged",
@@ -612,11 +605,10 @@ and mixtures that are improper for other reasons are left to the probe.
         frame = find_print_line(trace, bb["label"])
         pairs = ", ".join(f"{v}: {math.exp(-x):.4f}" for v, x in list(zip(bb["candidates"], bb["code_lengths"]))[:8])
         runs = bb.get("runs") or []
-        yield self.finding(
-            Layer.PROBE,
+        yield self.trace_finding(
+            Layer.PROBE, trace, frame,
             f"the printed '{bb['label']}' totals imply probabilities for the last token that sum to "
             f"{bb['sum_p']:.4f} over {len(bb['candidates'])} candidates: not a distribution",
-            location(trace, frame),
             evidence=[
                 f"black-box code-length probe on a {bb['stream_tokens']}-token stream: the last token "
                 f"(after context token {bb['context_token']}) replaced by each candidate, and one run without it; "

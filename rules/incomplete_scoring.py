@@ -3,7 +3,6 @@ the eval whose number the submission printed. Dynamic only (trace layer)."""
 from __future__ import annotations
 
 from harness.dynamic.judge.coverage import coverage
-from harness.dynamic.judge.locations import location
 from harness.dynamic.judge.positions import describe_positions
 from harness.dynamic.judge.reported import is_claimed_pass, judged_passes, match_reported
 from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
@@ -94,12 +93,11 @@ that target ("to match continuous-stream eval"), so skipping it changes the deno
             for m in match_reported(trace):
                 if m.pass_ is p and m.which is not None:
                     ev.append(f"printed '{m.reported.label}' is the mean over the scored subset only")
-            f = self.finding(
-                Layer.TRACE,
+            f = self.trace_finding(
+                Layer.TRACE, trace, first.frame if first else None,
                 f"{(first.frame.function if first and first.frame else '?')}() leaves "
                 f"{len(cov.other) + len(cov.bos)} of {cov.targets} validation targets unscored "
                 f"({cov.percent:.2f}% coverage)",
-                location(trace, first.frame if first else None),
                 evidence=ev,
             )
             claimed = is_claimed_pass(trace, p)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from harness.dynamic.judge.locations import location
 from harness.dynamic.judge.passes import passes
 from harness.dynamic.judge.reported import base_label, find_print_line, match_reported, pass_numbers, tolerance
 from harness.dynamic.judge.synthetic import SyntheticRun, TraceExample
@@ -109,7 +108,7 @@ reports and are not parsed as such.
                           "a z-loss, another token count), or its eval computes the loss in a form the tracer "
                           "does not recognise as scores")
             claimed = trace.meta.get("claimed_label")
-            f = self.finding(Layer.TRACE, msg, location(trace, frame), evidence=ev)
+            f = self.trace_finding(Layer.TRACE, trace, frame, msg, evidence=ev)
             if m.which is None and probed and base_label(r.label) == probed:
                 # no traced pass gives it: the eval computes it outside torch (numpy, Python), and
                 # the black-box probe that judges such totals could not run: not audited, not a lie

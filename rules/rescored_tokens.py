@@ -488,11 +488,10 @@ class RescoredTokens(Rule, id="GA002", name="rescored-tokens",
             for m in matches:
                 ev.append(f"printed '{m.reported.label}' = the {m.which} scores: {m.reported.line.strip()}")
             used = (adapted or doubled or proper)[0]
-            f = self.finding(
-                Layer.TRACE,
+            f = self.trace_finding(
+                Layer.TRACE, trace, second.frame,
                 f"{function_of(second.frame)}() scores validation tokens {what}; the printed "
                 f"'{used.reported.label}' uses the {used.which} scores",
-                location(trace, second.frame),
                 evidence=ev,
                 related=[location(trace, first.frame)] if first is not None and first.frame else [],
                 confidence=Confidence.HIGH,

@@ -173,6 +173,14 @@ class Rule:
         packing come from the file)."""
         return self.finding(Layer.STATIC, message, ctx.location(line, function), evidence, fix, **extra)
 
+    def trace_finding(self, layer: Layer, trace: "Trace", frame, message: str, evidence: list[str] | None = None,
+                      fix: str | None = None, **extra) -> Finding:
+        """A finding of a run (trace or probe layer) at a frame the run recorded; the source line
+        is read from the submission when the frame does not carry it."""
+        from harness.dynamic.judge.locations import location  # the judges' helpers load with the first judge
+
+        return self.finding(layer, message, location(trace, frame), evidence, fix, **extra)
+
     @classmethod
     def documentation(cls) -> str:
         """The rule's page as Markdown, in the fixed Ruff-style sections."""

@@ -11,5 +11,5 @@ modified otherwise.
 - `reported`: printed numbers matched to a pass and an aggregation;
 - `updates`: updates that used positions before their final score, grouped, with evidence;
 - `coverage`: which targets a pass scored, and what the missing ones are;
-- `locations`: frames turned into finding locations and evidence text.
+- `locations`: frames turned into finding locations and evidence text; the worst probe record per function.
 """

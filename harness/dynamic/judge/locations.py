@@ -37,3 +37,18 @@ def update_frame(update: Update) -> Frame | None:
 
 def function_of(frame: Frame | None) -> str:
     return frame.function if frame is not None else "?"
+
+
+def worst_per_function(records, badness) -> list[tuple[dict, Frame | None]]:
+    """One probe record per scoring function (its frame's function), the one whose
+    `badness(record)` is largest; a record with badness None is not a finding. Returns
+    (record, frame) in the order the functions were first seen."""
+    worst: dict[str, tuple[float, dict]] = {}
+    for rec in records:
+        bad = badness(rec)
+        if bad is None:
+            continue
+        fn = (rec.get("frame") or {}).get("function", "?")
+        if fn not in worst or bad > worst[fn][0]:
+            worst[fn] = (bad, rec)
+    return [(rec, Frame(**rec["frame"]) if rec.get("frame") else None) for _, rec in worst.values()]
