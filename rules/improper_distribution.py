@@ -380,9 +380,7 @@ and mixtures that are improper for other reasons are left to the probe.
                     continue
                 spread = D.tainted_names(ctx, fn, set(st.writes)) if st.writes else set()
                 mix = self._prob_mixture(ctx, fn, st, spread)
-                if mix is None:
-                    continue
-                scored = self._reaches_log(ctx, fn, mix)
+                scored = self._reaches_log(ctx, fn, mix) if mix is not None else None
                 if scored is None:
                     continue
                 return self.static_finding(

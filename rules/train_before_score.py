@@ -125,23 +125,10 @@ def adapt(model, val_tokens, lr):
 _MANUAL_SUB = Invalid(_MANUAL.code.replace("p.data.add_(p.grad, alpha=-lr)", "p -= lr * p.grad"), line=9, function="adapt",
     note="`p -= lr * p.grad` under no_grad")
 
-_ALIASED = Invalid('''
-import torch
-def ttt(model, val_tokens, chunks):
-    base_opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    cur = base_opt
-    total_nll = 0.0
-    for s, e in chunks:
-        x, y = val_tokens[s:e], val_tokens[s + 1:e + 1]
-        loss = model(x, y)
-        loss.backward()
-        cur.step()
-        cur.zero_grad()
-        with torch.no_grad():
-            nll = model(x, y)
-        total_nll += nll.item()
-    print(f"val_loss:{total_nll / len(chunks):.4f}")
-''', line=11, function="ttt", note="aliased optimizer, chunk re-scored after the step")
+# adapt-then-score, its step taken through an alias of the optimizer
+_ALIASED = Invalid("import torch\n" + adapt_then_score("ttt").replace("    loss_sum = 0.0\n", "    cur = opt\n    loss_sum = 0.0\n")
+                   .replace("opt.step()", "cur.step()"), line=9, function="ttt",
+    note="aliased optimizer, chunk re-scored after the step")
 
 
 @dataclass
@@ -156,8 +143,9 @@ class _Judged:
     sites: list = field(default_factory=list)  # (CallSite, caller scored first, caller judges the call)
 
 
-# The order lives in one function, the steps and the scores in helpers it calls.
-_HELPERS = '''
+# The order lives in one function, the steps and the scores in helpers it calls (the tests
+# build their cross-file cases on these helpers too).
+CHUNK_HELPERS = '''
 import torch
 def train_chunk(model, opt, tokens, start, end):
     for i in range(start, end - 64, 64):
@@ -171,8 +159,21 @@ def score_chunk(model, tokens, start, end, totals):
         nll = model(tokens[start:end], tokens[start + 1:end + 1])
     totals += nll.sum()
 '''
+_SCORE, _TRAIN = "score_chunk(model, {tokens}, s, e, totals)", "train_chunk(model, opt, {tokens}, s, e)"
 
-_HELPERS_SCORE_FIRST = Valid(_HELPERS + '''
+
+def _chunk_eval(name: str, first: str, second: str, tokens: str = "val_tokens") -> str:
+    """A TTT eval over the helpers: for each chunk, `first` then `second` (_SCORE / _TRAIN)."""
+    return f'''
+def {name}(model, {tokens}, opt, chunks):
+    totals = torch.zeros(())
+    for s, e in chunks:
+        {first.format(tokens=tokens)}
+        {second.format(tokens=tokens)}
+    return totals
+'''
+
+_HELPERS_SCORE_FIRST = Valid(CHUNK_HELPERS + '''
 def eval_val_ttt(model, val_tokens, opt, chunks):
     totals = torch.zeros(())
     for k, (s, e) in enumerate(chunks):
@@ -182,17 +183,11 @@ def eval_val_ttt(model, val_tokens, opt, chunks):
     return totals
 ''', "score-first TTT written with helpers: score_chunk, then train_chunk")
 
-_HELPERS_TRAIN_FIRST = Invalid(_HELPERS + '''
-def eval_val_ttt(model, val_tokens, opt, chunks):
-    totals = torch.zeros(())
-    for s, e in chunks:
-        train_chunk(model, opt, val_tokens, s, e)
-        score_chunk(model, val_tokens, s, e, totals)
-    return totals
-''', line=18, function="eval_val_ttt", message_contains="adapt-then-score",
+_HELPERS_TRAIN_FIRST = Invalid(CHUNK_HELPERS + _chunk_eval("eval_val_ttt", _TRAIN, _SCORE),
+    line=18, function="eval_val_ttt", message_contains="adapt-then-score",
     note="helpers: train_chunk (trains on its tokens) before score_chunk (scores into totals)")
 
-_HELPERS_LAST_EPOCH = Invalid(_HELPERS + '''
+_HELPERS_LAST_EPOCH = Invalid(CHUNK_HELPERS + '''
 def eval_val_ttt(model, val_tokens, opt, chunks, epochs):
     totals = torch.zeros(())
     for epoch in range(epochs):
@@ -220,21 +215,8 @@ def main(model, opt, chunks):
     note="main() hands val tokens to a fine-tuning helper; the shared chunk trainer is not blamed")
 
 # the eval is picked from a table and called with `*args`: the validation stream still reaches it
-_DISPATCH = Invalid(_HELPERS + '''
-def ttt_legal(model, tokens, opt, chunks):
-    totals = torch.zeros(())
-    for s, e in chunks:
-        score_chunk(model, tokens, s, e, totals)
-        train_chunk(model, opt, tokens, s, e)
-    return totals
-
-def ttt_adapt_first(model, tokens, opt, chunks):
-    totals = torch.zeros(())
-    for s, e in chunks:
-        train_chunk(model, opt, tokens, s, e)
-        score_chunk(model, tokens, s, e, totals)
-    return totals
-
+_DISPATCH = Invalid(CHUNK_HELPERS + _chunk_eval("ttt_legal", _SCORE, _TRAIN, "tokens")
+                    + _chunk_eval("ttt_adapt_first", _TRAIN, _SCORE, "tokens") + '''
 def run_eval(mode, model, val_tokens, opt, chunks):
     args = (model, val_tokens, opt, chunks)
     ttt = {"adapt": ttt_adapt_first}.get(mode, ttt_legal)
@@ -260,8 +242,7 @@ def main(args, model, opt, train_loader, val_tokens, seq):
         with torch.no_grad():
             nll = model(x, y)
         total += nll.sum()
-        loss = model(x, y)
-        loss.backward()
+        model(x, y).backward()
         opt.step()
     print(f"val_loss:{total.item():.4f}")
 ''', "PR #1644: warm-up batches and validation chunks share the names x, y")
@@ -302,8 +283,8 @@ class TrainBeforeScore(Rule, id="GA001", name="train-before-score",
         _LEGAL_LORA,
         Valid(_ALIASED.code.replace("""        with torch.no_grad():
             nll = model(x, y)
-        total_nll += nll.item()
-""", """        total_nll += loss.item()
+        loss_sum += nll.item()
+""", """        loss_sum += loss.item()
 """), "the loss recorded is the one computed before the step: score-first in value"),
         Valid('''
 def train(model, opt, train_loader, steps):
@@ -496,14 +477,9 @@ def train(model, opt, train_loader, steps):
                 return False  # stored somewhere that outlives the loop
         return True
 
-    @staticmethod
-    def _before(s: D.ScoreEvent, t: D.TrainEvent) -> bool:
-        common = 0
-        for a, b in zip(s.stmt.loops, t.stmt.loops):
-            if a != b:
-                break
-            common += 1
-        if t.stmt.loops and common == 0:
+    @classmethod
+    def _before(cls, s: D.ScoreEvent, t: D.TrainEvent) -> bool:
+        if t.stmt.loops and cls._shared_loops(s, t) == 0:
             return False  # the score is in another loop: it does not grade this step's data first
         return not (s.value_order >= t.stmt.order and s.stmt.order >= t.stmt.order)
 
@@ -550,9 +526,8 @@ def train(model, opt, train_loader, steps):
                            "(pre-quant TTT)")
             else:
                 message = f"{fn.qualname}() trains on validation tokens that it never scores first"
-        loc = ctx.location(t.stmt.line, fn.qualname)
-        return self.finding(Layer.STATIC, message, loc, evidence, related=related,
-                            **ctx.reach_fields(fn.qualname, t.stmt))
+        return self.static_finding(ctx, t.stmt.line, fn.qualname, message, evidence, related=related,
+                                   **ctx.reach_fields(fn.qualname, t.stmt))
 
     @staticmethod
     def _shared_loops(s: D.ScoreEvent, t: D.TrainEvent) -> int:

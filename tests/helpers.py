@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rules.train_before_score import adapt_then_score  # noqa: F401 - the tests' adapt-then-score source
+from rules.train_before_score import CHUNK_HELPERS, adapt_then_score  # noqa: F401 - sources the static tests audit
 
 
 def marker_line(path: str | Path, marker: str) -> int:

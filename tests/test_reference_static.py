@@ -18,6 +18,7 @@ import pytest
 
 from harness.static.audit import audit_folder_static, audit_source
 from reference_model import variants
+from tests.helpers import CHUNK_HELPERS
 
 REFERENCE = Path(variants.folder())
 
@@ -101,21 +102,7 @@ def test_one_finding_per_variant_site(result):
 
 
 # ---------------------------------------------------------------- calls across files, in small
-HELPERS = '''import torch
-
-
-def train_chunk(model, opt, tokens, start, end):
-    for i in range(start, end - 64, 64):
-        loss = model(tokens[i:i + 64], tokens[i + 1:i + 65])
-        loss.backward()
-        opt.step()
-
-
-def score_chunk(model, tokens, start, end, totals):
-    with torch.inference_mode():
-        nll = model(tokens[start:end], tokens[start + 1:end + 1])
-    totals += nll.sum()
-'''
+HELPERS = CHUNK_HELPERS  # train_chunk and score_chunk, in a file of their own
 
 TRAIN = '''import torch
 from ttt_helpers import score_chunk, train_chunk

@@ -199,7 +199,7 @@ CUDA_SCRIPT = textwrap.dedent('''
         vl, vb = eval_val(model, val, seq, device, lut)
         print(f"final_int8_zlib_roundtrip val_loss:{vl:.4f} val_bpb:{vb:.4f}")
         print(f"final_int8_zlib_roundtrip_exact val_loss:{vl:.8f} val_bpb:{vb:.8f}")
-        if distributed:
+        if dist.is_initialized():
             dist.destroy_process_group()
 
     if __name__ == "__main__":

@@ -35,7 +35,7 @@ def slot_eval(args, model, val_tokens, chunks):
         with torch.no_grad():
             nll = model(x, y)
         loss_sum += nll.item()
-    return loss_sum
+    return loss_sum / len(chunks)
 
 
 def main():

@@ -100,27 +100,34 @@ def _is_node_type(t: type) -> bool:
     return _IS_NODE[t]
 
 
+def _push_children(n: cst.CSTNode, cls: type, push) -> None:
+    """Push the child nodes of `n` (of type `cls`) for the stack walks below: fields in order,
+    each list reversed. The one place a walk reads a node's children."""
+    is_node = _IS_NODE.__getitem__
+    for name in _FIELDS[cls]:
+        v = getattr(n, name, None)
+        if v is None:
+            continue
+        t = type(v)
+        if t is list or t is tuple:
+            for x in reversed(v):
+                if is_node(type(x)):
+                    push(x)
+        elif is_node(t):
+            push(v)
+
+
 def walk(node: cst.CSTNode):
     """Every node below `node` (pre-order), read straight from the dataclass fields: LibCST's own
     visitor machinery rebuilds nodes as it goes and costs several times more."""
     stack = [node]
     pop, push = stack.pop, stack.append
-    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
+    push_children = _push_children
     while stack:
         n = pop()
         yield n
         cls = type(n)
-        for name in fields(cls):
-            v = getattr(n, name, None)
-            if v is None:
-                continue
-            t = type(v)
-            if t is list or t is tuple:
-                for x in reversed(v):
-                    if is_node(type(x)):
-                        push(x)
-            elif is_node(t):
-                push(v)
+        push_children(n, cls, push)
 
 
 class _Collector:
@@ -166,15 +173,15 @@ def looks_hashed(node: cst.CSTNode) -> bool:
 
 def collect(node: cst.CSTNode | None) -> _Collector:
     """The names, attribute names, calls, strings and conditional expressions below `node`, in
-    pre-order. The index builder calls this once per statement, so it is `walk` inlined (no
-    generator frame per node) with the kinds told apart by type identity (see `_Name`)."""
+    pre-order. The index builder calls this once per statement, so it is `walk`'s loop without
+    a generator frame per node, the kinds told apart by type identity (see `_Name`)."""
     c = _Collector()
     if node is None:
         return c
     add_name, add_attr, calls, strings, ifexps = c.names.add, c.attrs.add, c.calls, c.strings, c.ifexps
     stack = [node]
     pop, push = stack.pop, stack.append
-    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
+    push_children = _push_children
     while stack:
         n = pop()
         cls = type(n)
@@ -193,44 +200,21 @@ def collect(node: cst.CSTNode | None) -> _Collector:
             continue  # no child nodes
         elif cls is _IfExp:
             ifexps.append(n)
-        for name in fields(cls):
-            v = getattr(n, name, None)
-            if v is None:
-                continue
-            t = type(v)
-            if t is list or t is tuple:
-                for x in reversed(v):
-                    if is_node(type(x)):
-                        push(x)
-            elif is_node(t):
-                push(v)
+        push_children(n, cls, push)
     return c
 
 
 def names_in(node: cst.CSTNode) -> list[cst.Name]:
-    """The Name nodes below `node`, in `walk` order (`walk` inlined: the dataflow asks this of
-    every call argument, again and again)."""
+    """The Name nodes below `node`, in `walk` order (`walk`'s loop without its generator: the
+    dataflow asks this of every call argument, again and again)."""
     out: list[cst.Name] = []
     stack = [node]
-    pop, push = stack.pop, stack.append
-    is_node, fields = _IS_NODE.__getitem__, _FIELDS.__getitem__
     while stack:
-        n = pop()
-        cls = type(n)
-        if cls is _Name:
-            out.append(n)
-            continue  # no child nodes
-        for name in fields(cls):
-            v = getattr(n, name, None)
-            if v is None:
-                continue
-            t = type(v)
-            if t is list or t is tuple:
-                for x in reversed(v):
-                    if is_node(type(x)):
-                        push(x)
-            elif is_node(t):
-                push(v)
+        n = stack.pop()
+        if type(n) is _Name:
+            out.append(n)  # no child nodes below it
+        else:
+            _push_children(n, type(n), stack.append)
     return out
 
 
