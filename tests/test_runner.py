@@ -391,6 +391,10 @@ def test_a_zero_period_is_kept_only_where_the_script_guards_it(tmp_path):
                                           "        pass\n")
     env, _ = toy_env.toy_env(tmp_path, data_path="/d/datasets/x", tokenizer_path="/t.model")
     assert int(env["VAL_LOSS_EVERY"]) > 1000  # never reached by the toy run, and no modulo by zero
+    # the same when the period comes from the README's command (PR #1545: VAL_LOSS_EVERY=9999)
+    source = (tmp_path / "train_gpt.py").read_text()
+    flags, _ = toy_env.shrink_flags({"VAL_LOSS_EVERY": "9999"}, source=source)
+    assert int(flags["VAL_LOSS_EVERY"]) > 1000
     (tmp_path / "train_gpt.py").write_text(read + "for step in range(3):\n"
                                           "    if args.val_loss_every > 0 and step % args.val_loss_every == 0:\n"
                                           "        pass\n")

@@ -15,25 +15,18 @@ Installed into `sys.modules` by `install()` from the shims, inside the sandbox o
 from __future__ import annotations
 
 import math
-import sys
-import types
-from importlib.machinery import ModuleSpec
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.dynamic.cpu.fake_packages import NotEmulated, register, used  # noqa: F401 - NotEmulated: the error
+
 EMULATED = "Mamba-3 SISO (modules.mamba3.Mamba3, ops.triton.mamba3.mamba3_siso_combined), " \
            "Mamba-2 (modules.mamba2.Mamba2, ops.triton.ssd_combined.mamba_chunk_scan_combined), " \
            "Mamba-1 selective_scan_fn, gated RMSNorm; causal_conv1d_fn / causal_conv1d_update"
 
-
-class NotEmulated(NotImplementedError):
-    pass
-
-
-_NOTE: Callable[[str], None] = lambda what: None  # the shims' "used:" note, set by install()
 
 
 # ---------------------------------------------------------------- the scan
@@ -104,7 +97,7 @@ def mamba3_siso_combined(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None,
         return _per_sequence(mamba3_siso_combined, cu_seqlens, Input_States, return_final_states,
                              dict(Q=Q, K=K, V=V, Angles=Angles, Z=Z), dict(ADT=ADT, DT=DT, Trap=Trap),
                              dict(Q_bias=Q_bias, K_bias=K_bias, D=D, chunk_size=chunk_size))
-    _NOTE("mamba_ssm mamba3_siso_combined -> torch emulation")
+    used("mamba_ssm mamba3_siso_combined -> torch emulation")
     b, _, h, p = V.shape
     n, a = Q.shape[-1], Angles.shape[-1]
     f32 = torch.float32
@@ -142,7 +135,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt
     h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t + D x_t, gated by silu(z)."""
     if seq_idx is not None or cu_seqlens is not None or return_varlen_states:
         raise NotEmulated("mamba_chunk_scan_combined with seq_idx / cu_seqlens is not emulated by golf-audit")
-    _NOTE("mamba_ssm mamba_chunk_scan_combined -> torch emulation")
+    used("mamba_ssm mamba_chunk_scan_combined -> torch emulation")
     b, _, h, p = x.shape
     f32 = torch.float32
     d = dt.to(f32) + (dt_bias.to(f32) if dt_bias is not None else 0.0)
@@ -170,7 +163,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t per channel, y_t = C_t . h_t + D u_t, gated by silu(z).
     One position at a time: the decay differs per (channel, state) pair, so a chunked block would
     be (b, d, n, T, T); at toy lengths the loop is the cheaper honest form."""
-    _NOTE("mamba_ssm selective_scan_fn -> torch emulation")
+    used("mamba_ssm selective_scan_fn -> torch emulation")
     if A.is_complex():
         raise NotEmulated("selective_scan_fn with a complex A is not emulated by golf-audit")
     f32 = torch.float32
@@ -204,7 +197,7 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
                      final_states_out=None, activation=None, **_: Any):
     """Depthwise causal conv: x (b, d, l), weight (d, w); output t reads inputs t-w+1..t (zeros, or
     `initial_states` (b, d, w-1), before the start); optional SiLU."""
-    _NOTE("causal_conv1d causal_conv1d_fn -> torch emulation")
+    used("causal_conv1d causal_conv1d_fn -> torch emulation")
     if seq_idx is not None:
         raise NotEmulated("causal_conv1d_fn with seq_idx is not emulated by golf-audit")
     w = weight.shape[-1]
@@ -226,7 +219,7 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, **_: Any):
     """One decode step (x (b, d) or (b, d, 1)): conv_state (b, d, w) shifts left by one in place,
     takes x last, and the output is its dot product with the weights."""
-    _NOTE("causal_conv1d causal_conv1d_update -> torch emulation")
+    used("causal_conv1d causal_conv1d_update -> torch emulation")
     squeeze = x.dim() == 2
     xs = x if squeeze else x[..., -1]
     conv_state.copy_(torch.cat([conv_state[..., 1:], xs.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
@@ -438,23 +431,6 @@ _MODULES = {
 
 
 def install(note: Callable[[str], None] | None = None) -> bool:
-    """Put the emulated `mamba_ssm` modules in sys.modules (packages with no other submodules, so a
-    missing one fails as "No module named ..."). False when a real `mamba_ssm` is already imported."""
-    if any(top in sys.modules and not getattr(sys.modules[top], "__golf_audit_shim__", False)
-           for top in ("mamba_ssm", "causal_conv1d")):
-        return False
-    global _NOTE
-    _NOTE = note or _NOTE
-    for name, attrs in _MODULES.items():
-        mod = types.ModuleType(name)
-        mod.__spec__ = ModuleSpec(name, None, is_package=True)
-        mod.__path__ = []
-        mod.__file__ = f"<golf-audit emulation {name}>"
-        mod.__golf_audit_shim__ = True
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-    for name in _MODULES:  # parents hold their children as attributes, as real packages do
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, sys.modules[name])
-    return True
+    """Put the emulated `mamba_ssm` and `causal_conv1d` modules in sys.modules. False when a real
+    one is already imported."""
+    return register(_MODULES, note)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from harness.dynamic.cpu import mamba
+from harness.dynamic.cpu import fla, mamba
 
 _REAL: dict[str, Any] = {}  # originals, for uninstall() in tests
 
@@ -766,6 +766,8 @@ def install(options: ShimOptions | None = None) -> ShimState:
     _install_flash_attn(state)
     if mamba.install(state.note):
         state.installed.append(f"mamba_ssm -> torch emulation: {mamba.EMULATED}")
+    if fla.install(state.note):
+        state.installed.append(f"fla -> torch emulation: {fla.EMULATED}")
     _install_distributed(state)
     _install_tensor(state)
     _install_nvidia_smi(state)

@@ -226,12 +226,13 @@ RUNNER_OWNED = frozenset({"DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "DATA_DIR", "
                           "PYTHONPATH", "PATH", "HOME", "HF_HOME"})
 
 
-def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None) -> tuple[dict[str, str], list[str]]:
+def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None,
+                 source: str = "") -> tuple[dict[str, str], list[str]]:
     """The submission's own flags (README/logs command lines) at toy scale. A flag the profile
     also sets is shrunk like a script default: a clamp applies to the flag's value (TTT_EPOCHS=3
     becomes 2), a fixed toy value replaces it (TTT_CHUNK_SIZE=256 would exceed the toy
     TRAIN_SEQ_LEN and skip chunks). Flags outside the profile (switches such as TTT_ENABLED=1)
-    pass through unchanged."""
+    pass through unchanged. `source`: the submission's code, for the periods (`_period`)."""
     rules = profile(opts or ToyOptions())
     out: dict[str, str] = {}
     notes: list[str] = []
@@ -258,6 +259,7 @@ def shrink_flags(flags: dict[str, str], opts: ToyOptions | None = None) -> tuple
             new = shrunk if shrunk is not None else value
         else:
             new = rule
+        new = _period(name, new, source)
         out[name] = new
         if new != value:
             notes.append(f"submission flag {name}={value} shrunk to {new} (toy scale)")
@@ -281,6 +283,16 @@ def _unguarded_modulo(source: str, env_name: str) -> bool:
     return False
 
 
+def _period(name: str, value: str, source: str) -> str:
+    """A period set to 0 ("never": VAL_LOSS_EVERY=0) is what the baseline's `every > 0 and step %
+    every == 0` means, but a script that takes `step % every` unguarded divides by zero there
+    (PR #440; PR #1545 through its README's VAL_LOSS_EVERY=9999): such a script gets a period the
+    toy run never reaches instead."""
+    if value == "0" and _PERIOD.search(name) and source and _unguarded_modulo(source, name):
+        return _NEVER
+    return value
+
+
 def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = "",
             opts: ToyOptions | None = None, source: str | None = None) -> tuple[dict[str, str], list[str]]:
     """(env values to set, notes). Paths are always set (scripts read them under many names)."""
@@ -297,12 +309,8 @@ def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = 
         value = rule(reads[name]) if callable(rule) else rule
         if value is not None:
             env[name] = value
-    # A period set to 0 ("never": VAL_LOSS_EVERY=0) is what the baseline's `every > 0 and step %
-    # every == 0` means, but a script that takes `step % every` unguarded divides by zero there
-    # (PR #440): give it a period the toy run never reaches instead.
     for name, value in list(env.items()):
-        if value == "0" and _PERIOD.search(name) and _unguarded_modulo(source, name):
-            env[name] = _NEVER
+        env[name] = _period(name, value, source)
     # Step-based switches (RECUR_START_STEP=3000: depth recurrence turns on mid-training) are
     # moved inside the toy run, so the code the final eval runs with is the code a real run ends
     # with (a 3-step run would otherwise evaluate the model in its never-switched state).

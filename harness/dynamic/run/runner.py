@@ -400,7 +400,8 @@ def run_submission(folder: str | Path, *, env: dict[str, str] | None = None, toy
         notes.extend(toy_notes)
         run_env = dict(toy)
         if submission_env:
-            flags, flag_notes = toy_env.shrink_flags({k: str(v) for k, v in submission_env.items()}, toy_options)
+            flags, flag_notes = toy_env.shrink_flags({k: str(v) for k, v in submission_env.items()}, toy_options,
+                                                     source=sources)
             run_env.update(flags)
             notes.extend(flag_notes)
         run_env.update({k: str(v) for k, v in env.items()})
