@@ -486,3 +486,12 @@ def test_the_entry_script_is_found_through_a_shell_script_the_readme_runs(tmp_pa
     assert runner.find_entry_script(tmp_path) == tmp_path / "train_jepa.py"
     (tmp_path / "run_bpe.sh").unlink()
     assert runner.find_entry_script(tmp_path) is None
+
+
+def test_the_one_script_with_a_main_guard_is_the_entry_script(tmp_path):
+    # PR #651's shape: train_hybrid.py beside a helper module, no README
+    (tmp_path / "train_hybrid.py").write_text("import wandb_utils\n\nif __name__ == '__main__':\n    print('x')\n")
+    (tmp_path / "wandb_utils.py").write_text("def log(x):\n    pass\n")
+    assert runner.find_entry_script(tmp_path) == tmp_path / "train_hybrid.py"
+    (tmp_path / "other.py").write_text('if __name__ == "__main__":\n    pass\n')
+    assert runner.find_entry_script(tmp_path) is None  # two scripts: which one the run means is unknown

@@ -258,7 +258,7 @@ def test_triton_stub_imports_and_fails_clearly_on_launch(tmp_path):
 
 
 def test_known_triton_kernels_run_as_torch_emulations(tmp_path):
-    """The fused MLP and softcapped-CE kernels of the April records, written here in their
+    """The fused MLP (two forms) and softcapped-CE kernels of the records, written here in their
     launch shape (descriptors / pointer tensors), give what plain torch gives."""
     r = run_shimmed(tmp_path, """
         import sys, torch, torch.nn.functional as F
@@ -286,6 +286,17 @@ def test_known_triton_kernels_run_as_torch_emulations(tmp_path):
         assert torch.allclose(post, F.leaky_relu(x @ w.T, 0.5).square(), atol=1e-5)
         g = torch.randn(8, 6)
         assert torch.allclose(fused(g, torch.eye(6), aux=pre), g * torch.where(pre > 0, 2 * pre, 0.5 * pre), atol=1e-5)
+
+        @triton.jit
+        def _fused_leaky_relu_sq_tma_kernel(a_desc, b_desc, c_desc, aux_desc, M, N, K,
+                                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+            pass
+
+        act_grad, act = torch.empty(8, 6), torch.empty(8, 6)  # PR #1479: (gradient factor, activation)
+        d = [TensorDescriptor.from_tensor(t, [16, 16]) for t in (x, w, act_grad, act)]
+        _fused_leaky_relu_sq_tma_kernel[(1,)](*d, 8, 6, 5, BLOCK_M=16, BLOCK_N=16, num_stages=4)
+        assert torch.allclose(act, F.leaky_relu(x @ w.T, 0.5).square(), atol=1e-5)
+        assert torch.allclose(act_grad, torch.where(pre > 0, 2 * pre, 0.5 * pre), atol=1e-5)
 
         @triton.jit
         def _softcapped_ce_fwd_kernel(logits_ptr, losses_ptr, lse_ptr, targets_ptr, stride_logits_n,

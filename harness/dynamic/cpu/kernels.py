@@ -10,7 +10,9 @@ Kernels emulated (the records that use them):
 - linear_leaky_relu_square_kernel: fused MLP up-projection + LeakyReLU(0.5)^2 and its backward
   (11 records from 2026-04-10 on);
 - _softcapped_ce_fwd_kernel / _softcapped_ce_bwd_kernel: cross-entropy on 2c*sigmoid(2x/c) logits
-  (the shifted tanh softcap) and its gradient (the FusedCE records).
+  (the shifted tanh softcap) and its gradient (the FusedCE records);
+- _fused_leaky_relu_sq_tma_kernel: the same MLP activation, forward only, with its gradient
+  factor stored beside it (PR #1479).
 """
 from __future__ import annotations
 
@@ -59,6 +61,18 @@ def _linear_leaky_relu_square(a_desc, b_desc, c_desc, aux_desc, FORWARD, **_: An
         aux.copy_(post * post)
     else:  # aux holds the pre-activation; c gets the gradient through LeakyReLU(0.5)^2
         c.copy_(acc * torch.where(aux > 0, 2.0 * aux, 0.5 * aux))
+
+
+@emulation("_fused_leaky_relu_sq_tma_kernel")
+def _fused_leaky_relu_sq_tma(a_desc, b_desc, c_desc, aux_desc, **_: Any) -> None:
+    """Forward only: c gets the gradient factor of LeakyReLU(0.5)^2 at h = a @ b.T, aux the
+    activation itself (0.5 * factor * h). The kernel writes each tile in two halves; together
+    they are the plain row-major layout."""
+    a, b, c, aux = (_tensor(d) for d in (a_desc, b_desc, c_desc, aux_desc))
+    h = (a.float() @ b.float().T).to(c.dtype)
+    factor = torch.where(h > 0, 2.0 * h, 0.5 * h)
+    c.copy_(factor)
+    aux.copy_(0.5 * factor * h)
 
 
 @emulation("_softcapped_ce_fwd_kernel")

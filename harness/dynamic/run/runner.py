@@ -146,7 +146,9 @@ _README_CMD = re.compile(r"(?:torchrun|python3?)\b[^\n`]*?\s([\w./-]+\.py)\b")
 
 def find_entry_script(folder: Path) -> Path | None:
     """train_gpt.py, else the single train_gpt*.py, else the .py the README's command runs, or a
-    shell script of the folder runs (`bash run.sh` in the README, the torchrun line in run.sh: PR #903)."""
+    shell script of the folder runs (`bash run.sh` in the README, the torchrun line in run.sh: PR #903),
+    else the one .py of the folder that runs as a script (PR #651: `train_hybrid.py` beside a helper
+    module, no README)."""
     folder = Path(folder)
     if (folder / "train_gpt.py").is_file():
         return folder / "train_gpt.py"
@@ -160,7 +162,18 @@ def find_entry_script(folder: Path) -> Path | None:
                 return folder / name
     if len(cands) == 1:
         return cands[0]
-    return None
+    mains = [p for p in sorted(folder.glob("*.py")) if p.is_file() and _MAIN_GUARD.search(_text(p))]
+    return mains[0] if len(mains) == 1 else None
+
+
+_MAIN_GUARD = re.compile(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.M)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 # ---------------------------------------------------------------- the run
