@@ -248,6 +248,32 @@ def main(args, model, opt, train_loader, val_tokens, seq):
 ''', "PR #1644: warm-up batches and validation chunks share the names x, y")
 
 
+# PR #181's shape: the training loop carries a recurrent state between chunks of a training batch
+# (`loss, states = model(x, y, states)`), and the eval after it carries one of the same name
+# between validation windows. The training state is computed from training batches only.
+_RECURRENT_STATE = Valid('''
+import torch
+def main(model, opt, loader, val_tokens, seq, chunk, steps):
+    for step in range(steps):
+        x, y = loader.next_batch()
+        states = None
+        for i in range(0, seq, chunk):
+            loss, states = model(x[:, i:i + chunk], y[:, i:i + chunk], states)
+            loss.backward()
+            states = [s.detach() for s in states]
+        opt.step()
+        opt.zero_grad()
+    total = torch.zeros(())
+    states = None
+    for start in range(0, val_tokens.numel() - seq - 1, seq):
+        window = val_tokens[start:start + seq + 1][None]
+        with torch.no_grad():
+            nll, states = model(window[:, :-1], window[:, 1:], states)
+        total += nll
+    print(f"val_loss:{total.item():.4f}")
+''', "PR #181: a loop-carried recurrent state in training shares its name with the eval's")
+
+
 class TrainBeforeScore(Rule, id="GA001", name="train-before-score",
                        severity=Severity.HIGH, confidence=Confidence.MEDIUM, layers=(Layer.STATIC, Layer.TRACE)):
     refuted_by = ("update",)  # the step at the flagged line ran, on scored positions only
@@ -298,6 +324,7 @@ def train(model, opt, train_loader, steps):
         Valid(_DISPATCH.code.replace('{"adapt": ttt_adapt_first}', '{}'),
               "a dispatch table holding only the score-first eval"),
         _REUSED_NAMES,
+        _RECURRENT_STATE,
         Valid(_LEGAL_CHUNKED.code.replace("""        loss_sum += nll.sum()
 """, """        if cache is not None and ci > 0:
             if mix:

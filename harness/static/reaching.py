@@ -46,8 +46,12 @@ def _dominates(d: Stmt, u: Stmt) -> bool:
 
 
 class FlowTaint:
-    """Per function: `tainted(name, stmt)` for names derived from `seeds`; `fallback` (the
-    flow-insensitive answer) is used for definitions that depend on themselves around a loop."""
+    """Per function: `tainted(name, stmt)` for names derived from `seeds`. Only names in
+    `fallback` (the flow-insensitive answer) can be tainted at all. Which definitions hold
+    validation data is the least fixpoint over the function: a definition is tainted when a
+    name it reads is, at that definition; a loop-carried state (`states = model(x, states)`)
+    is tainted only when something entering the cycle is (PR #181: the training loop's
+    recurrent state shares its name with the TTT's)."""
 
     def __init__(self, fn: Function, seeds: set[str], fallback: set[str]) -> None:
         self.fn, self.seeds, self.fallback = fn, set(seeds), set(fallback)
@@ -55,21 +59,52 @@ class FlowTaint:
         for st in fn.stmts:
             for name in set(st.writes) | _mutated_bases(st):
                 self.defs.setdefault(name, []).append(st)
-        self._memo: dict[tuple[str, int], bool] = {}
-        self._busy: set[int] = set()
+        self._reach: dict[tuple[str, int], list[Stmt]] = {}
+        self._tainted_defs: set[int] | None = None  # statement orders, solved on first use
 
     def tainted(self, name: str, at: Stmt) -> bool:
         if name in self.seeds:
             return True
         if name not in self.fallback:
             return False
-        key = (name, at.order)
-        if key not in self._memo:
-            self._memo[key] = any(self._def_tainted(d) for d in self._reaching(name, at))
-        return self._memo[key]
+        if self._tainted_defs is None:
+            self._tainted_defs = self._solve()
+        return any(d.order in self._tainted_defs for d in self._reaching_memo(name, at))
 
     def any_tainted(self, names: set[str], at: Stmt) -> bool:
         return any(self.tainted(n, at) for n in names)
+
+    def _solve(self) -> set[int]:
+        """Definitions that hold validation data: start from none, add every definition that
+        reads a seed or a name a tainted definition reaches, until nothing changes."""
+        found: set[int] = set()
+        candidates = sorted({d.order: d for ds in self.defs.values() for d in ds}.values(), key=lambda d: d.order)
+        changed = True
+        while changed:
+            changed = False
+            for d in candidates:
+                if d.order not in found and self._reads_taint(d, found):
+                    found.add(d.order)
+                    changed = True
+        return found
+
+    def _reads_taint(self, d: Stmt, found: set[int]) -> bool:
+        def held(name: str) -> bool:
+            if name in self.seeds:
+                return True
+            return name in self.fallback and any(r.order in found for r in self._reaching_memo(name, d))
+
+        if any(held(n) for n in d.reads):
+            return True
+        # `buf.copy_(tokens)` / `buf.append(tok)`: the call's arguments taint its base
+        return any(held(n) for call in _mutations(d) for a in call.args for n in _arg_names(a.value))
+
+    def _reaching_memo(self, name: str, u: Stmt) -> list[Stmt]:
+        key = (name, u.order)
+        hit = self._reach.get(key)
+        if hit is None:
+            hit = self._reach[key] = self._reaching(name, u)
+        return hit
 
     def _reaching(self, name: str, u: Stmt) -> list[Stmt]:
         defs = [d for d in self.defs.get(name, []) if d is not u]
@@ -86,19 +121,6 @@ class FlowTaint:
         if start < 0:
             out.append(None)  # the function's entry: only seeds are tainted there (checked above)
         return [d for d in out if d is not None]
-
-    def _def_tainted(self, d: Stmt) -> bool:
-        if d.order in self._busy:
-            return bool(d.writes & self.fallback)  # a cycle around a loop: the flow-insensitive answer
-        self._busy.add(d.order)
-        try:
-            return self.any_tainted(set(d.reads), d) or self._mutated_from_taint(d)
-        finally:
-            self._busy.discard(d.order)
-
-    def _mutated_from_taint(self, d: Stmt) -> bool:
-        """`buf.copy_(tokens)` / `buf.append(tok)`: the call's arguments taint its base."""
-        return any(self.tainted(n, d) for call in _mutations(d) for a in call.args for n in _arg_names(a.value))
 
 
 MUTATORS = ("copy_", "append", "extend", "index_put_", "index_copy_", "scatter_", "put_")
