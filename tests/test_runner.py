@@ -458,6 +458,12 @@ def test_written_hyperparameters_are_shrunk_on_their_own_lines():
     assert len(notes) == 3 and all(n.startswith(toy_env.LITERAL_NOTE) for n in notes)
     assert "num_layers = 11 written in the script (line 3), run with 2" in notes[0]
     assert toy_env.shrink_literals("def broken(:\n") == ("def broken(:\n", [])
+    # nanoGPT's config dataclass (PRs #181, #875); a kernel's small BLOCK_SIZE is not a sequence length
+    gpt = ("class GPTConfig:\n    block_size: int = 1024\n    n_layer: int = 8\n    n_head: int = 6\n"
+           "    n_embd: int = 384\nBLOCK_SIZE = 64\n")
+    new, notes = toy_env.shrink_literals(gpt)
+    assert new.splitlines()[1:] == ["    block_size: int = 128", "    n_layer: int = 2", "    n_head: int = 4",
+                                    "    n_embd: int = 64", "BLOCK_SIZE = 64"]
 
 
 def test_a_run_that_fails_with_written_hyperparameters_shrunk_is_rerun_as_written(tmp_path, toy_data):

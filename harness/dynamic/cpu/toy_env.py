@@ -337,6 +337,14 @@ def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = 
 LITERAL_NOTE = "toy scale (literal):"
 
 
+def _nanogpt_names(opts: ToyOptions) -> dict[str, str | Callable[[float | None], str | None]]:
+    """nanoGPT's config fields (`n_layer`, `n_embd`, `n_head`, `block_size` in a `GPTConfig`
+    dataclass), written as numbers by the scripts built on it (PRs #181, #875): the same toy shape
+    as the profile's knobs. `block_size` only shrinks (a kernel's BLOCK_SIZE = 64 stays)."""
+    return {"N_LAYER": str(opts.num_layers), "N_EMBD": str(opts.model_dim), "N_HEAD": "4",
+            "BLOCK_SIZE": _clamp(opts.seq_len)}
+
+
 def shrink_literals(source: str, opts: ToyOptions | None = None) -> tuple[str, list[str]]:
     """(source, notes): the profile applied to hyperparameters the script writes as numbers
     instead of reading them from the environment (`model_dim = 512` in a `Hyperparameters`
@@ -350,7 +358,8 @@ def shrink_literals(source: str, opts: ToyOptions | None = None) -> tuple[str, l
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return source, []
-    rules = profile(opts or ToyOptions())
+    opts = opts or ToyOptions()
+    rules = {**profile(opts), **_nanogpt_names(opts)}
     reads = env_reads(source)
     lines = source.splitlines(keepends=True)
     edits: list[tuple[int, int, int, str, str, str]] = []  # (line, start col, end col, name, old, new)
