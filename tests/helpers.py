@@ -2,6 +2,8 @@
 marked statement, and how an expected function name matches a finding's."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from rules.train_before_score import CHUNK_HELPERS, adapt_then_score  # noqa: F401 - sources the static tests audit
@@ -21,3 +23,11 @@ def function_matches(found: str | None, wanted: str) -> bool:
     if not found:
         return False
     return found == wanted or found.endswith("." + wanted)
+
+
+def run_fresh(code: str, timeout: int = 120) -> list[str]:
+    """Run `code` in a fresh interpreter (what it puts in sys.modules stays there); the lines it
+    printed. A non-zero exit fails the calling test with the interpreter's stderr."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()

@@ -3,9 +3,6 @@ against a per-head matrix recurrence written here, exact causality, packed seque
 the short conv, the GatedDeltaNet / DeltaNet layers, and the modules it puts in sys.modules."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +10,7 @@ import torch.nn.functional as F
 from harness.dynamic.cpu import fla
 from harness.dynamic.cpu.fake_packages import NotEmulated
 from harness.dynamic.cpu.packages import explain_missing
+from tests.helpers import run_fresh
 
 B, T, H, K, V = 2, 19, 3, 4, 5
 
@@ -186,9 +184,7 @@ def test_install_provides_the_emulated_imports_and_names_the_others():
         "try:\n    from fla.ops.simple_gla import chunk_simple_gla\n"
         "except ModuleNotFoundError as e:\n    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    product, missing = out.stdout.strip().splitlines()
+    product, missing = run_fresh(code)
     assert product == "fla layers.GatedDeltaProduct is not emulated by golf-audit"
     assert missing == "No module named 'fla.ops.simple_gla'"
     assert explain_missing(missing).startswith("`fla.ops.simple_gla` is not emulated")

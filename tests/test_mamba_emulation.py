@@ -4,8 +4,6 @@ modules it puts in sys.modules."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ import torch.nn.functional as F
 
 from harness.dynamic.cpu import mamba
 from harness.dynamic.cpu.packages import explain_missing
+from tests.helpers import run_fresh
 
 B, L, G, H, N, P, A = 2, 37, 2, 4, 8, 5, 2  # batch, length, B/C groups, heads, state, head dim, angles
 LENGTH_ARGS, TIME_ARGS = ("Q", "K", "V", "Angles", "Z"), ("ADT", "DT", "Trap")
@@ -184,9 +183,7 @@ def test_install_provides_the_emulated_imports_and_names_the_others():
         "try:\n    from mamba_ssm.ops.triton.selective_state_update import selective_state_update\n"
         "except ModuleNotFoundError as e:\n    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    missing = out.stdout.strip()
+    (missing,) = run_fresh(code)
     assert missing == "No module named 'mamba_ssm.ops.triton.selective_state_update'"
     assert explain_missing(missing).startswith("`mamba_ssm.ops.triton.selective_state_update` is not emulated")
     assert "is not emulated" in explain_missing("cannot import name 'Mamba' from 'mamba_ssm' (unknown location)")

@@ -233,7 +233,45 @@ def _heads(x, d):
     return x.unflatten(-1, (-1, d))
 
 
-class GatedDeltaNet(nn.Module):
+class _DeltaLayer(nn.Module):
+    """What GatedDeltaNet and DeltaNet share: q/k/v projections, their short convs, the output
+    norm (gated by g_proj, or plain) and o_proj, built in the package's parameter order."""
+
+    def _projections(self, hidden_size: int) -> None:
+        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+
+    def _convs_and_output(self, hidden_size: int, conv_size: int, conv_bias: bool, qk_act: str | None,
+                          norm_eps: float) -> None:
+        if self.use_short_conv:
+            self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_act)
+            self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_act)
+            self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
+        if self.use_gate:
+            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+            self.o_norm = FusedRMSNormGated(self.head_v_dim, eps=norm_eps)
+        else:
+            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+
+    def _qkv(self, x, cu_seqlens, qk_act: str | None):
+        """q, k (b, t, h, K) and v (b, t, h, V): through the convs, or the activations alone."""
+        if self.use_short_conv:
+            q = self.q_conv1d(self.q_proj(x), cu_seqlens=cu_seqlens)[0]
+            k = self.k_conv1d(self.k_proj(x), cu_seqlens=cu_seqlens)[0]
+            v = self.v_conv1d(self.v_proj(x), cu_seqlens=cu_seqlens)[0]
+        else:
+            act = F.silu if qk_act == "silu" else (lambda t: t)
+            q, k, v = act(self.q_proj(x)), act(self.k_proj(x)), F.silu(self.v_proj(x))
+        return _heads(q, self.head_k_dim), _heads(k, self.head_k_dim), _heads(v, self.head_v_dim)
+
+    def _output(self, o, x):
+        o = self.o_norm(o, _heads(self.g_proj(x), self.head_v_dim)) if self.use_gate else self.o_norm(o)
+        return self.o_proj(o.flatten(-2))
+
+
+class GatedDeltaNet(_DeltaLayer):
     """fla's GatedDeltaNet layer: q/k/v projections through short convs (SiLU), beta = sigmoid(b_proj),
     g = -exp(A_log) * softplus(a_proj + dt_bias), the gated delta rule with l2-normalised q and k,
     a gated RMSNorm (g_proj) or a plain one, o_proj. Returns (o, None, past_key_values)."""
@@ -250,9 +288,7 @@ class GatedDeltaNet(nn.Module):
         self.head_k_dim, self.head_v_dim = head_dim, int(head_dim * expand_v)
         self.key_dim = num_heads * head_dim
         self.value_dim = int(self.num_v_heads * self.head_v_dim)
-        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        self._projections(hidden_size)
         self.a_proj = nn.Linear(hidden_size, self.num_v_heads, bias=False)
         self.b_proj = nn.Linear(hidden_size, self.num_v_heads, bias=False)
         self.A_log = nn.Parameter(torch.log(torch.empty(self.num_v_heads).uniform_(0, 16)))
@@ -261,28 +297,13 @@ class GatedDeltaNet(nn.Module):
         dt = dt.clamp(min=1e-4)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
         self.dt_bias._no_weight_decay = True
-        if use_short_conv:
-            self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
-            self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
-            self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
-        if use_gate:
-            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
-            self.o_norm = FusedRMSNormGated(self.head_v_dim, eps=norm_eps)
-        else:
-            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
-        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+        self._convs_and_output(hidden_size, conv_size, conv_bias, "silu", norm_eps)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False,
                 output_attentions=False, cu_seqlens=None, **_: Any):
         _whole_sequences("GatedDeltaNet", attention_mask, past_key_values, use_cache)
         x = hidden_states
-        if self.use_short_conv:
-            q = self.q_conv1d(self.q_proj(x), cu_seqlens=cu_seqlens)[0]
-            k = self.k_conv1d(self.k_proj(x), cu_seqlens=cu_seqlens)[0]
-            v = self.v_conv1d(self.v_proj(x), cu_seqlens=cu_seqlens)[0]
-        else:
-            q, k, v = F.silu(self.q_proj(x)), F.silu(self.k_proj(x)), F.silu(self.v_proj(x))
-        q, k, v = _heads(q, self.head_k_dim), _heads(k, self.head_k_dim), _heads(v, self.head_v_dim)
+        q, k, v = self._qkv(x, cu_seqlens, "silu")
         beta = self.b_proj(x).sigmoid()
         if self.allow_neg_eigval:
             beta = beta * 2.0
@@ -291,14 +312,10 @@ class GatedDeltaNet(nn.Module):
         rule = getattr(sys.modules.get("fla.layers.gated_deltanet"), "chunk_gated_delta_rule", chunk_gated_delta_rule)
         o, _state = rule(q=q, k=k, v=v, g=g, beta=beta, initial_state=None, output_final_state=False,
                          cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True)
-        if self.use_gate:
-            o = self.o_norm(o, _heads(self.g_proj(x), self.head_v_dim))
-        else:
-            o = self.o_norm(o)
-        return self.o_proj(o.flatten(-2)), None, past_key_values
+        return self._output(o, x), None, past_key_values
 
 
-class DeltaNet(nn.Module):
+class DeltaNet(_DeltaLayer):
     """fla's DeltaNet layer: q/k/v projections through short convs, beta = sigmoid(b_proj) (or 1),
     the delta rule with l2-normalised q and k, a gated or plain RMSNorm, o_proj."""
 
@@ -315,22 +332,11 @@ class DeltaNet(nn.Module):
         self.allow_neg_eigval, self.qk_activation, self.qk_norm = allow_neg_eigval, qk_activation, qk_norm
         self.key_dim, self.value_dim = int(hidden_size * expand_k), int(hidden_size * expand_v)
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
-        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        self._projections(hidden_size)
         if use_beta:
             self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
-        if use_short_conv:
-            qk_act = "silu" if qk_activation == "silu" else None
-            self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_act)
-            self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_act)
-            self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
-        if use_gate:
-            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
-            self.o_norm = FusedRMSNormGated(self.head_v_dim, eps=norm_eps)
-        else:
-            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
-        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+        self._qk_act = "silu" if qk_activation == "silu" else None
+        self._convs_and_output(hidden_size, conv_size, conv_bias, self._qk_act, norm_eps)
 
     def _qk(self, x):
         if self.qk_activation == "relu":
@@ -343,15 +349,8 @@ class DeltaNet(nn.Module):
                 output_attentions=False, cu_seqlens=None, **_: Any):
         _whole_sequences("DeltaNet", attention_mask, past_key_values, use_cache)
         x = hidden_states
-        if self.use_short_conv:
-            q = self.q_conv1d(self.q_proj(x), cu_seqlens=cu_seqlens)[0]
-            k = self.k_conv1d(self.k_proj(x), cu_seqlens=cu_seqlens)[0]
-            v = self.v_conv1d(self.v_proj(x), cu_seqlens=cu_seqlens)[0]
-        else:
-            act = F.silu if self.qk_activation == "silu" else (lambda t: t)
-            q, k, v = act(self.q_proj(x)), act(self.k_proj(x)), F.silu(self.v_proj(x))
-        q, k = self._qk(_heads(q, self.head_k_dim)), self._qk(_heads(k, self.head_k_dim))
-        v = _heads(v, self.head_v_dim)
+        q, k, v = self._qkv(x, cu_seqlens, self._qk_act)
+        q, k = self._qk(q), self._qk(k)
         if self.qk_norm == "sum":
             q, k = q / q.sum(-1, keepdim=True), k / k.sum(-1, keepdim=True)
         beta = self.b_proj(x).sigmoid() if self.use_beta else torch.ones_like(q[..., 0])
@@ -359,11 +358,7 @@ class DeltaNet(nn.Module):
             beta = beta * 2.0
         o, _state = chunk_delta_rule(q=q, k=k, v=v, beta=beta, cu_seqlens=cu_seqlens,
                                      use_qk_l2norm_in_kernel=self.qk_norm == "l2")
-        if self.use_gate:
-            o = self.o_norm(o, _heads(self.g_proj(x), self.head_v_dim))
-        else:
-            o = self.o_norm(o)
-        return self.o_proj(o.flatten(-2)), None, past_key_values
+        return self._output(o, x), None, past_key_values
 
 
 def _not_emulated(what: str):

@@ -33,9 +33,7 @@ VETTED: tuple[Package, ...] = (
     Package("tqdm", 12, INSTALLED, "runtime extra"),
     Package("lz4", 6, INSTALLED, "runtime extra"),
     Package("mlx", 85, UNAVAILABLE, "Apple silicon only: the MLX scripts cannot run on this machine"),
-    Package("fla", 45, EMULATED, "flash-linear-attention: the delta rule and gated delta rule, the short conv, "
-            "the gated RMSNorm and the GatedDeltaNet / DeltaNet layers, in torch (cpu/fla.py); "
-            "its other layers and kernels are Triton-only"),
+    Package("fla", 45, EMULATED, "the delta-rule layers and ops in torch (cpu/fla.py); the rest is Triton-only"),
     Package("mamba_ssm", 37, EMULATED, "the Mamba-3 (SISO) and Mamba-2 modules and scans, Mamba-1's "
             "selective scan, gated RMSNorm, in torch "
             "(cpu/mamba.py); its other kernels are CUDA-only"),
