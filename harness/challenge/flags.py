@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harness.challenge.layout import read_text
+
 _FLAG = re.compile(r"(?:(?<=[\s;(])|^)([A-Z][A-Z0-9_]{1,40})=([^\s'\"`;)]+)")
 # how scripts read a flag: os.environ.get("NAME", default) / os.getenv / environ["NAME"]
 ENV_READ = re.compile(
@@ -24,7 +26,7 @@ def submission_flags(folder: str | Path) -> dict[str, str]:
     flags: dict[str, str] = {}
     texts: dict[Path, str] = {}
     for pattern in ("*.md", "*.log", "*.txt", "*.sh"):
-        texts.update((p, _read(p)) for p in sorted(folder.glob(pattern)))
+        texts.update((p, read_text(p)) for p in sorted(folder.glob(pattern)))
     for text in texts.values():
         for line in text.replace("\\\n", " ").splitlines():
             m = re.search(r"\b(torchrun|python3?|uv run|bash)\b", line)
@@ -77,7 +79,7 @@ def dumped_switches(folder: Path, logs: list[str]) -> dict[str, str]:
                 inside = False
     if not seen:
         return {}
-    defaults = env_defaults_raw("\n".join(_read(p) for p in sorted(folder.glob("*.py"))))
+    defaults = env_defaults_raw("\n".join(read_text(p) for p in sorted(folder.glob("*.py"))))
     out: dict[str, str] = {}
     for name, values in seen.items():
         if len(values) != 1 or name in _IGNORED or name not in defaults:
@@ -90,11 +92,6 @@ def dumped_switches(folder: Path, logs: list[str]) -> dict[str, str]:
     return out
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")[:2_000_000]
-    except OSError:
-        return ""
 
 
 def _json_flags(path: Path) -> dict[str, str]:

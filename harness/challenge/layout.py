@@ -20,13 +20,16 @@ def record_folder_of(path: str) -> str | None:
     return None
 
 
+def read_text(path: Path, limit: int = 2_000_000) -> str:
+    """A submission's text file, undecodable bytes replaced, at most `limit` characters; "" when
+    it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[:limit]
+    except OSError:
+        return ""
+
+
 def run_instructions(base: Path, limit: int = 200_000) -> dict[str, str]:
     """The folder's README.md and shell scripts (top level): the commands that reproduce it."""
-    out: dict[str, str] = {}
-    for path in sorted(base.iterdir()):
-        if path.is_file() and not path.is_symlink() and (path.name.lower() == "readme.md" or path.suffix == ".sh"):
-            try:
-                out[path.name] = path.read_text(encoding="utf-8", errors="replace")[:limit]
-            except OSError:
-                continue
-    return out
+    return {path.name: read_text(path, limit) for path in sorted(base.iterdir())
+            if path.is_file() and not path.is_symlink() and (path.name.lower() == "readme.md" or path.suffix == ".sh")}

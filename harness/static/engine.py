@@ -92,14 +92,6 @@ _FIELDS: dict[type, tuple[str, ...]] = _ChildFields()
 _IS_NODE: dict[type, bool] = _NodeTypes()
 
 
-def _child_fields(cls: type) -> tuple[str, ...]:
-    return _FIELDS[cls]
-
-
-def _is_node_type(t: type) -> bool:
-    return _IS_NODE[t]
-
-
 def _push_children(n: cst.CSTNode, cls: type, push) -> None:
     """Push the child nodes of `n` (of type `cls`) for the stack walks below: fields in order,
     each list reversed. The one place a walk reads a node's children."""
@@ -122,12 +114,10 @@ def walk(node: cst.CSTNode):
     visitor machinery rebuilds nodes as it goes and costs several times more."""
     stack = [node]
     pop, push = stack.pop, stack.append
-    push_children = _push_children
     while stack:
         n = pop()
         yield n
-        cls = type(n)
-        push_children(n, cls, push)
+        _push_children(n, type(n), push)
 
 
 class _Collector:

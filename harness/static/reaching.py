@@ -78,7 +78,9 @@ class FlowTaint:
         """Definitions that hold validation data: start from none, add every definition that
         reads a seed or a name a tainted definition reaches, until nothing changes."""
         found: set[int] = set()
-        candidates = sorted({d.order: d for ds in self.defs.values() for d in ds}.values(), key=lambda d: d.order)
+        # only definitions of names that can be tainted at all matter (`tainted` answers the rest)
+        candidates = sorted({d.order: d for name, ds in self.defs.items() if name in self.fallback for d in ds}.values(),
+                            key=lambda d: d.order)
         changed = True
         while changed:
             changed = False

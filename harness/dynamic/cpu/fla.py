@@ -203,22 +203,20 @@ class FusedRMSNormGated(RMSNormGated):
         return super().forward(x, g)
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(RMSNormGated):
+    """fla's RMSNorm: the gated norm without a gate (and without a weight when not affine)."""
+
     def __init__(self, hidden_size, elementwise_affine=True, bias=False, eps=1e-5, device=None, dtype=None,
                  **_: Any):
-        super().__init__()
-        self.hidden_size, self.eps = hidden_size, eps
-        self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype)) if elementwise_affine \
-            else None
-        self.register_parameter("bias", None)
+        super().__init__(hidden_size, eps=eps, device=device, dtype=dtype)
+        self.hidden_size = hidden_size
+        if not elementwise_affine:
+            self.weight = None
 
     def forward(self, x, residual=None, prenorm=False, **_: Any):
         if residual is not None or prenorm:
             raise NotEmulated("fla RMSNorm with a residual is not emulated by golf-audit")
-        y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            y = y * self.weight.float()
-        return y.to(x.dtype)
+        return super().forward(x)
 
 
 # ---------------------------------------------------------------- layers

@@ -277,7 +277,8 @@ class RMSNormGated(nn.Module):
             x = x * F.silu(z.float())
         groups = x.unflatten(-1, (-1, self.group_size or x.shape[-1]))
         x = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        x = x * self.weight.float()
+        if self.weight is not None:
+            x = x * self.weight.float()
         if z is not None and self.norm_before_gate:
             x = x * F.silu(z.float())
         return x.to(dtype)

@@ -31,7 +31,7 @@ from harness.dynamic.run import sandbox
 from harness.dynamic.trace import reported as logparse
 from harness.dynamic.cpu import toy_env
 from harness.dynamic.trace.events import Reported, RunEnd, Trace
-from harness.challenge.layout import run_instructions
+from harness.challenge.layout import read_text, run_instructions
 from harness.challenge.shards import read_shard, write_shard
 from harness.challenge.token_bytes import byte_tables, per_token_bytes
 from harness.dynamic.cpu.packages import explain_missing
@@ -141,6 +141,7 @@ def _relocate(obj: Any, old: Path, new: Path) -> Any:
 
 
 # ---------------------------------------------------------------- entry script
+_MAIN_GUARD = re.compile(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.M)
 _README_CMD = re.compile(r"(?:torchrun|python3?)\b[^\n`]*?\s([\w./-]+\.py)\b")
 
 
@@ -162,18 +163,8 @@ def find_entry_script(folder: Path) -> Path | None:
                 return folder / name
     if len(cands) == 1:
         return cands[0]
-    mains = [p for p in sorted(folder.glob("*.py")) if p.is_file() and _MAIN_GUARD.search(_text(p))]
+    mains = [p for p in sorted(folder.glob("*.py")) if p.is_file() and _MAIN_GUARD.search(read_text(p))]
     return mains[0] if len(mains) == 1 else None
-
-
-_MAIN_GUARD = re.compile(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.M)
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------- the run
