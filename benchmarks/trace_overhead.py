@@ -1,12 +1,14 @@
 """Tracer overhead on a toy eval: wall time traced / untraced, printed as `ratio: X`.
 
     OMP_NUM_THREADS=1 python benchmarks/trace_overhead.py [--tokens 16384] [--repeats 3] [--ttt]
+        [--inner 3] [--no-malloc-pin] [--dynamo-guard]
 
 The eval is a sliding-window score of a random validation stream with the reference model at
 its toy preset (reference_model/; a small GPT defined here when it is missing). Each repeat
 runs the same eval untraced and traced, --inner times each, interleaved, and keeps each side's
 fastest run: on a shared 2-core machine the same untraced eval varies by up to 2x from run to
-run, and that noise only ever adds time. The reported ratio is the median over repeats (with
+run, and that noise only ever adds time. The process runs with glibc's allocator thresholds
+pinned (see _MALLOC_ENV), which removes a bimodal untraced time. The reported ratio is the median over repeats (with
 --inner 1, one run of each: the old measurement). --ttt adds a score-first TTT loop (score
 chunk, SGD on it) and prints `ratio_ttt: X` too: it measures the backward/optimizer path.
 
@@ -120,8 +122,18 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+# glibc's allocator moves its mmap threshold as large blocks are freed: the same untraced eval
+# then runs in either of two speeds (0.21 s or 0.29 s here), and which one depends on what ran
+# before it. Fixed thresholds keep every run of both sides in one allocator regime (glibc reads
+# them at process start, hence the re-exec).
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
 def main() -> int:
+    if any(k not in os.environ for k in _MALLOC_ENV) and "--no-malloc-pin" not in sys.argv:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC_ENV})
     ap = argparse.ArgumentParser()
+    ap.add_argument("--no-malloc-pin", action="store_true", help="keep glibc's adaptive allocator thresholds")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--inner", type=int, default=3, help="runs of each side per repeat; the fastest counts")

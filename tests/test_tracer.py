@@ -226,6 +226,30 @@ def test_b2_warmup_on_a_throwaway_copy_is_dead_but_on_the_scored_model_is_not(th
         assert findings, "leak undetected: warm-up steps on the model that is then scored"
 
 
+def test_b2_state_read_only_through_a_tensor_list_is_read():
+    """A bias trained on the first validation tokens and read by the eval only through
+    `torch.cat([a, b])` is live state: the tensors inside a list argument are inputs like any
+    other (they once were not, and the write looked dead)."""
+    from harness.core.registry import rule_by_name
+
+    val = val_tokens()
+    model = make_model()
+    with Tracer(cfg_for(val)) as tr:
+        val_t = load_val(val)
+        a, b = torch.nn.Parameter(torch.zeros(V // 2)), torch.nn.Parameter(torch.zeros(V - V // 2))
+        opt = torch.optim.SGD([a, b], lr=0.1)
+        x, y = val_t[:SEQ].unsqueeze(0), val_t[1:SEQ + 1].unsqueeze(0)
+        F.cross_entropy(model(x).reshape(-1, V) + torch.cat([a, b]), y.reshape(-1)).backward()
+        opt.step()
+        with torch.no_grad():
+            for ci in range((N - 1) // SEQ):
+                xs, ys = val_t[ci * SEQ:(ci + 1) * SEQ], val_t[ci * SEQ + 1:(ci + 1) * SEQ + 1]
+                float(F.cross_entropy(model(xs.unsqueeze(0)).reshape(-1, V) + torch.cat([a, b]), ys,
+                                      reduction="sum"))
+    findings = list(rule_by_name("val-data-in-training").judge(tr.trace()))
+    assert findings, "leak undetected: the trained bias is read through torch.cat"
+
+
 def test_b3_an_adapter_freed_after_its_ttt_eval_is_not_read_by_the_next_eval():
     """PR #826: a score-first TTT eval trains an adapter (its last chunk scored, no step after),
     returns and frees it; a base-model eval then scores the whole stream. That eval reads none

@@ -274,12 +274,54 @@ def pointwise_max(args: tuple, kwargs: dict, out: Tensor, map_of: MapOf) -> Tens
 
 
 # ---------------------------------------------------------------- positions <-> masks
+def contiguous_run(pos: np.ndarray) -> tuple[int, int] | None:
+    """(lo, hi) when the flat `pos` is exactly lo, lo+1, ..., hi with lo >= 0, else None. A
+    window's slice of a position or score map is such a run, and its set needs no sort."""
+    n = pos.size
+    if n == 0:
+        return None
+    lo, hi = int(pos[0]), int(pos[-1])
+    if lo < 0 or hi - lo + 1 != n or (n > 2 and not (pos[1:] - pos[:-1] == 1).all()):
+        return None
+    return lo, hi
+
+
+def _dense_bits(pos: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(one byte per position from lo, lo) for non-negative `pos` whose span is not much
+    larger than its size (overlapping windows, a batch): a set without a sort. None if sparse."""
+    lo, hi = int(pos.min()), int(pos.max())
+    if hi - lo >= 16 * pos.size + 4096:
+        return None
+    bits = np.zeros(hi - lo + 1, dtype=np.uint8)
+    bits[pos - lo] = 1
+    return bits, lo
+
+
+def ranges_of_positions(pos: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open ranges of the set of non-negative entries of `pos` (any order, repeats)."""
+    pos = np.asarray(pos).ravel()
+    run = contiguous_run(pos)
+    if run is not None:
+        return [(run[0], run[1] + 1)]
+    pos = pos[pos >= 0]
+    if pos.size == 0:
+        return []
+    dense = _dense_bits(pos)
+    return ranges_from_sorted(np.flatnonzero(dense[0]) + dense[1] if dense is not None else np.unique(pos))
+
+
 def mask_from_positions(pos: np.ndarray) -> int:
     """Python-int bitmask of the non-negative entries of `pos`."""
     pos = np.asarray(pos).ravel()
+    run = contiguous_run(pos)
+    if run is not None:
+        return ((1 << (run[1] - run[0] + 1)) - 1) << run[0]
     pos = pos[pos >= 0]
     if pos.size == 0:
         return 0
+    dense = _dense_bits(pos)
+    if dense is not None:
+        return int.from_bytes(np.packbits(dense[0], bitorder="little").tobytes(), "little") << dense[1]
     u = np.unique(pos)
     if u.size == 1:
         return 1 << int(u[0])
@@ -301,6 +343,10 @@ def positions_from_mask(mask: int) -> np.ndarray:
     """Sorted int64 positions of the set bits of `mask`."""
     if mask <= 0:
         return np.zeros(0, dtype=np.int64)
+    low = mask & -mask
+    if not (mask + low) & mask:  # one run of set bits (a window, a chunk): no unpacking
+        lo = low.bit_length() - 1
+        return np.arange(lo, mask.bit_length(), dtype=np.int64)
     nbytes = (mask.bit_length() + 7) // 8
     bits = np.unpackbits(np.frombuffer(mask.to_bytes(nbytes, "little"), dtype=np.uint8), bitorder="little")
     return np.nonzero(bits)[0].astype(np.int64)

@@ -18,14 +18,31 @@ import torch
 # are built on it) but it lives in a private module.
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: F401
 
-__all__ = ["TorchDispatchMode", "in_backward", "storage_of", "storage_nelems", "mutated_args",
-           "is_pointwise", "dispatch_mode_stack", "op_name", "hook_is_registered"]
+__all__ = ["TorchDispatchMode", "in_backward", "op_callable", "takes_tensor_list", "storage_of", "storage_nelems",
+           "mutated_args", "is_pointwise", "dispatch_mode_stack", "op_name", "hook_is_registered"]
 
 
 def in_backward() -> bool:
     """True while the autograd engine runs a backward node on this thread (the op being
     dispatched computes a gradient)."""
     return torch._C._current_autograd_node() is not None
+
+
+def op_callable(func: Any) -> Any:
+    """What runs `func`: a plain OpOverload's C++ entry point (its `__call__` is a Python frame
+    that only calls `_op`: ~0.2 us an op under a dispatch mode), else the op itself."""
+    op = getattr(func, "_op", None)
+    if op is not None and type(func).__call__ is torch._ops.OpOverload.__call__:
+        return op
+    return func
+
+
+def takes_tensor_list(func: Any) -> bool:
+    """Does the op's schema take a list of tensors (cat, stack, index, the foreach ops)?"""
+    try:
+        return any(isinstance(a.type, torch.ListType) and "Tensor" in str(a.type) for a in func._schema.arguments)
+    except AttributeError:  # not an OpOverload
+        return False
 
 
 def storage_of(t: torch.Tensor) -> Any:

@@ -95,8 +95,7 @@ class DataLoadingMixin:
         info.pmap = P.new_flat(t, C.storage_nelems(t), torch.from_numpy(pos.reshape(tuple(t.shape))))
         info.itemsize = t.element_size()
         info.gen += 1
-        valid = pos[pos >= 0]
-        self._emit(ValLoaded, positions=P.ranges_from_sorted(np.unique(valid)), how="content-match",
+        self._emit(ValLoaded, positions=P.ranges_of_positions(pos), how="content-match",
                    frame=frame)
 
     # -- ops with no tagged input that still matter: data entering torch, softmax outputs

@@ -193,8 +193,7 @@ class LossMixin:
             self._check_param_swaps()
         with self._lock:
             frame = self._frame_deep()
-            valid = pos[pos >= 0]
-            ev = self._emit(LossComputed, loss_op=len(self.loss_ops), positions=P.ranges_from_sorted(np.unique(valid)),
+            ev = self._emit(LossComputed, loss_op=len(self.loss_ops), positions=P.ranges_of_positions(pos),
                             grad_enabled=grad_enabled, frame=frame)
             op = LossOp(id=len(self.loss_ops), base=self._next_score_id, n=int(pos.size), positions=pos,
                         nll=nll, grad_enabled=grad_enabled, seq=ev.seq, frame=frame)
@@ -246,5 +245,5 @@ class LossMixin:
             if site in self._target_read_sites:
                 continue
             self._target_read_sites.add(site)
-            self._emit(TargetRead, positions=P.ranges_from_sorted(np.unique(pos[same])), frame=frame,
+            self._emit(TargetRead, positions=P.ranges_of_positions(pos[same]), frame=frame,
                        loss_frame=loss_frame)

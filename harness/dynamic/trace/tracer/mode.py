@@ -42,6 +42,10 @@ def needs_decompose(infos: dict, func, args, kwargs) -> bool:
     return False
 
 
+def _flat(args: tuple) -> list:
+    return [b for a in args for b in (a if type(a) in (list, tuple) else (a,))]
+
+
 def _dispatch(self, func, types, args=(), kwargs=None):
     """`__torch_dispatch__` of both mode classes (one body; a class attribute, so no extra call)."""
     if kwargs is None:
@@ -58,7 +62,7 @@ def _dispatch(self, func, types, args=(), kwargs=None):
             out = C.decompose(func, args, kwargs)
         if out is not NotImplemented:
             return out
-    out = func(*args, **kwargs)
+    out = facts[4](*args, **kwargs)
     plan = facts[3]
     if (plan.is_view or plan.skip) and facts[2] is None:
         # a third of a step's ops are views (t, view, detach, slice...): they share their input's
@@ -73,7 +77,8 @@ def _dispatch(self, func, types, args=(), kwargs=None):
     grad = False
     in_ids = []
     try:
-        for a in args:
+        # the tensors of a tensor list (cat, stack, index) are arguments like any other
+        for a in (_flat(args) if facts[5] else args):
             if isinstance(a, Tensor):
                 k = id(a.untyped_storage())
                 in_ids.append(k)
@@ -90,7 +95,7 @@ def _dispatch(self, func, types, args=(), kwargs=None):
                     if m and m is not mask:
                         mask = m if not mask else (mask | m)
                     grad = grad or i.grad
-            elif type(a) in (list, tuple):
+            elif type(a) in (list, tuple):  # not in the schema's tensor lists: the slow path looks
                 for b in a:
                     if isinstance(b, Tensor) and id(b.untyped_storage()) in infos:
                         hit = rich = True
@@ -109,17 +114,24 @@ def _dispatch(self, func, types, args=(), kwargs=None):
             return out
         if plan.skip or plan.is_view:
             return out  # a view with a special handler (lift_fresh) whose input already carries provenance
-        if plan.simple and not rich and isinstance(out, Tensor):
-            # the bulk of traced ops: activations, logits, grads -- a mask union
-            k = id(out.untyped_storage())
-            if k in in_ids:
+        if plan.simple and not rich:
+            # the bulk of traced ops: activations, logits, grads -- a mask union on each new output
+            # (an attention's (out, logsumexp) as well); an output that is an input has it already
+            if isinstance(out, Tensor):
+                outs = (out,)
+            elif type(out) in (tuple, list):
+                outs = out
+            else:
+                tr._on_op(func, args, kwargs, out, plan)
                 return out
             grad = grad or C.in_backward()
             if (mask or grad) and not tr.scores_only:
-                info = tr._info_for(out, create=True)
-                info.mask = mask
-                info.grad = grad
-                info.gen += 1
+                for o in outs:
+                    if isinstance(o, Tensor) and id(o.untyped_storage()) not in in_ids:
+                        info = tr._info_for(o, create=True)
+                        info.mask = mask
+                        info.grad = grad
+                        info.gen += 1
             return out
         tr._on_op(func, args, kwargs, out, plan)
     except Exception as exc:  # a tracer bug must not change what the submission computes
@@ -133,8 +145,9 @@ class TracerMode(C.TorchDispatchMode):
     def __init__(self, tracer: Tracer):
         super().__init__()
         self.tracer = tracer
-        # id(op) -> (op, composite?, the tracer's special handler or None, its OpPlan): OpOverload.__hash__
-        # is Python code, and the composite / special / plan lookups hashed each op ~2 times
+        # id(op) -> (op, composite?, the tracer's special handler or None, its OpPlan, what runs it,
+        # takes a tensor list?):
+        # OpOverload.__hash__ is Python code, and the composite / special / plan lookups hashed each op ~2 times
         # (~30k Python calls per toy TTT run); an int key hashes in C. The op is kept in the
         # value and compared, so an id reused by another object is never taken for it.
         self._ops: dict[int, tuple] = {}
@@ -143,7 +156,8 @@ class TracerMode(C.TorchDispatchMode):
         comp = _COMPOSITE.get(func)
         if comp is None:
             comp = _COMPOSITE[func] = C.is_composite_implicit(func)
-        facts = self._ops[id(func)] = (func, comp, self.tracer.special.get(func), self.tracer._plan(func))
+        facts = self._ops[id(func)] = (func, comp, self.tracer.special.get(func), self.tracer._plan(func),
+                                       C.op_callable(func), C.takes_tensor_list(func))
         return facts
 
     __torch_dispatch__ = _dispatch  # torch wraps it in torch._dynamo.disable (see EagerTracerMode)

@@ -28,7 +28,8 @@ def make_plan(func) -> OpPlan:
         is_view = bool(func.is_view) and not (mut_pos or mut_kw)
     except AttributeError:
         is_view = False
+    # a mark transform (clone, neg, exp...) of unmarked inputs is a mask union: marked inputs are
+    # not coarse, so they still take the slow path
     simple = (not (mut_pos or mut_kw) and rule.kind not in ("loss",) and name not in P.LOOKUP_LOSS_OPS
-              and name not in P.HOST_READ_OPS and name not in P.MARK_PRODUCERS
-              and name not in P.MARK_TRANSFORMS)
+              and name not in P.HOST_READ_OPS and name not in P.MARK_PRODUCERS)
     return OpPlan(skip, name, rule, mut_pos, mut_kw, is_view, simple)

@@ -50,16 +50,22 @@ class SinkMixin:
                 continue
             if frame is None:
                 frame = self.frames.find(3)
+            sink_seq = next(self._seq) * SEQ_STRIDE
+            run = P.contiguous_run(pos)
+            if run is not None:  # ascending and distinct (a window's scores): one event, as it is
+                self._emit(Scored, seq=self._score_seq(op), loss_op=op.id, positions=[(run[0], run[1] + 1)],
+                           nll=op.nll[idx].tolist(), sink=sink, grad_enabled=op.grad_enabled, frame=frame,
+                           sink_seq=sink_seq)
+                continue
             order = np.argsort(pos, kind="stable")
             idx, pos = idx[order], pos[order]
-            sink_seq = next(self._seq) * SEQ_STRIDE
             # split repeated positions into successive events
             while idx.size:
                 first = np.ones(pos.size, dtype=bool)
                 first[1:] = pos[1:] != pos[:-1]
                 self._emit(Scored, seq=self._score_seq(op), loss_op=op.id,
                            positions=P.ranges_from_sorted(pos[first]),
-                           nll=[float(x) for x in op.nll[idx[first]]], sink=sink,
+                           nll=op.nll[idx[first]].tolist(), sink=sink,
                            grad_enabled=op.grad_enabled, frame=frame, sink_seq=sink_seq)
                 idx, pos = idx[~first], pos[~first]
 

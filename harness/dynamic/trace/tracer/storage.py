@@ -127,6 +127,13 @@ class StorageMixin:
         return out
 
     def _group_ids(self, ids: np.ndarray) -> dict[int, int]:
+        run = P.contiguous_run(ids)
+        if run is not None:
+            # the common case, a slice of one loss op's scores: no sort, one mask
+            k = int(np.searchsorted(self._loss_bases, run[0], "right")) - 1
+            op = self.loss_ops[k]
+            if run[1] < op.base + max(op.n, 1):
+                return {op.id: ((1 << (run[1] - run[0] + 1)) - 1) << (run[0] - op.base)}
         ids = np.unique(ids)
         which = np.searchsorted(self._loss_bases, ids, "right") - 1
         out: dict[int, int] = {}
