@@ -1,4 +1,4 @@
-"""Static audit time / bare `libcst.parse_module` time, median of several runs, in one process.
+"""Static audit time / bare `libcst.parse_module` time, median over interleaved runs, in one process.
 
     python benchmarks/static_speed.py [SCRIPT ...]
 
@@ -22,24 +22,27 @@ from harness.static.audit import audit_source  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
-def measure(path: Path, runs: int = 5) -> float:
+def measure(path: Path, runs: int = 7) -> float:
+    """Parse and audit run in turn, `runs` times each: this machine's speed drifts by up to 2x
+    within a minute, and a drift between two blocks of runs moved the ratio by 0.2. The ratio
+    is the median of the pairs' ratios."""
     source = path.read_text(encoding="utf-8")
     audit_source(source, path.name)  # warm imports and the rule registry
-    parse = median_time(lambda: libcst.parse_module(source), runs)
-    audit = median_time(lambda: audit_source(source, path.name), runs)
+    pairs = [(timed(lambda: libcst.parse_module(source)), timed(lambda: audit_source(source, path.name)))
+             for _ in range(runs)]
+    parse = statistics.median(p for p, _ in pairs)
+    audit = statistics.median(a for _, a in pairs)
+    ratio = statistics.median(a / p for p, a in pairs)
     lines = source.count("\n") + 1
-    print(f"{path} ({lines} lines): parse {parse:.3f}s, full audit {audit:.3f}s")
-    print(f"ratio: {audit / parse:.2f}")
-    return audit / parse
+    print(f"{path} ({lines} lines): parse {parse:.3f}s, full audit {audit:.3f}s (medians of {runs})")
+    print(f"ratio: {ratio:.2f}")
+    return ratio
 
 
 def main(argv: list[str]) -> int:

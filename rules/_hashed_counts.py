@@ -58,6 +58,7 @@ class Defs:
         self._anc: dict[str, frozenset] = {}
         self._hashed: dict[str, object] = {}
         self._values: dict[int, frozenset] = {}  # id(node) -> value_names: the tree outlives this object
+        self._table_reads: dict[int, tuple] = {}  # id(node) -> _reads: each ratio walks the same definitions
 
     @classmethod
     def of(cls, ctx: ModuleContext, fn, follow_helpers: bool = True) -> "Defs":
@@ -157,6 +158,12 @@ class Defs:
 
     def _reads(self, value) -> list:
         """(table, key) of the table reads in an expression: `t[key]`, `t[i][key]`, `t.get(key)`."""
+        hit = self._table_reads.get(id(value))
+        if hit is None:
+            hit = self._table_reads[id(value)] = tuple(self._walk_reads(value))
+        return list(hit)
+
+    def _walk_reads(self, value) -> list:
         out = []
         for sub in walk(value):  # type identity, not isinstance: see harness/static/engine.py
             t = type(sub)
