@@ -466,6 +466,38 @@ def test_written_hyperparameters_are_shrunk_on_their_own_lines():
                                     "    n_embd: int = 64", "BLOCK_SIZE = 64"]
 
 
+# PR #1545's shape: the model's sizes are returned by functions of a configs.py the entry imports
+CONFIGS = '''def model_a() -> dict:
+    return dict(arch_name="A", num_gdn_layers=10, model_dim=512, num_heads=8, mlp_mult=3.0)
+
+
+SMALL = {"mlp_hidden": 128, "vocab_size": 8192, "lr": 0.02, 3: 512, "val_batch_size": 32}
+'''
+
+
+def test_sizes_in_config_dicts_are_shrunk_in_the_imported_module(tmp_path, toy_data):
+    from harness.dynamic.cpu import toy_env
+
+    new, notes = toy_env.shrink_literals(CONFIGS, where="configs.py")
+    assert new.splitlines()[1] == ('    return dict(arch_name="A", num_gdn_layers=10, model_dim=64, num_heads=4, '
+                                   'mlp_mult=3.0)')
+    # already small, not a knob, not a name, or made larger by the profile (in a dict, only ever smaller)
+    assert new.splitlines()[4] == ('SMALL = {"mlp_hidden": 128, "vocab_size": 1024, "lr": 0.02, 3: 512, '
+                                   '"val_batch_size": 32}')
+    assert "model_dim = 512 written in configs.py (line 2), run with 64" in " ".join(notes) and len(notes) == 3
+    assert toy_env.imported_modules("import configs\nfrom .arch import Net\nimport torch.nn as nn\n") == \
+        {"configs", "arch", "torch"}
+
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    (folder / "configs.py").write_text(CONFIGS)
+    (folder / "train_gpt.py").write_text("from configs import model_a\nprint('dim', model_a()['model_dim'])\n")
+    r = runner.run_submission(folder, env={}, toy_data=toy_data, trace=False, timeout_s=60)
+    assert r.error is None and "dim 64" in r.stdout, r.stderr[-1000:]
+    assert any("written in configs.py (line 2)" in n for n in r.notes)
+    assert (folder / "configs.py").read_text() == CONFIGS  # the folder itself is never edited
+
+
 def test_a_run_that_fails_with_written_hyperparameters_shrunk_is_rerun_as_written(tmp_path, toy_data):
     folder = tmp_path / "sub"
     folder.mkdir()

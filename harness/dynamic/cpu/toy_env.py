@@ -345,15 +345,17 @@ def _nanogpt_names(opts: ToyOptions) -> dict[str, str | Callable[[float | None],
             "BLOCK_SIZE": _clamp(opts.seq_len)}
 
 
-def shrink_literals(source: str, opts: ToyOptions | None = None) -> tuple[str, list[str]]:
+def shrink_literals(source: str, opts: ToyOptions | None = None, where: str = "the script") -> tuple[str, list[str]]:
     """(source, notes): the profile applied to hyperparameters the script writes as numbers
     instead of reading them from the environment (`model_dim = 512` in a `Hyperparameters`
-    class body, `NUM_LAYERS = 11` at module level). A script like that (PR #961) otherwise runs
-    its full-size model at "toy" scale: 27M parameters, minutes per run. A knob is rewritten
-    when its upper-cased name is in the profile and the script reads no environment variable of
-    that name; the number is replaced where it stands, so every line keeps its number and the
-    trace's lines are the folder's. Same rules as an env default: a clamp shrinks only a larger
-    value. Unparsable source comes back unchanged."""
+    class body, `NUM_LAYERS = 11` at module level; `model_dim=512` in a `dict(...)` or
+    `{"model_dim": 512}` config as a configs.py returns them, PR #1545, there only made smaller).
+    A script like that (PR #961) otherwise runs its full-size model at "toy" scale: 27M
+    parameters, minutes per run. A knob is rewritten when its upper-cased name is in the profile and the script reads no
+    environment variable of that name; the number is replaced where it stands, so every line
+    keeps its number and the trace's lines are the folder's. Same rules as an env default: a
+    clamp shrinks only a larger value. `where` names the file in the notes. Unparsable source
+    comes back unchanged."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
@@ -362,32 +364,59 @@ def shrink_literals(source: str, opts: ToyOptions | None = None) -> tuple[str, l
     rules = {**profile(opts), **_nanogpt_names(opts)}
     reads = env_reads(source)
     lines = source.splitlines(keepends=True)
-    edits: list[tuple[int, int, int, str, str, str]] = []  # (line, start col, end col, name, old, new)
-    bodies = [tree.body] + [n.body for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
-    for body in bodies:
+    edits: dict[tuple[int, int], tuple[int, str, str, str]] = {}  # (line, start col) -> (end col, name, old, new)
+
+    def consider(name: str, value: ast.expr, only_smaller: bool = False) -> None:
+        if not (isinstance(value, ast.Constant) and type(value.value) in (int, float)
+                and value.lineno == value.end_lineno):
+            return
+        rule = rules.get(name.upper())
+        if rule is None or name.upper() in reads:
+            return
+        new = rule(float(value.value)) if callable(rule) else rule
+        number = _default_number(new)  # None for a non-number (a layer list): left as written
+        if number is None or number == float(value.value) or (only_smaller and number > float(value.value)):
+            return
+        old = lines[value.lineno - 1].encode("utf-8")[value.col_offset:value.end_col_offset].decode("utf-8")
+        edits[(value.lineno, value.col_offset)] = (value.end_col_offset, name, old, new)
+
+    for body in [tree.body] + [n.body for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
         for st in body:
-            if isinstance(st, ast.Assign) and len(st.targets) == 1:
-                target, value = st.targets[0], st.value
-            elif isinstance(st, ast.AnnAssign) and st.value is not None:
-                target, value = st.target, st.value
-            else:
-                continue
-            if not (isinstance(target, ast.Name) and isinstance(value, ast.Constant)
-                    and type(value.value) in (int, float) and value.lineno == value.end_lineno):
-                continue
-            name = target.id.upper()
-            rule = rules.get(name)
-            if rule is None or name in reads:
-                continue
-            new = rule(float(value.value)) if callable(rule) else rule
-            number = _default_number(new)  # None for a non-number (a layer list): left as written
-            if number is None or number == float(value.value):
-                continue
-            old = lines[value.lineno - 1].encode("utf-8")[value.col_offset:value.end_col_offset].decode("utf-8")
-            edits.append((value.lineno, value.col_offset, value.end_col_offset, target.id, old, new))
+            if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name):
+                consider(st.targets[0].id, st.value)
+            elif isinstance(st, ast.AnnAssign) and st.value is not None and isinstance(st.target, ast.Name):
+                consider(st.target.id, st.value)
+    # config dicts, dict(model_dim=512, ...) and {"model_dim": 512, ...}: only ever made smaller. A
+    # dict key is a weaker sign of the profile's knob than a hyperparameter's name (PR #2070's
+    # "val_batch_size": 32 counts sequences; the profile's VAL_BATCH_SIZE counts tokens)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+            for kw in node.keywords:
+                if kw.arg:
+                    consider(kw.arg, kw.value, only_smaller=True)
+        elif isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and isinstance(k.value, str) and k.value.isidentifier():
+                    consider(k.value, v, only_smaller=True)
     notes = []
-    for line, start, end, name, old, new in sorted(edits, key=lambda e: (e[0], -e[1])):
+    for (line, start), (end, name, old, new) in sorted(edits.items(), key=lambda e: (e[0][0], -e[0][1])):
         raw = lines[line - 1].encode("utf-8")
         lines[line - 1] = (raw[:start] + new.encode("utf-8") + raw[end:]).decode("utf-8")
-        notes.append(f"{LITERAL_NOTE} {name} = {old} written in the script (line {line}), run with {new}")
+        notes.append(f"{LITERAL_NOTE} {name} = {old} written in {where} (line {line}), run with {new}")
     return "".join(lines), notes
+
+
+def imported_modules(source: str) -> set[str]:
+    """Top-level names of the modules `source` imports (`import configs`, `from configs import
+    get_config`, `from .configs import x`): where a folder's own modules are found."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level <= 1:
+            out.add(node.module.split(".")[0])
+    return out

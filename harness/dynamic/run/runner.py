@@ -298,16 +298,25 @@ LITERALS_RERUN_NOTE = "toy scale (literal): the run failed with the script's wri
 
 
 def _shrink_script_literals(script: Path, toy_options: toy_env.ToyOptions | None, notes: list[str]) -> None:
-    """Apply the toy profile to hyperparameters the entry script writes as numbers (in the
-    scratch copy, line numbers kept: toy_env.shrink_literals)."""
-    try:
-        text = script.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return
-    new, lit_notes = toy_env.shrink_literals(text, toy_options)
-    if lit_notes:
-        script.write_text(new, encoding="utf-8")
-        notes.extend(lit_notes)
+    """Apply the toy profile to hyperparameters written as numbers in the entry script and in
+    the folder's modules it imports, transitively (a configs.py of model dicts: PR #1545), in
+    the scratch copy, line numbers kept (toy_env.shrink_literals)."""
+    todo, seen = [script], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        new, lit_notes = toy_env.shrink_literals(text, toy_options, "the script" if path == script else path.name)
+        if lit_notes:
+            path.write_text(new, encoding="utf-8")
+            notes.extend(lit_notes)
+        todo.extend(p for p in (script.parent / f"{m}.py" for m in sorted(toy_env.imported_modules(text)))
+                    if p.is_file())
 
 
 def _retry_with_written_literals(run_once):

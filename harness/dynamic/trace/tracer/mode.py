@@ -146,10 +146,10 @@ class TracerMode(C.TorchDispatchMode):
         super().__init__()
         self.tracer = tracer
         # id(op) -> (op, composite?, the tracer's special handler or None, its OpPlan, what runs it,
-        # takes a tensor list?):
-        # OpOverload.__hash__ is Python code, and the composite / special / plan lookups hashed each op ~2 times
-        # (~30k Python calls per toy TTT run); an int key hashes in C. The op is kept in the
-        # value and compared, so an id reused by another object is never taken for it.
+        # does it take a tensor list?). OpOverload.__hash__ is Python code, and the composite /
+        # special / plan lookups hashed each op ~2 times (~30k Python calls per toy TTT run); an
+        # int key hashes in C. The op is kept in the value and compared, so an id reused by
+        # another object is never taken for it.
         self._ops: dict[int, tuple] = {}
 
     def _op_facts(self, func) -> tuple:
