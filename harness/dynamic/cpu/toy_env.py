@@ -337,12 +337,34 @@ def toy_env(folder: Path, *, data_path: str, tokenizer_path: str, run_id: str = 
 LITERAL_NOTE = "toy scale (literal):"
 
 
-def _nanogpt_names(opts: ToyOptions) -> dict[str, str | Callable[[float | None], str | None]]:
-    """nanoGPT's config fields (`n_layer`, `n_embd`, `n_head`, `block_size` in a `GPTConfig`
-    dataclass), written as numbers by the scripts built on it (PRs #181, #875): the same toy shape
-    as the profile's knobs. `block_size` only shrinks (a kernel's BLOCK_SIZE = 64 stays)."""
-    return {"N_LAYER": str(opts.num_layers), "N_EMBD": str(opts.model_dim), "N_HEAD": "4",
-            "BLOCK_SIZE": _clamp(opts.seq_len)}
+def _written_names(opts: ToyOptions) -> dict[str, str | Callable[[float | None], str | None]]:
+    """Other spellings of the profile's shape for sizes written as numbers: nanoGPT's config
+    fields (`n_layer`, `n_embd`, `n_head`, `block_size` in a `GPTConfig` dataclass: PRs #181,
+    #875) and the width / context names of scripts written from scratch (`emb_dim`, `d_model`,
+    `max_context`: PR #2070). The widths and contexts only shrink (a kernel's BLOCK_SIZE = 64
+    stays)."""
+    S, D = opts.seq_len, opts.model_dim
+    return {"N_LAYER": str(opts.num_layers), "N_EMBD": str(D), "N_HEAD": "4", "BLOCK_SIZE": _clamp(S),
+            "EMB_DIM": _clamp(D), "D_MODEL": _clamp(D),
+            "MAX_CONTEXT": _clamp(S), "MAX_SEQ_LEN": _clamp(S), "CONTEXT_LENGTH": _clamp(S)}
+
+
+_ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+          ast.FloorDiv: lambda a, b: a // b, ast.Pow: lambda a, b: a ** b}
+
+
+def _number(node: ast.expr) -> float | None:
+    """The value of a number written as a literal or as arithmetic on literals (`1024 * 8`),
+    else None."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+        a, b = _number(node.left), _number(node.right)
+        if a is None or b is None or (type(node.op) is ast.Pow and abs(b) > 64) or \
+                (type(node.op) is ast.FloorDiv and b == 0):
+            return None
+        return float(_ARITH[type(node.op)](a, b))
+    return None
 
 
 def shrink_literals(source: str, opts: ToyOptions | None = None, where: str = "the script") -> tuple[str, list[str]]:
@@ -361,21 +383,21 @@ def shrink_literals(source: str, opts: ToyOptions | None = None, where: str = "t
     except (SyntaxError, ValueError):
         return source, []
     opts = opts or ToyOptions()
-    rules = {**profile(opts), **_nanogpt_names(opts)}
+    rules = {**profile(opts), **_written_names(opts)}
     reads = env_reads(source)
     lines = source.splitlines(keepends=True)
     edits: dict[tuple[int, int], tuple[int, str, str, str]] = {}  # (line, start col) -> (end col, name, old, new)
 
     def consider(name: str, value: ast.expr, only_smaller: bool = False) -> None:
-        if not (isinstance(value, ast.Constant) and type(value.value) in (int, float)
-                and value.lineno == value.end_lineno):
+        written = _number(value)
+        if written is None or value.lineno != value.end_lineno:
             return
         rule = rules.get(name.upper())
         if rule is None or name.upper() in reads:
             return
-        new = rule(float(value.value)) if callable(rule) else rule
+        new = rule(written) if callable(rule) else rule
         number = _default_number(new)  # None for a non-number (a layer list): left as written
-        if number is None or number == float(value.value) or (only_smaller and number > float(value.value)):
+        if number is None or number == written or (only_smaller and number > written):
             return
         old = lines[value.lineno - 1].encode("utf-8")[value.col_offset:value.end_col_offset].decode("utf-8")
         edits[(value.lineno, value.col_offset)] = (value.end_col_offset, name, old, new)
