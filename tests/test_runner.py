@@ -465,8 +465,10 @@ def test_written_hyperparameters_are_shrunk_on_their_own_lines():
     assert new.splitlines()[1:] == ["    block_size: int = 128", "    n_layer: int = 2", "    n_head: int = 4",
                                     "    n_embd: int = 64", "BLOCK_SIZE = 64"]
     # a script written from scratch (PR #2070): its own names, a size written as arithmetic
-    new, notes = toy_env.shrink_literals("emb_dim = 512\nmax_context = 1024 * 8  # tokens\nd_model = 32\n")
-    assert new == "emb_dim = 64\nmax_context = 128  # tokens\nd_model = 32\n"
+    new, notes = toy_env.shrink_literals("emb_dim = 512\nmax_context = 1024 * 8  # tokens\nd_model = 32\n"
+                                         "max_steps = 340000\nconf = {'max_time': 10*60}\n")
+    assert new == ("emb_dim = 64\nmax_context = 128  # tokens\nd_model = 32\nmax_steps = 3\n"
+                   "conf = {'max_time': 120}\n")
     assert "max_context = 1024 * 8 written in the script (line 2), run with 128" in notes[1]
 
 

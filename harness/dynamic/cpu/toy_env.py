@@ -340,13 +340,16 @@ LITERAL_NOTE = "toy scale (literal):"
 def _written_names(opts: ToyOptions) -> dict[str, str | Callable[[float | None], str | None]]:
     """Other spellings of the profile's shape for sizes written as numbers: nanoGPT's config
     fields (`n_layer`, `n_embd`, `n_head`, `block_size` in a `GPTConfig` dataclass: PRs #181,
-    #875) and the width / context names of scripts written from scratch (`emb_dim`, `d_model`,
-    `max_context`: PR #2070). The widths and contexts only shrink (a kernel's BLOCK_SIZE = 64
-    stays)."""
-    S, D = opts.seq_len, opts.model_dim
+    #875) and the width / context / length names of scripts written from scratch (`emb_dim`,
+    `d_model`, `max_context`, `max_steps`, `max_time`: PR #2070). These only shrink (a kernel's
+    BLOCK_SIZE = 64 stays)."""
+    S, D, steps = opts.seq_len, opts.model_dim, opts.iterations
     return {"N_LAYER": str(opts.num_layers), "N_EMBD": str(D), "N_HEAD": "4", "BLOCK_SIZE": _clamp(S),
             "EMB_DIM": _clamp(D), "D_MODEL": _clamp(D),
-            "MAX_CONTEXT": _clamp(S), "MAX_SEQ_LEN": _clamp(S), "CONTEXT_LENGTH": _clamp(S)}
+            "MAX_CONTEXT": _clamp(S), "MAX_SEQ_LEN": _clamp(S), "CONTEXT_LENGTH": _clamp(S),
+            # training length: a loop over `range(max_steps)` left at a wall-clock budget (#2070)
+            "MAX_STEPS": _clamp(steps), "MAX_ITERS": _clamp(steps), "NUM_STEPS": _clamp(steps),
+            "TRAIN_STEPS": _clamp(steps), "MAX_TIME": _clamp(120)}
 
 
 _ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
