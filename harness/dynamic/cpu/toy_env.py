@@ -150,15 +150,23 @@ def _const_eval(node: ast.AST, aliases: dict[str, str]):
 # The probes prepare their runs in threads; CPython 3.11's ast.parse keeps its recursion-depth
 # bookkeeping per interpreter, and two threads parsing at once can raise "SystemError: AST
 # constructor recursion depth mismatch" (seen in the suite on the opaque_hash_key evasion).
+# Every parse here goes through _parse.
 _AST_LOCK = threading.Lock()
+
+
+def _parse(source: str) -> ast.Module | None:
+    """The source's ast, parsed under _AST_LOCK; None when it does not parse."""
+    try:
+        with _AST_LOCK:
+            return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
 
 
 def unpack_payloads(source: str) -> list[str]:
     """Sources packed one layer deep as exec(<decoder chain>(literal)); [] when none."""
-    try:
-        with _AST_LOCK:
-            tree = ast.parse(source)
-    except SyntaxError:
+    tree = _parse(source)
+    if tree is None:
         return []
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
@@ -381,9 +389,8 @@ def shrink_literals(source: str, opts: ToyOptions | None = None, where: str = "t
     keeps its number and the trace's lines are the folder's. Same rules as an env default: a
     clamp shrinks only a larger value. `where` names the file in the notes. Unparsable source
     comes back unchanged."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    tree = _parse(source)
+    if tree is None:
         return source, []
     opts = opts or ToyOptions()
     rules = {**profile(opts), **_written_names(opts)}
@@ -434,9 +441,8 @@ def shrink_literals(source: str, opts: ToyOptions | None = None, where: str = "t
 def imported_modules(source: str) -> set[str]:
     """Top-level names of the modules `source` imports (`import configs`, `from configs import
     get_config`, `from .configs import x`): where a folder's own modules are found."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    tree = _parse(source)
+    if tree is None:
         return set()
     out: set[str] = set()
     for node in ast.walk(tree):
