@@ -156,12 +156,12 @@ class Defs:
             self.hashed_def(r) is not None for st in self.defs.get(name, ()) for r in self.value_reads[id(st)]
             if r != name)
 
-    def _reads(self, value) -> list:
+    def _reads(self, value) -> tuple:
         """(table, key) of the table reads in an expression: `t[key]`, `t[i][key]`, `t.get(key)`."""
         hit = self._table_reads.get(id(value))
         if hit is None:
             hit = self._table_reads[id(value)] = tuple(self._walk_reads(value))
-        return list(hit)
+        return hit
 
     def _walk_reads(self, value) -> list:
         out = []
@@ -253,8 +253,8 @@ class Defs:
 
             def rank(item):  # a hashed context key first, then a key read from a table, then the rest
                 dk = item[1]
-                return (not self.keyish(dk), not any(self._reads(getattr(d.node, "value", None) or cst.Name("_"))
-                                                     for d in self.defs.get(dk, ())))
+                return (not self.keyish(dk), not any(self._reads(d.node.value) for d in self.defs.get(dk, ())
+                                                     if getattr(d.node, "value", None) is not None))
             for dt, dk, dst in sorted(den, key=rank):
                 if dt == nt or dk == nk:
                     continue

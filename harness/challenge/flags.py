@@ -92,8 +92,6 @@ def dumped_switches(folder: Path, logs: list[str]) -> dict[str, str]:
     return out
 
 
-
-
 def _json_flags(path: Path) -> dict[str, str]:
     """`"env": {"TTT_ENABLED": "1"}` (or `env_vars`, `environment`) and command-line strings
     (`"command": "TTT_ENABLED=1 torchrun ..."`) in submission.json."""

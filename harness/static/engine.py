@@ -92,11 +92,11 @@ _FIELDS: dict[type, tuple[str, ...]] = _ChildFields()
 _IS_NODE: dict[type, bool] = _NodeTypes()
 
 
-def _push_children(n: cst.CSTNode, cls: type, push, _fields=_FIELDS, is_node=_IS_NODE.__getitem__) -> None:
+def _push_children(n: cst.CSTNode, cls: type, push, fields=_FIELDS, is_node=_IS_NODE.__getitem__) -> None:
     """Push the child nodes of `n` (of type `cls`) for the stack walks below: fields in order,
     each list reversed. The one place a walk reads a node's children. (The tables are bound
     as defaults: a local lookup, in the walks' hottest call.)"""
-    for name in _fields[cls]:
+    for name in fields[cls]:
         v = getattr(n, name, None)
         if v is None:
             continue

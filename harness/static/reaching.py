@@ -79,8 +79,8 @@ class FlowTaint:
         reads a seed or a name a tainted definition reaches, until nothing changes."""
         found: set[int] = set()
         # only definitions of names that can be tainted at all matter (`tainted` answers the rest)
-        candidates = sorted({d.order: d for name, ds in self.defs.items() if name in self.fallback for d in ds}.values(),
-                            key=lambda d: d.order)
+        candidates = sorted({d.order: d for name, ds in self.defs.items() if name in self.fallback
+                             for d in ds}.values(), key=lambda d: d.order)
         changed = True
         while changed:
             changed = False

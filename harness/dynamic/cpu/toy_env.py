@@ -40,6 +40,9 @@ class ToyOptions:
     literals: bool = True
 
 
+WALLCLOCK_S = 120  # a toy run's training budget, whatever the script's name for it
+
+
 def _default_number(text: str | None) -> float | None:
     if not text:
         return None
@@ -85,7 +88,7 @@ def profile(opts: ToyOptions) -> dict[str, str | Callable[[float | None], str | 
         "EVAL_STRIDE": str(S // 2),
         # schedule
         "ITERATIONS": str(opts.iterations), "WARMUP_STEPS": "0", "WARMDOWN_ITERS": "1",
-        "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "1", "MAX_WALLCLOCK_SECONDS": "120",
+        "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "1", "MAX_WALLCLOCK_SECONDS": str(WALLCLOCK_S),
         "MUON_MOMENTUM_WARMUP_STEPS": _clamp(1), "SWA_EVERY": _clamp(1), "LAWA_FREQ": _clamp(1),
         "GPTQ_RESERVE_SECONDS": _clamp(0), "GPTQ_RESERVE_MS": _clamp(0),
         "GPTQ_CALIBRATION_BATCHES": _clamp(2), "GPTQ_CALIB_BATCHES": _clamp(2),
@@ -357,7 +360,7 @@ def _written_names(opts: ToyOptions) -> dict[str, str | Callable[[float | None],
             "MAX_CONTEXT": _clamp(S), "MAX_SEQ_LEN": _clamp(S), "CONTEXT_LENGTH": _clamp(S),
             # training length: a loop over `range(max_steps)` left at a wall-clock budget (#2070)
             "MAX_STEPS": _clamp(steps), "MAX_ITERS": _clamp(steps), "NUM_STEPS": _clamp(steps),
-            "TRAIN_STEPS": _clamp(steps), "MAX_TIME": _clamp(120)}
+            "TRAIN_STEPS": _clamp(steps), "MAX_TIME": _clamp(WALLCLOCK_S)}
 
 
 _ARITH = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
@@ -384,9 +387,9 @@ def shrink_literals(source: str, opts: ToyOptions | None = None, where: str = "t
     class body, `NUM_LAYERS = 11` at module level; `model_dim=512` in a `dict(...)` or
     `{"model_dim": 512}` config as a configs.py returns them, PR #1545, there only made smaller).
     A script like that (PR #961) otherwise runs its full-size model at "toy" scale: 27M
-    parameters, minutes per run. A knob is rewritten when its upper-cased name is in the profile and the script reads no
-    environment variable of that name; the number is replaced where it stands, so every line
-    keeps its number and the trace's lines are the folder's. Same rules as an env default: a
+    parameters, minutes per run. A knob is rewritten when its upper-cased name is in the
+    profile and the script reads no environment variable of that name; the number is replaced
+    where it stands, so every line keeps its number and the trace's lines are the folder's. Same rules as an env default: a
     clamp shrinks only a larger value. `where` names the file in the notes. Unparsable source
     comes back unchanged."""
     tree = _parse(source)
@@ -402,8 +405,9 @@ def shrink_literals(source: str, opts: ToyOptions | None = None, where: str = "t
         written = _number(value)
         if written is None or value.lineno != value.end_lineno:
             return
-        rule = rules.get(name.upper())
-        if rule is None or name.upper() in reads:
+        knob = name.upper()
+        rule = rules.get(knob)
+        if rule is None or knob in reads:
             return
         new = rule(written) if callable(rule) else rule
         number = _default_number(new)  # None for a non-number (a layer list): left as written

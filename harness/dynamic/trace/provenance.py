@@ -286,6 +286,11 @@ def contiguous_run(pos: np.ndarray) -> tuple[int, int] | None:
     return lo, hi
 
 
+def run_mask(lo: int, hi: int) -> int:
+    """The bitmask of positions lo..hi."""
+    return ((1 << (hi - lo + 1)) - 1) << lo
+
+
 def _dense_bits(pos: np.ndarray) -> tuple[np.ndarray, int] | None:
     """(one byte per position from lo, lo) for non-negative `pos` whose span is not much
     larger than its size (overlapping windows, a batch): a set without a sort. None if sparse."""
@@ -315,7 +320,7 @@ def mask_from_positions(pos: np.ndarray) -> int:
     pos = np.asarray(pos).ravel()
     run = contiguous_run(pos)
     if run is not None:
-        return ((1 << (run[1] - run[0] + 1)) - 1) << run[0]
+        return run_mask(*run)
     pos = pos[pos >= 0]
     if pos.size == 0:
         return 0

@@ -114,16 +114,10 @@ def _dispatch(self, func, types, args=(), kwargs=None):
             return out
         if plan.skip or plan.is_view:
             return out  # a view with a special handler (lift_fresh) whose input already carries provenance
-        if plan.simple and not rich:
+        outs = (out,) if isinstance(out, Tensor) else out if type(out) in (tuple, list) else None
+        if plan.simple and not rich and outs is not None:
             # the bulk of traced ops: activations, logits, grads -- a mask union on each new output
             # (an attention's (out, logsumexp) as well); an output that is an input has it already
-            if isinstance(out, Tensor):
-                outs = (out,)
-            elif type(out) in (tuple, list):
-                outs = out
-            else:
-                tr._on_op(func, args, kwargs, out, plan)
-                return out
             grad = grad or C.in_backward()
             if (mask or grad) and not tr.scores_only:
                 for o in outs:

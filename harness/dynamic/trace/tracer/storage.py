@@ -133,7 +133,7 @@ class StorageMixin:
             k = int(np.searchsorted(self._loss_bases, run[0], "right")) - 1
             op = self.loss_ops[k]
             if run[1] < op.base + max(op.n, 1):
-                return {op.id: ((1 << (run[1] - run[0] + 1)) - 1) << (run[0] - op.base)}
+                return {op.id: P.run_mask(run[0] - op.base, run[1] - op.base)}
         ids = np.unique(ids)
         which = np.searchsorted(self._loss_bases, ids, "right") - 1
         out: dict[int, int] = {}
